@@ -1,0 +1,32 @@
+# lift3d — `make demo` and `make test` work on a fresh clone (they create .venv and install first).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+DEMO_OUT ?= out/dragon
+
+.PHONY: install demo test test-fast serve bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first, pinned: here it resolves to the local CPU wheel (an unpinned torch pulls CUDA packages).
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[serve,test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	time $(VENV)/bin/lift3d generate --image examples/dragon2_rgba.png --out $(DEMO_OUT) --seed 0
+	@echo "wrote: $$(ls $(DEMO_OUT))"
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+clean:
+	rm -rf out .pytest_cache

@@ -1,0 +1,82 @@
+"""User-facing generation parameters: one pydantic model shared by the CLI, the HTTP API and Ray handles.
+
+Names, defaults and ranges follow the Cog/Replicate Stable Zero123 wrapper, plus an explicit seed.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lift3d.errors import InvalidInputError
+
+__all__ = ["GenerationParams", "MAX_SEED", "parse_params"]
+
+MAX_SEED = 2**32 - 1
+
+
+class GenerationParams(BaseModel):
+    """Parameters of one generation. The input image travels separately (bytes or a file)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: str | None = Field(
+        None, min_length=1, max_length=1000, description="SDXL text prompt; used only when no image is given."
+    )
+    negative_prompt: str = Field("", max_length=1000, description="SDXL negative prompt.")
+    num_views: int = Field(
+        8, ge=4, le=12,
+        description="Novel views at elevation 0°, azimuths evenly spaced over 360° (0° included, 360° not).",
+    )
+    guidance_scale: float = Field(7.5, ge=1, le=50, description="SDXL classifier-free guidance scale.")
+    num_inference_steps: int = Field(30, ge=1, le=200, description="SDXL denoising steps.")
+    num_multiview_steps: int = Field(50, ge=1, le=200, description="Zero123 DDIM steps per novel view.")
+    multiview_guidance_scale: float = Field(
+        3.0, ge=1, le=20, description="Zero123 classifier-free guidance scale, for the views and for SDS."
+    )
+    num_3d_max_steps: int | None = Field(
+        None, ge=10, le=1000,
+        description="SDS optimisation steps; omitted: the model preset's default (600 for `default`, fewer for "
+        "the CPU-sized `tiny` preset).",
+    )
+    remove_background: bool = Field(
+        True,
+        description="Run rembg and recentre the object (border ratio 0.2, 256×256 on white). An input whose "
+        "alpha channel already separates the object keeps that alpha. When false, RGBA alpha is the mask.",
+    )
+    return_3d: bool = Field(True, description="False: novel views only, no NeRF and no mesh.")
+    seed: int | None = Field(
+        None, ge=0, le=MAX_SEED, description="Seed of every random draw; random when omitted, echoed back."
+    )
+
+    def with_seed(self) -> "GenerationParams":
+        """A copy whose seed is set (drawn from the OS's entropy when it was None)."""
+        if self.seed is not None:
+            return self
+        return self.model_copy(update={"seed": secrets.randbelow(MAX_SEED + 1)})
+
+    def view_azimuths(self) -> list[float]:
+        """Azimuths in degrees of the novel views: ``i * 360 / num_views`` for i in 0..num_views−1."""
+        return [i * 360.0 / self.num_views for i in range(self.num_views)]
+
+
+def _describe(error: dict) -> str:
+    where = ".".join(str(p) for p in error.get("loc", ())) or "parameters"
+    return f"{where}: {error.get('msg', 'invalid value')}"
+
+
+def parse_params(values: dict) -> GenerationParams:
+    """Validate a mapping into :class:`GenerationParams`.
+
+    Raises:
+        InvalidInputError: one message per invalid field, e.g. ``num_views: Input should be less than or equal
+            to 12``; ``.errors`` holds the list of messages.
+    """
+    try:
+        return GenerationParams(**values)
+    except ValidationError as exc:
+        messages = [_describe(e) for e in exc.errors()]
+        error = InvalidInputError("; ".join(messages))
+        error.errors = messages  # type: ignore[attr-defined]
+        raise error from None

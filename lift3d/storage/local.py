@@ -1,0 +1,56 @@
+"""Artifact store in a local directory (the embedded default, and the CLI's ``--out``)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from lift3d.storage.base import StoredObjectNotFound
+
+
+class LocalStore:
+    """Keys map to files under ``root``; writes go to a temporary file then ``os.replace``.
+
+    Raises:
+        ValueError: for keys that are absolute or climb out of ``root`` (``..``).
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).resolve()
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if key.startswith("/") or (path != self.root and self.root not in path.parents):
+            raise ValueError(f"invalid artifact key {key!r}")
+        return path
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError):
+            raise StoredObjectNotFound(key) from None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str) -> list[str]:
+        if not self.root.exists():
+            return []
+        keys = (p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
+        return sorted(k for k in keys if k.startswith(prefix) and not Path(k).name.startswith("."))
+
+    def url(self, key: str, expires_s: int = 3600) -> str:
+        return self._path(key).as_uri()
