@@ -1,0 +1,468 @@
+"""The Stable Zero123 stage: conditioning, DDIM novel views, and the SDS gradient for NeRF training.
+
+Stable Zero123 (Stability AI 2023) fine-tunes Zero-1-to-3 (Liu et al., ICCV 2023): a Stable Diffusion UNet whose
+input has 8 channels (4 noisy latent + 4 latent of the conditioning image, "c_concat") and whose cross-attention
+context is one token, the CLIP ViT-L/14 image embedding of the conditioning image concatenated with a 4-d relative
+camera (:func:`camera_embedding`) and projected back to 768 (:class:`CLIPCameraProjection`). Guidance recipe:
+threestudio ``threestudio/models/guidance/stable_zero123_guidance.py`` and ``configs/stable-zero123.yaml``.
+
+Weights layout, Hub ids and how to convert the official checkpoint: :mod:`lift3d.stages.zero123.weights`.
+
+Examples:
+    >>> model = Zero123.tiny(seed=0)                               # random weights, 32² images
+    >>> cond = model.set_condition(torch.ones(1, 3, 32, 32))       # conditioning view: el 5°, az 0°
+    >>> model.novel_views([5.0], [90.0], num_inference_steps=2, seed=0)[0].size
+    (32, 32)
+    >>> out = model.sds(torch.rand(2, 3, 64, 64), torch.tensor([10.0, 20.0]), torch.tensor([0.0, 90.0]),
+    ...                 torch.tensor([3.8, 3.8]), step=0, generator=torch.Generator().manual_seed(0))
+    >>> out.grad_rgb.shape
+    torch.Size([2, 3, 64, 64])
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, replace
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers.utils.torch_utils import randn_tensor
+from torch import Tensor
+from transformers import CLIPVisionModelWithProjection
+
+from lift3d.errors import InvalidInputError
+from lift3d.stages.loading import default_dtype
+from lift3d.stages.tiny_components import seeded, tiny_zero123_components
+from lift3d.stages.zero123.camera import CLIPCameraProjection, camera_embedding, clip_preprocess
+from lift3d.stages.zero123.sds import SDSConfig, SDSOutput, anneal, inject_gradient
+from lift3d.stages.zero123.weights import load_components, save_components
+
+__all__ = ["ConditionEmbedding", "Zero123"]
+
+logger = logging.getLogger(__name__)
+
+@dataclass
+class ConditionEmbedding:
+    """What Zero123 keeps of the conditioning image.
+
+    Attributes:
+        image_embeds: Tensor with shape (1, 1, D), CLIP image embedding (D = 768 for the real model).
+        latents: Tensor with shape (1, 4, h, w), the VAE posterior *mode*, NOT multiplied by ``scaling_factor``
+            (threestudio ``get_img_embeds`` and Zero-1-to-3 both feed the unscaled mode as c_concat).
+        A leading dimension of B instead of 1 (one condition per item, e.g. batched across jobs) is accepted by
+        :meth:`Zero123.sds_latent_grad` and :meth:`Zero123.novel_views`; the pose fields are then shared.
+        elevation_deg, azimuth_deg: the conditioning camera, degrees.
+        camera_distance: scene units; kept for reference, unused by Stable Zero123.
+    """
+
+    image_embeds: Tensor
+    latents: Tensor
+    elevation_deg: float
+    azimuth_deg: float
+    camera_distance: float
+
+
+class Zero123:
+    """Stable Zero123 novel-view model and SDS guidance.
+
+    Args:
+        unet: UNet2DConditionModel with ``in_channels=8``, ``out_channels=4``, cross-attention width D.
+        vae: AutoencoderKL with 4 latent channels.
+        image_encoder: CLIPVisionModelWithProjection whose ``image_embeds`` have width D.
+        clip_camera_projection: (D + 4) → D projection.
+        scheduler: DDIMScheduler; copied per :meth:`novel_views` call, never mutated.
+        random_weights: True for :meth:`tiny` models.
+        source: where the weights came from.
+        sds_config: SDS settings; default :class:`SDSConfig` (threestudio stable-zero123 recipe) with
+            ``guidance_resolution`` = :attr:`resolution`.
+
+    Attributes:
+        condition: the last :class:`ConditionEmbedding` from :meth:`set_condition`, or None. Concurrent callers
+            should pass ``condition=`` explicitly instead of relying on it.
+
+    Raises:
+        ValueError: if the components' channel counts or widths do not fit together.
+    """
+
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        vae: AutoencoderKL,
+        image_encoder: CLIPVisionModelWithProjection,
+        clip_camera_projection: CLIPCameraProjection,
+        scheduler: DDIMScheduler,
+        *,
+        random_weights: bool,
+        source: str,
+        sds_config: SDSConfig | None = None,
+    ) -> None:
+        self.unet, self.vae, self.image_encoder = unet.eval(), vae.eval(), image_encoder.eval()
+        self.clip_camera_projection, self.scheduler = clip_camera_projection.eval(), scheduler
+        self.random_weights, self.source = random_weights, source
+        self.sds_config = sds_config or SDSConfig(guidance_resolution=self.resolution)
+        self.condition: ConditionEmbedding | None = None
+        self._check_components()
+        for module in self._modules():
+            module.requires_grad_(False)
+        if random_weights:
+            logger.warning("Zero123 uses random weights (%s): outputs are noise, not real views", source)
+
+    # ----------------------------------------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike[str] = "ashawkey/stable-zero123-diffusers",
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+    ) -> Zero123:
+        """Load from a local directory or Hub id in diffusers layout (:mod:`lift3d.stages.zero123.weights`).
+
+        Repos with this layout, per public code (unverified against the Hub): ``ashawkey/stable-zero123-diffusers``
+        (``clip_camera_projection/``), ``kxic/stable-zero123`` (community Zero1to3 ``cc_projection/``).
+
+        Args:
+            name_or_path: directory or Hub repo id.
+            device: torch device.
+            dtype: weight dtype; default fp16 on CUDA, fp32 elsewhere.
+
+        Raises:
+            ModelNotFoundError: within seconds when the model or one of its sub-folders is missing.
+        """
+        components = load_components(name_or_path, dtype or default_dtype(device))
+        return cls(**components, random_weights=False, source=os.fspath(name_or_path)).to(device)
+
+    @classmethod
+    def tiny(cls, seed: int = 0, device: str | torch.device = "cpu") -> Zero123:
+        """The same classes from tiny configs (32² images, width 32), random weights fixed by ``seed``; offline."""
+        with seeded(seed):
+            components = tiny_zero123_components()
+        model = cls(**components, random_weights=True, source=f"tiny(seed={seed})")
+        return model.to(device)
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
+        """Write every component (safetensors) and ``model_index.json``; loadable with :meth:`from_pretrained`."""
+        save_components(self, directory)
+
+    def to(self, device: str | torch.device) -> Zero123:
+        """Move every module to ``device`` (dtype unchanged); returns self."""
+        for module in self._modules():
+            module.to(device)
+        return self
+
+    def _modules(self) -> tuple[torch.nn.Module, ...]:
+        return self.unet, self.vae, self.image_encoder, self.clip_camera_projection
+
+    def _check_components(self) -> None:
+        width = self.clip_camera_projection.config.embedding_dim
+        if self.unet.config.in_channels != 2 * self.vae.config.latent_channels:
+            raise ValueError(f"unet.in_channels must be 2 × vae latent channels (noisy + c_concat), got "
+                             f"{self.unet.config.in_channels} and {self.vae.config.latent_channels}")
+        if self.unet.config.cross_attention_dim != width or self.image_encoder.config.projection_dim != width:
+            raise ValueError(f"unet cross_attention_dim ({self.unet.config.cross_attention_dim}), image_encoder "
+                             f"projection_dim ({self.image_encoder.config.projection_dim}) and the camera "
+                             f"projection width ({width}) must be equal")
+        if self.sds_config.guidance_resolution != self.resolution:
+            raise ValueError(f"sds_config.guidance_resolution ({self.sds_config.guidance_resolution}) must equal the "
+                             f"model resolution ({self.resolution}): c_concat latents are encoded at that size")
+
+    # ------------------------------------------------------------------------------------------- properties
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent cell: 2 ** (VAE blocks − 1) (8 for the SD VAE, 2 for tiny)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def resolution(self) -> int:
+        """Native image side, pixels: UNet sample size × VAE factor (256 for Stable Zero123, 32 for tiny)."""
+        return int(self.unet.config.sample_size) * self.vae_scale_factor
+
+    # ------------------------------------------------------------------------------------------ conditioning
+    @torch.no_grad()
+    def set_condition(
+        self, image: Tensor, elevation_deg: float = 5.0, azimuth_deg: float = 0.0, camera_distance: float = 3.8,
+    ) -> ConditionEmbedding:
+        """Encode the conditioning view, store it as :attr:`condition` and return it.
+
+        Defaults are threestudio ``configs/stable-zero123.yaml`` (``default_elevation_deg`` 5,
+        ``default_azimuth_deg`` 0, ``default_camera_distance`` 3.8).
+
+        Args:
+            image: Tensor with shape (1, 3, H, W), RGB in [0, 1], object composited on white; resized to
+                :attr:`resolution` (antialiased bilinear) for the VAE, to the encoder's size for CLIP.
+            elevation_deg, azimuth_deg: the camera that saw ``image``, degrees (``nerf/cameras.py`` conventions).
+            camera_distance: scene units; stored only.
+
+        Raises:
+            InvalidInputError: wrong shape, dtype or value range.
+        """
+        # 1. check inputs
+        self._check_image(image)
+        # 2. resize to the model's resolution
+        image = image.to(self.device, torch.float32)
+        image = F.interpolate(image, size=(self.resolution,) * 2, mode="bilinear", antialias=True, align_corners=False)
+        # 3. encode: CLIP embedding for cross-attention, unscaled VAE mode for c_concat
+        pixels = clip_preprocess(image, self.image_encoder.config.image_size).to(self.dtype)
+        image_embeds = self.image_encoder(pixel_values=pixels).image_embeds[:, None]
+        latents = self.vae.encode((image * 2.0 - 1.0).to(self.dtype)).latent_dist.mode()
+        self.condition = ConditionEmbedding(image_embeds, latents, float(elevation_deg), float(azimuth_deg),
+                                            float(camera_distance))
+        return self.condition
+
+    @staticmethod
+    def _check_image(image: Tensor) -> None:
+        if not isinstance(image, Tensor) or image.ndim != 4 or image.shape[:2] != (1, 3):
+            shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+            raise InvalidInputError(f"condition image must be a tensor of shape (1, 3, H, W), got {shape}")
+        if not image.is_floating_point() or min(image.shape[2:]) < 8:
+            raise InvalidInputError("condition image must be float RGB in [0, 1] and at least 8×8 pixels")
+        if float(image.min()) < -1e-3 or float(image.max()) > 1 + 1e-3:
+            raise InvalidInputError("condition image values must lie in [0, 1] (divide uint8 images by 255)")
+
+    def _resolve_condition(self, condition: ConditionEmbedding | None) -> ConditionEmbedding:
+        condition = condition if condition is not None else self.condition
+        if condition is None:
+            raise RuntimeError("no conditioning image: call set_condition(image) first or pass condition=")
+        return condition
+
+    def _context(
+        self, condition: ConditionEmbedding, elevation_deg: Tensor, azimuth_deg: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """Cross-attention context (2B, 1, D) and c_concat (2B, 4, h, w), unconditional half first.
+
+        The unconditional branch zeros the *projected* CLIP embedding and the c_concat latent (threestudio).
+        """
+        camera = camera_embedding(elevation_deg, azimuth_deg, condition.elevation_deg, condition.azimuth_deg)
+        batch = camera.shape[0]
+        clip = condition.image_embeds.to(self.device, self.dtype).expand(batch, -1, -1)
+        camera = camera[:, None].to(self.device, self.dtype)
+        context = self.clip_camera_projection(torch.cat([clip, camera], dim=-1))
+        concat = condition.latents.to(self.device, self.dtype).expand(batch, -1, -1, -1)
+        return torch.cat([torch.zeros_like(context), context]), torch.cat([torch.zeros_like(concat), concat])
+
+    def _guided_noise(self, noisy: Tensor, timesteps: Tensor, context: Tensor, concat: Tensor, scale: float) -> Tensor:
+        """Classifier-free guided ε̂ (Ho & Salimans 2022) in float32; ``noisy`` (B, 4, h, w), ``timesteps`` (B,)."""
+        model_input = torch.cat([torch.cat([noisy] * 2).to(self.dtype), concat], dim=1)
+        noise = self.unet(model_input, torch.cat([timesteps] * 2), encoder_hidden_states=context).sample.float()
+        uncond, cond = noise.chunk(2)
+        return uncond + scale * (cond - uncond)
+
+    # ------------------------------------------------------------------------------------------ novel views
+    @torch.no_grad()
+    def novel_views(
+        self,
+        elevations_deg: list[float],
+        azimuths_deg: list[float],
+        *,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 3.0,
+        seed: int,
+        condition: ConditionEmbedding | None = None,
+    ) -> list[PIL.Image.Image]:
+        """Sample one image per target camera with DDIM (eta 0) and classifier-free guidance.
+
+        Args:
+            elevations_deg, azimuths_deg: absolute target cameras, degrees, same length B ≥ 1, in the frame of
+                the conditioning camera (only differences to it matter, see :func:`camera_embedding`).
+            num_inference_steps: DDIM steps, 1..1000.
+            guidance_scale: CFG weight ≥ 0 (threestudio uses 3 for Stable Zero123).
+            seed: seeds the initial noise (CPU generator): same seed → identical images.
+            condition: conditioning; default :attr:`condition`.
+
+        Returns:
+            B RGB ``PIL.Image`` of side :attr:`resolution` (256 for the real model).
+
+        Raises:
+            InvalidInputError: mismatched lists or out-of-range values. RuntimeError: no condition.
+        """
+        # 1. check inputs
+        condition = self._resolve_condition(condition)
+        elevation, azimuth = self._check_views(elevations_deg, azimuths_deg, num_inference_steps, guidance_scale)
+        # 2. conditioning for both CFG branches
+        context, concat = self._context(condition, elevation, azimuth)
+        # 3. initial noise
+        side = self.resolution // self.vae_scale_factor
+        shape = (len(elevation), self.vae.config.latent_channels, side, side)
+        latents = randn_tensor(shape, generator=torch.Generator().manual_seed(int(seed)), device=self.device,
+                               dtype=torch.float32)
+        # 4. DDIM loop on a private scheduler copy (set_timesteps mutates it)
+        latents = self._denoise(latents, context, concat, num_inference_steps, guidance_scale)
+        # 5. decode
+        return self._decode(latents)
+
+    @staticmethod
+    def _check_views(elevations: list[float], azimuths: list[float], steps: int, scale: float) -> tuple[Tensor, Tensor]:
+        elevation = torch.as_tensor(elevations, dtype=torch.float32).reshape(-1)
+        azimuth = torch.as_tensor(azimuths, dtype=torch.float32).reshape(-1)
+        if elevation.numel() == 0 or elevation.shape != azimuth.shape:
+            raise InvalidInputError(f"need as many elevations as azimuths (≥ 1), got {elevation.numel()} and "
+                                    f"{azimuth.numel()}")
+        if not torch.isfinite(elevation).all() or float(elevation.abs().max()) >= 90:
+            raise InvalidInputError("elevations must be finite degrees strictly inside (-90, 90)")
+        if not torch.isfinite(azimuth).all():
+            raise InvalidInputError("azimuths must be finite degrees")
+        if not 1 <= steps <= 1000:
+            raise InvalidInputError(f"num_inference_steps must be in [1, 1000], got {steps}")
+        if not 0 <= scale <= 50:
+            raise InvalidInputError(f"guidance_scale must be in [0, 50] (Stable Zero123 uses 3), got {scale}")
+        return elevation, azimuth
+
+    def _denoise(self, latents: Tensor, context: Tensor, concat: Tensor, steps: int, scale: float) -> Tensor:
+        scheduler = DDIMScheduler.from_config(self.scheduler.config)
+        scheduler.set_timesteps(steps, device=self.device)
+        for t in scheduler.timesteps:
+            timesteps = t.expand(latents.shape[0]).to(self.device)
+            noise = self._guided_noise(latents, timesteps, context, concat, scale)
+            latents = scheduler.step(noise, t, latents, eta=0.0).prev_sample
+        return latents
+
+    def _decode(self, latents: Tensor) -> list[PIL.Image.Image]:
+        images = self.vae.decode((latents / self.vae.config.scaling_factor).to(self.dtype)).sample
+        images = (images.float() * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+        return [PIL.Image.fromarray(np.round(image * 255).astype(np.uint8), mode="RGB") for image in images]
+
+    # ----------------------------------------------------------------------------------------------- SDS
+    def timestep_range(self, step: int) -> tuple[int, int]:
+        """Inclusive bounds (t_min, t_max) of the SDS timestep at training ``step``.
+
+        ``int(num_train_timesteps × percent)`` of the annealed :attr:`sds_config` percents (threestudio
+        ``set_min_max_steps``); with the defaults, [700, 980] until step 50, [300, 800] from step 200, linear between.
+        """
+        total = self.scheduler.config.num_train_timesteps
+        # 1e-6 absorbs float error in the annealed percent (0.89 × 1000 = 889.9999…)
+        low = int(total * anneal(self.sds_config.min_step_percent, step) + 1e-6)
+        high = int(total * anneal(self.sds_config.max_step_percent, step) + 1e-6)
+        return low, high
+
+    def sample_timesteps(self, step: int, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
+        """Uniform integer timesteps in :meth:`timestep_range`, shape (batch_size,), int64 on :attr:`device`."""
+        low, high = self.timestep_range(step)
+        device = generator.device if generator is not None else "cpu"
+        timesteps = torch.randint(low, high + 1, (batch_size,), generator=generator, device=device)
+        return timesteps.to(self.device)
+
+    def sds(
+        self,
+        rgb: Tensor,
+        elevation_deg: Tensor,
+        azimuth_deg: Tensor,
+        camera_distance: Tensor,
+        step: int,
+        *,
+        guidance_scale: float | None = None,
+        generator: torch.Generator | None = None,
+        condition: ConditionEmbedding | None = None,
+    ) -> SDSOutput:
+        """Score distillation of rendered views (DreamFusion, Poole et al. 2022) with Stable Zero123 guidance.
+
+        Renders are resized to ``sds_config.guidance_resolution`` (bilinear), encoded with the VAE (posterior
+        sample × scaling_factor), noised at t ~ U[:meth:`timestep_range`], and ``grad = w(t) (ε̂ − ε)`` with
+        w(t) = 1 − ᾱ_t (threestudio). ``grad_rgb`` comes from one backward through the VAE encoder of a detached
+        copy of ``rgb``; the returned ``loss`` carries exactly that gradient back to ``rgb``, so either
+        ``out.loss.backward()`` or ``rgb.backward(out.grad_rgb)`` (e.g. in another process) trains the NeRF.
+
+        Args:
+            rgb: Tensor with shape (B, 3, H, W), renders in [0, 1]; may require grad.
+            elevation_deg, azimuth_deg: Tensors with shape (B,), render cameras, degrees.
+            camera_distance: Tensor with shape (B,), scene units; unused by Stable Zero123, checked for shape.
+            step: training step, for timestep annealing.
+            guidance_scale: CFG weight; default ``sds_config.guidance_scale`` (3).
+            generator: draws, in order, the VAE posterior sample, t, then ε. Same generator state → same output.
+            condition: conditioning; default :attr:`condition`.
+
+        Returns:
+            :class:`SDSOutput` (``grad_rgb`` has ``rgb``'s shape and dtype).
+
+        Raises:
+            InvalidInputError: shape mismatches. RuntimeError: no condition.
+        """
+        # 1. check inputs
+        condition = self._resolve_condition(condition)
+        self._check_sds_inputs(rgb, elevation_deg, azimuth_deg, camera_distance)
+        # 2. encode a detached copy of the renders, keeping the encoder graph
+        leaf = rgb.detach().to(self.device, torch.float32).requires_grad_(True)
+        with torch.enable_grad():
+            latents = self._encode_rgb(leaf, generator)
+        # 3. timesteps
+        timesteps = self.sample_timesteps(step, rgb.shape[0], generator)
+        # 4. latent-space SDS
+        with torch.enable_grad():
+            out = self.sds_latent_grad(latents, timesteps, elevation_deg, azimuth_deg, guidance_scale=guidance_scale,
+                                       generator=generator, condition=condition)
+            # 5. back through the VAE encoder to pixels
+            (grad_rgb,) = torch.autograd.grad(out.loss, leaf)
+        grad_rgb = grad_rgb.to(rgb.device, rgb.dtype)
+        return replace(out, loss=inject_gradient(rgb, out.loss.detach().to(rgb.device), grad_rgb), grad_rgb=grad_rgb)
+
+    @staticmethod
+    def _check_sds_inputs(rgb: Tensor, elevation: Tensor, azimuth: Tensor, distance: Tensor) -> None:
+        if rgb.ndim != 4 or rgb.shape[1] != 3:
+            raise InvalidInputError(f"rgb must have shape (B, 3, H, W), got {tuple(rgb.shape)}")
+        for label, value in (("elevation_deg", elevation), ("azimuth_deg", azimuth), ("camera_distance", distance)):
+            if torch.as_tensor(value).reshape(-1).shape[0] != rgb.shape[0]:
+                raise InvalidInputError(f"{label} must have shape (B,) = ({rgb.shape[0]},), got "
+                                        f"{tuple(torch.as_tensor(value).shape)}")
+
+    def _encode_rgb(self, rgb: Tensor, generator: torch.Generator | None) -> Tensor:
+        """(B, 3, H, W) in [0, 1] → scaled latents (B, 4, R/f, R/f), float32, differentiable."""
+        size = (self.sds_config.guidance_resolution,) * 2
+        resized = F.interpolate(rgb, size=size, mode="bilinear", align_corners=False)
+        posterior = self.vae.encode((resized * 2.0 - 1.0).to(self.dtype)).latent_dist
+        return posterior.sample(generator=generator).float() * self.vae.config.scaling_factor
+
+    def sds_latent_grad(
+        self,
+        latents: Tensor,
+        timesteps: Tensor,
+        elevation_deg: Tensor,
+        azimuth_deg: Tensor,
+        *,
+        guidance_scale: float | None = None,
+        noise: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        condition: ConditionEmbedding | None = None,
+    ) -> SDSOutput:
+        """SDS on latents: the part of :meth:`sds` after VAE encoding.
+
+        Args:
+            latents: Tensor with shape (B, 4, h, w), scaled latents z; may require grad.
+            timesteps: Tensor with shape (B,), integer t in [0, num_train_timesteps).
+            elevation_deg, azimuth_deg: Tensors with shape (B,), degrees.
+            guidance_scale: default ``sds_config.guidance_scale``.
+            noise: ε with ``latents``' shape; drawn from ``generator`` when None.
+            generator: for ε.
+            condition: default :attr:`condition`.
+
+        Returns:
+            :class:`SDSOutput` with ``grad_rgb=None``; ``loss`` is differentiable w.r.t. ``latents`` with
+            d loss / d z = grad / B.
+        """
+        condition = self._resolve_condition(condition)
+        scale = self.sds_config.guidance_scale if guidance_scale is None else guidance_scale
+        batch = latents.shape[0]
+        timesteps = timesteps.to(self.device, torch.long)
+        clean = latents.detach().float()
+        if noise is None:
+            noise = randn_tensor(clean.shape, generator=generator, device=self.device, dtype=torch.float32)
+        alpha_bar = self.scheduler.alphas_cumprod.to(self.device)[timesteps].view(batch, 1, 1, 1).float()
+        noisy = alpha_bar.sqrt() * clean + (1.0 - alpha_bar).sqrt() * noise
+        with torch.no_grad():
+            context, concat = self._context(condition, elevation_deg, azimuth_deg)
+            noise_pred = self._guided_noise(noisy, timesteps, context, concat, scale)
+        weights = 1.0 - alpha_bar
+        grad = torch.nan_to_num(weights * (noise_pred - noise))
+        target = (latents.float() - grad).detach()
+        loss = 0.5 * F.mse_loss(latents.float(), target, reduction="sum") / batch
+        return SDSOutput(loss=loss, grad_rgb=None, timesteps=timesteps, latents=clean, noisy_latents=noisy,
+                         noise=noise, noise_pred=noise_pred, grad=grad, weights=weights.flatten())
