@@ -1,0 +1,262 @@
+"""Implicit volume field: world points -> density, albedo and (optionally) normals.
+
+Follows threestudio's ``ImplicitVolume`` (``threestudio/models/geometry/implicit_volume.py``) as configured by
+``configs/stable-zero123.yaml``:
+
+1. world points in the box ``[-radius, radius]^3`` are mapped to ``[0, 1]^3`` (and clamped);
+2. a shared :class:`~nerf.encoding.HashGridEncoding` feeds two bias-free ReLU MLPs (threestudio ``VanillaMLP``,
+   ``threestudio/models/networks.py``): a density head (1 output) and an albedo head (3 outputs);
+3. ``density = softplus(raw + bias)`` with the Magic3D blob ``bias = scale * (1 - |x| / std)`` evaluated on the
+   *world* point; ``albedo = sigmoid(features)`` (the material's ``albedo_activation: sigmoid``);
+4. normals point outward, along ``-grad(density)``: analytic (autograd of the pre-activation density, which
+   has the same direction since softplus is increasing) or central finite differences of the density.
+
+Examples:
+    >>> field = ImplicitVolume(FieldConfig(hash_grid=HashGridConfig(n_levels=2, log2_hashmap_size=10)), seed=0)
+    >>> out = field(torch.zeros(4, 3), with_normal=True)
+    >>> out.density.shape, out.albedo.shape, out.normal.shape
+    (torch.Size([4]), torch.Size([4, 3]), torch.Size([4, 3]))
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .encoding import HashGridConfig, HashGridEncoding
+
+__all__ = ["FieldConfig", "FieldOutput", "ImplicitVolume", "VanillaMLP"]
+
+
+@dataclass
+class FieldConfig:
+    """Hyper-parameters of :class:`ImplicitVolume` (threestudio ``configs/stable-zero123.yaml`` defaults)."""
+
+    radius: float = 2.0
+    """Half-size of the scene box ``[-radius, radius]^3`` (world units, > 0)."""
+    hash_grid: HashGridConfig = field(default_factory=HashGridConfig)
+    """Position encoding, see :class:`~nerf.encoding.HashGridConfig`."""
+    n_neurons: int = 64
+    """Width of the hidden layers of both MLP heads."""
+    n_hidden_layers: int = 2
+    """Hidden layers per head (>= 1): ``n_hidden_layers`` ReLU layers then a linear output layer."""
+    density_bias: Literal["blob_magic3d", "none"] = "blob_magic3d"
+    """Pre-activation density bias: Magic3D blob ``scale * (1 - |x| / std)`` or none."""
+    density_blob_scale: float = 10.0
+    """Blob height at the origin (pre-activation density units)."""
+    density_blob_std: float = 0.5
+    """Radius (world units) where the blob bias crosses zero."""
+    normal_type: Literal["analytic", "finite_difference"] = "analytic"
+    """How normals are computed when asked for."""
+    finite_difference_eps: float = 0.01
+    """Half-step of the central differences (world units, > 0)."""
+
+
+@dataclass
+class FieldOutput:
+    """What :meth:`ImplicitVolume.forward` returns for N points.
+
+    Attributes:
+        density: Tensor with shape (N,), >= 0 (softplus), 1 / world units.
+        albedo: Tensor with shape (N, 3), in [0, 1] (sigmoid).
+        normal: Tensor with shape (N, 3), unit length, outward (``-grad density``); None unless requested.
+    """
+
+    density: Tensor
+    albedo: Tensor
+    normal: Tensor | None = None
+
+
+class VanillaMLP(nn.Sequential):
+    """Bias-free ReLU MLP with no output activation (threestudio ``VanillaMLP``, ``threestudio/models/networks.py``).
+
+    Args:
+        n_input: input width.
+        n_output: output width.
+        n_neurons: hidden width.
+        n_hidden_layers: number of hidden ReLU layers (>= 1).
+        generator: CPU generator for the weights, drawn like ``nn.Linear``'s default
+            (``kaiming_uniform_(a=sqrt(5))``, i.e. ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``).
+
+    Input Tensor with shape (N, n_input) -> Tensor with shape (N, n_output).
+    """
+
+    def __init__(
+        self,
+        n_input: int,
+        n_output: int,
+        n_neurons: int,
+        n_hidden_layers: int,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if n_hidden_layers < 1:
+            raise ValueError(f"n_hidden_layers must be >= 1, got {n_hidden_layers}")
+        widths = [n_input] + [n_neurons] * n_hidden_layers
+        layers: list[nn.Module] = []
+        for w_in, w_out in zip(widths[:-1], widths[1:]):
+            layers += [nn.Linear(w_in, w_out, bias=False), nn.ReLU(inplace=True)]
+        layers.append(nn.Linear(widths[-1], n_output, bias=False))
+        super().__init__(*layers)
+        with torch.no_grad():
+            for layer in self:
+                if isinstance(layer, nn.Linear):
+                    nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
+
+
+class ImplicitVolume(nn.Module):
+    """Hash-grid NeRF field (threestudio ``ImplicitVolume``).
+
+    Args:
+        config: see :class:`FieldConfig`.
+        seed: seeds a private generator; equal seeds give identical parameters, the global RNG is not touched.
+
+    Raises:
+        ValueError: on an invalid config.
+    """
+
+    def __init__(self, config: FieldConfig | None = None, seed: int = 0) -> None:
+        super().__init__()
+        config = config if config is not None else FieldConfig()
+        if config.radius <= 0 or config.finite_difference_eps <= 0 or config.density_blob_std <= 0:
+            raise ValueError(f"FieldConfig: radius, finite_difference_eps and density_blob_std must be > 0: {config}")
+        if config.density_bias not in ("blob_magic3d", "none"):
+            raise ValueError(f"FieldConfig: unknown density_bias {config.density_bias!r}")
+        if config.normal_type not in ("analytic", "finite_difference"):
+            raise ValueError(f"FieldConfig: unknown normal_type {config.normal_type!r}")
+        self.config = config
+        generator = torch.Generator().manual_seed(seed)
+        self.encoding = HashGridEncoding(config.hash_grid, generator=generator)
+        n_enc = self.encoding.n_output_dims
+        self.density_network = VanillaMLP(n_enc, 1, config.n_neurons, config.n_hidden_layers, generator)
+        self.feature_network = VanillaMLP(n_enc, 3, config.n_neurons, config.n_hidden_layers, generator)
+
+    @property
+    def aabb(self) -> Tensor:
+        """Tensor with shape (6,): ``(-r, -r, -r, r, r, r)``."""
+        r = self.config.radius
+        return torch.tensor([-r, -r, -r, r, r, r])
+
+    def _normalise(self, points: Tensor) -> Tensor:
+        r = self.config.radius
+        return ((points + r) / (2.0 * r)).clamp(0.0, 1.0)
+
+    def _density_bias(self, points: Tensor) -> Tensor | float:
+        if self.config.density_bias == "blob_magic3d":
+            return self.config.density_blob_scale * (1.0 - points.norm(dim=-1) / self.config.density_blob_std)
+        return 0.0
+
+    def _raw_density_and_encoding(self, points: Tensor) -> tuple[Tensor, Tensor]:
+        enc = self.encoding(self._normalise(points))
+        raw = self.density_network(enc)[:, 0] + self._density_bias(points)
+        return raw, enc
+
+    def density(self, points: Tensor) -> Tensor:
+        """Density at world points.
+
+        Args:
+            points: Tensor with shape (N, 3), world units (outside the box the encoding is clamped to its border).
+
+        Returns:
+            Tensor with shape (N,), >= 0, 1 / world units.
+
+        Raises:
+            ValueError: if ``points`` is not (N, 3).
+        """
+        _check_points(points)
+        raw, _ = self._raw_density_and_encoding(points)
+        return F.softplus(raw)
+
+    def forward(self, points: Tensor, with_normal: bool = False) -> FieldOutput:
+        """Density, albedo and optionally normals at world points.
+
+        Analytic normals need ``d density / d points``: they are computed even under ``torch.no_grad()``; with
+        gradients enabled (training) the graph is kept (``create_graph=True``) so losses on normals train the
+        field, otherwise all outputs are detached. When ``points`` does not require grad (the usual case) the
+        hash grid supplies its Jacobian in the same pass (:meth:`HashGridEncoding.forward_with_jacobian`), so
+        normals cost little more than the forward pass; the normals are then not differentiated w.r.t. the
+        points. When ``points`` requires grad, everything is differentiated by autograd, exactly but slower.
+
+        Args:
+            points: Tensor with shape (N, 3), world units.
+            with_normal: also return normals, Tensor with shape (N, 3).
+
+        Returns:
+            :class:`FieldOutput`.
+
+        Raises:
+            ValueError: if ``points`` is not (N, 3).
+        """
+        _check_points(points)
+        if not with_normal:
+            raw, enc = self._raw_density_and_encoding(points)
+            return FieldOutput(F.softplus(raw), torch.sigmoid(self.feature_network(enc)))
+        if self.config.normal_type == "finite_difference":
+            raw, enc = self._raw_density_and_encoding(points)
+            return FieldOutput(
+                F.softplus(raw), torch.sigmoid(self.feature_network(enc)), self._finite_difference_normal(points)
+            )
+        return self._forward_analytic(points)
+
+    def _forward_analytic(self, points: Tensor) -> FieldOutput:
+        training_graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            if points.requires_grad:
+                # exact to every order w.r.t. the caller's points (the encoding's differentiable path; slower)
+                pts = points
+                raw, enc = self._raw_density_and_encoding(pts)
+            else:
+                pts = points.detach().requires_grad_(True)
+                unit = self._normalise(pts)
+                # One fused pass gives the encoding and its Jacobian; the surrogate below has the encoding's value
+                # and, w.r.t. the points, the encoding's derivative, so autograd through the MLPs and the blob gives
+                # the exact first derivative while the table still receives gradients through the Jacobian.
+                enc, jac = self.encoding.forward_with_jacobian(unit.detach())
+                enc = _WithJacobian.apply(enc, jac, unit)
+                raw = self.density_network(enc)[:, 0] + self._density_bias(pts)
+            # softplus is increasing, so grad(raw) has the direction of grad(density) and is better conditioned
+            # (threestudio does the same)
+            (grad,) = torch.autograd.grad(raw, pts, torch.ones_like(raw), create_graph=training_graph)
+            density = F.softplus(raw)
+            albedo = torch.sigmoid(self.feature_network(enc))
+        normal = F.normalize(-grad, dim=-1)
+        if not training_graph:
+            density, albedo, normal = density.detach(), albedo.detach(), normal.detach()
+        return FieldOutput(density, albedo, normal)
+
+    def _finite_difference_normal(self, points: Tensor) -> Tensor:
+        eps = self.config.finite_difference_eps
+        r = self.config.radius
+        offsets = torch.eye(3, dtype=points.dtype, device=points.device).repeat_interleave(2, dim=0)
+        offsets[1::2] *= -1.0  # +x, -x, +y, -y, +z, -z
+        shifted = (points[:, None, :] + eps * offsets).clamp(-r, r).reshape(-1, 3)
+        density = self.density(shifted).view(-1, 3, 2)
+        return F.normalize(-0.5 * (density[..., 0] - density[..., 1]) / eps, dim=-1)
+
+
+class _WithJacobian(torch.autograd.Function):
+    """Identity on ``value`` (N, D) whose derivative w.r.t. ``x`` (N, 3) is ``jacobian`` (N, D, 3).
+
+    The backward is written with differentiable operations, so a ``create_graph`` gradient w.r.t. ``x`` can be
+    differentiated again w.r.t. ``jacobian`` and the incoming gradient (what analytic-normal losses need). The
+    Jacobian's own dependence on ``x`` (second derivatives of the encoding) is not represented.
+    """
+
+    @staticmethod
+    def forward(ctx, value: Tensor, jacobian: Tensor, x: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(jacobian)
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (jacobian,) = ctx.saved_tensors
+        return grad, None, (jacobian * grad.unsqueeze(-1)).sum(1)
+
+
+def _check_points(points: Tensor) -> None:
+    if points.dim() != 2 or points.shape[-1] != 3:
+        raise ValueError(f"points must have shape (N, 3), got {tuple(points.shape)}")
