@@ -1,0 +1,136 @@
+"""The ``lift3d`` command line.
+
+User errors print one line on stderr and exit with status 2; a missing model or another expected failure
+exits with status 1; nothing is written to ``--out`` beyond what finished before the error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from lift3d.errors import InvalidInputError, Lift3DError
+from nerf.mesh import EmptyIsosurfaceError
+
+app = typer.Typer(
+    name="lift3d",
+    help="Turn one image (or a text prompt) into a 3D asset (GLB).",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+stderr = Console(stderr=True)
+logger = logging.getLogger("lift3d")
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=stderr, show_path=False, show_time=False)],
+        force=True,
+    )
+
+
+@app.callback()
+def _root() -> None:
+    """lift3d: image or prompt → novel views → NeRF with SDS → GLB."""
+
+
+@app.command()
+def generate(
+    out: Path = typer.Option(..., "--out", help="Output directory (created if missing)."),
+    image: Optional[Path] = typer.Option(None, "--image", help="Input image: PNG, JPEG or WebP."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="SDXL prompt, when no image is given."),
+    negative_prompt: str = typer.Option("", "--negative-prompt", help="SDXL negative prompt."),
+    num_views: int = typer.Option(8, "--num-views", help="Novel views, 4–12."),
+    guidance_scale: float = typer.Option(7.5, "--guidance-scale", help="SDXL guidance scale, 1–50."),
+    num_inference_steps: int = typer.Option(30, "--num-inference-steps", help="SDXL steps, 1–200."),
+    num_multiview_steps: int = typer.Option(50, "--num-multiview-steps", help="Zero123 DDIM steps, 1–200."),
+    multiview_guidance_scale: float = typer.Option(3.0, "--multiview-guidance-scale", help="Zero123 guidance, 1–20."),
+    num_3d_max_steps: Optional[int] = typer.Option(
+        None, "--num-3d-max-steps", help="SDS steps, 10–1000 (default: the preset's, 600 for full models)."
+    ),
+    remove_background: bool = typer.Option(
+        True, "--remove-background/--no-remove-background", help="rembg + recentring."
+    ),
+    views_only: bool = typer.Option(False, "--views-only", help="Only novel views: no NeRF, no mesh."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="0–4294967295; random when omitted."),
+    preset: str = typer.Option(
+        "auto", "--preset",
+        help="Model preset: default, tiny (random weights), or auto (default if its weights are present, "
+        "else tiny, loudly).",
+    ),
+    sdxl_model: Optional[str] = typer.Option(None, "--sdxl-model", help="SDXL hub id or local directory."),
+    zero123_model: Optional[str] = typer.Option(None, "--zero123-model", help="Stable Zero123 hub id or directory."),
+    rembg_model: Optional[str] = typer.Option(None, "--rembg-model", help="rembg model name (files in REMBG_HOME)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more."),
+) -> None:
+    """Generate novel views and a GLB from an image or a prompt."""
+    _configure_logging(verbose)
+    if not verbose:
+        # transformers warns on import about optional backends (torchvision); not actionable for CLI users.
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    # Imported here so that `lift3d --help` stays fast.
+    from lift3d.images import load_image
+    from lift3d.params import parse_params
+    from lift3d.progress import RichProgress
+    from lift3d.runner import resolve_device, resolve_preset, run_generation
+
+    params = parse_params(
+        {
+            "prompt": prompt, "negative_prompt": negative_prompt, "num_views": num_views,
+            "guidance_scale": guidance_scale, "num_inference_steps": num_inference_steps,
+            "num_multiview_steps": num_multiview_steps, "multiview_guidance_scale": multiview_guidance_scale,
+            "num_3d_max_steps": num_3d_max_steps, "remove_background": remove_background,
+            "return_3d": not views_only, "seed": seed,
+        }
+    )
+    if (image is None) == (prompt is None):
+        raise InvalidInputError("give exactly one of --image or --prompt")
+    loaded = load_image(image) if image is not None else None
+    torch_device = resolve_device(device)
+    model_preset = resolve_preset(
+        preset, text_to_image=sdxl_model, zero123=zero123_model, background=rembg_model,
+        needs_text_to_image=loaded is None, device=torch_device,
+    )
+    with RichProgress(stderr) as progress:
+        result = run_generation(model_preset, params, loaded, out, progress=progress, device=torch_device)
+    stderr.print(f"[green]done[/green] seed={result.seed} → {out}")
+    if result.metadata.get("random_weights"):
+        stderr.print(f"[bold yellow]{result.metadata['warning']}[/bold yellow]")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: runs the app and turns expected errors into one stderr line and an exit status."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except typer.Abort:
+        print("lift3d: interrupted", file=sys.stderr)
+        return 130
+    except typer.TyperException as exc:  # bad option syntax or type (typer's vendored click errors)
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        print(f"lift3d: error: {message}", file=sys.stderr)
+        return 2
+    except InvalidInputError as exc:
+        print(f"lift3d: error: {exc}", file=sys.stderr)
+        return 2
+    except (Lift3DError, EmptyIsosurfaceError) as exc:
+        print(f"lift3d: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("lift3d: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""Model presets: which weights each stage loads and how large the NeRF optimisation is.
+
+- ``default``: SDXL base 1.0, rembg ``u2net``, a diffusers-format Stable Zero123 and threestudio's
+  stable-zero123 NeRF/SDS configuration (600 steps, renders up to 512², hash grid up to 4096³).
+- ``tiny``: the same classes built from small configs with **random weights** (offline, deterministic), and a
+  NeRF small enough for 2 CPU cores. The shapes it produces are meaningless; it exists for tests, demos and
+  timing the plumbing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from dataclasses import field as default
+
+from lift3d.errors import InvalidInputError
+from nerf.camera_sampler import RandomCameraConfig, ResolutionSchedule
+from nerf.encoding import HashGridConfig
+from nerf.field import FieldConfig
+from nerf.mesh import IsosurfaceConfig
+from nerf.renderer import RendererConfig
+from nerf.sampling import OccupancyGridConfig
+from nerf.sds_trainer import SDSTrainingConfig
+
+__all__ = ["ModelPreset", "NerfPreset", "PRESETS", "get_preset"]
+
+TINY = "tiny"
+
+
+@dataclass(frozen=True)
+class NerfPreset:
+    """Everything the 3D stage needs besides the guidance.
+
+    Attributes:
+        field: the implicit volume (hash grid + MLP heads).
+        renderer: ray marching and compositing.
+        training: the SDS loop; its ``max_steps`` is the default of ``num_3d_max_steps``.
+        isosurface: mesh extraction (threestudio uses density 25 for this volume).
+    """
+
+    field: FieldConfig = default(default_factory=FieldConfig)
+    renderer: RendererConfig = default(default_factory=RendererConfig)
+    training: SDSTrainingConfig = default(default_factory=SDSTrainingConfig)
+    isosurface: IsosurfaceConfig = default(default_factory=IsosurfaceConfig)
+
+    def with_max_steps(self, max_steps: int) -> "NerfPreset":
+        """A copy training for ``max_steps``; resolution milestones scale with the step count."""
+        base = self.training
+        scale = max_steps / base.max_steps
+        schedule = base.random_cameras.schedule
+        milestones = tuple(max(1, round(m * scale)) for m in schedule.milestones)
+        cameras = replace(base.random_cameras, schedule=replace(schedule, milestones=milestones))
+        return replace(self, training=replace(base, max_steps=max_steps, random_cameras=cameras))
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """Model sources for each stage and the NeRF size.
+
+    Attributes:
+        name: preset name.
+        text_to_image: SDXL hub id or local diffusers directory, or ``"tiny"``.
+        background: rembg model name (u2net, isnet-general-use, birefnet-general, …), or ``"tiny"``.
+        zero123: diffusers-format Stable Zero123 hub id or local directory, or ``"tiny"``.
+        nerf: NeRF/SDS/mesh configuration.
+        input_size: side of the square conditioning image in pixels (Stable Zero123: 256).
+    """
+
+    name: str
+    text_to_image: str
+    background: str
+    zero123: str
+    nerf: NerfPreset
+    input_size: int = 256
+
+    def with_models(self, **sources: str | None) -> "ModelPreset":
+        """Override model sources (keys: text_to_image, background, zero123); None keeps the preset's."""
+        return replace(self, **{k: v for k, v in sources.items() if v is not None})
+
+
+def _tiny_nerf() -> NerfPreset:
+    levels, base, finest = 8, 16, 256
+    grid = HashGridConfig(
+        n_levels=levels,
+        n_features_per_level=2,
+        log2_hashmap_size=15,
+        base_resolution=base,
+        per_level_scale=math.exp(math.log(finest / base) / (levels - 1)),
+    )
+    schedule = ResolutionSchedule(sizes=(32, 32, 48), batch_sizes=(2, 2, 1), milestones=(100, 150))
+    training = SDSTrainingConfig(
+        max_steps=200,
+        reference_sizes=(48, 48, 64),
+        random_cameras=RandomCameraConfig(schedule=schedule),
+        lambda_rgb=(30, 500.0, 1000.0, 130),
+    )
+    return NerfPreset(
+        field=FieldConfig(hash_grid=grid, n_neurons=32, n_hidden_layers=1, normal_type="analytic"),
+        renderer=RendererConfig(num_samples_per_ray=96, grid=OccupancyGridConfig(warmup_steps=32)),
+        training=training,
+        isosurface=IsosurfaceConfig(resolution=96),
+    )
+
+
+PRESETS: dict[str, ModelPreset] = {
+    "default": ModelPreset(
+        name="default",
+        text_to_image="stabilityai/stable-diffusion-xl-base-1.0",
+        background="u2net",
+        zero123="ashawkey/stable-zero123-diffusers",
+        nerf=NerfPreset(),
+    ),
+    TINY: ModelPreset(name=TINY, text_to_image=TINY, background=TINY, zero123=TINY, nerf=_tiny_nerf()),
+}
+
+
+def get_preset(name: str) -> ModelPreset:
+    """The preset called ``name``.
+
+    Raises:
+        InvalidInputError: for an unknown name; the message lists the known ones.
+    """
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise InvalidInputError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None

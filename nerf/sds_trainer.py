@@ -1,0 +1,268 @@
+"""Image-conditioned NeRF optimisation with Score Distillation Sampling (SDS).
+
+The recipe is threestudio's Stable Zero123 system (``threestudio/systems/zero123.py`` with
+``configs/stable-zero123.yaml``): every step renders the reference view (supervised by the input image's RGB
+and mask) and a batch of random views (supervised by the 2D diffusion prior through SDS), plus orientation,
+sparsity and opacity regularisers, optimised with Adam (lr 0.01, betas (0.9, 0.99)).
+
+The diffusion prior is not imported here: the trainer calls a :class:`Guidance` callback that returns the
+gradient of the SDS loss with respect to the rendered RGB. The callback may run in this process or on another
+machine (a Ray Serve handle), which keeps ``nerf/`` free of model code.
+
+threestudio's "diffuse-with-point-light" material with ``ambient_only_steps: 100000`` shades every one of the
+600 steps with the albedo alone, so this trainer renders albedo directly.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from nerf.camera_sampler import RandomCameraConfig, RandomCameraSampler, ResolutionSchedule
+from nerf.cameras import CameraBatch
+from nerf.field import ImplicitVolume
+from nerf.losses import opaque_loss, orientation_loss, ramp, sparsity_loss
+from nerf.renderer import RenderOutput, VolumeRenderer
+
+__all__ = ["Guidance", "GuidanceResult", "ReferenceView", "SDSTrainer", "SDSTrainingConfig", "StepStats"]
+
+Schedule = float | Sequence[float]
+
+
+@dataclass
+class GuidanceResult:
+    """What a guidance callback returns for one batch of rendered views.
+
+    Attributes:
+        loss: the SDS loss value (for logging only).
+        grad_rgb: Tensor with shape (B, 3, H, W): d(SDS loss)/d(rgb), detached, same device as or movable to
+            the rendered images.
+    """
+
+    loss: float
+    grad_rgb: Tensor
+
+
+class Guidance(Protocol):
+    """SDS guidance callback (e.g. :meth:`lift3d.stages.zero123.Zero123.sds` wrapped)."""
+
+    def __call__(
+        self, rgb: Tensor, elevation_deg: Tensor, azimuth_deg: Tensor, camera_distance: Tensor, step: int
+    ) -> GuidanceResult:
+        """Args: rgb (B, 3, H, W) in [0, 1]; angles (B,) in degrees; distance (B,) scene units; step ≥ 0."""
+        ...
+
+
+@dataclass
+class ReferenceView:
+    """The conditioning image and its camera.
+
+    Attributes:
+        rgb: Tensor with shape (3, H, W), [0, 1], the object composited on white.
+        mask: Tensor with shape (1, H, W), [0, 1], foreground mask.
+        elevation_deg, azimuth_deg: reference camera angles in degrees (Stable Zero123: 5°, 0°).
+        camera_distance: scene units (threestudio: 3.8).
+        fovy_deg: vertical field of view in degrees (Zero123: 20°).
+    """
+
+    rgb: Tensor
+    mask: Tensor
+    elevation_deg: float = 5.0
+    azimuth_deg: float = 0.0
+    camera_distance: float = 3.8
+    fovy_deg: float = 20.0
+
+
+@dataclass
+class SDSTrainingConfig:
+    """Constants of the SDS loop; defaults are threestudio ``configs/stable-zero123.yaml``.
+
+    Loss weights accept threestudio's schedules: a float, or ``[start_step, start, end, end_step]``.
+
+    Attributes:
+        max_steps: optimisation steps (threestudio: 600).
+        lr, betas, eps: Adam hyper-parameters.
+        reference_sizes: square render size of the reference view per phase (same milestones as the random
+            cameras' schedule).
+        random_cameras: random-view sampling and its resolution/batch schedule.
+        lambda_sds, lambda_rgb, lambda_mask, lambda_orient, lambda_sparsity, lambda_opaque: loss weights.
+        white_background_prob: share of random views composited on white (else a random colour per view),
+            since Zero123 was trained on white backgrounds (threestudio zero123 system).
+        num_samples_per_ray: see :class:`nerf.renderer.RendererConfig`.
+        normals: compute normals (needed by the orientation loss; costs a double backward when analytic).
+    """
+
+    max_steps: int = 600
+    lr: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.99)
+    eps: float = 1e-8
+    reference_sizes: tuple[int, ...] = (128, 256, 512)
+    random_cameras: RandomCameraConfig = field(default_factory=RandomCameraConfig)
+    lambda_sds: Schedule = 0.1
+    lambda_rgb: Schedule = (100, 500.0, 1000.0, 400)
+    lambda_mask: Schedule = 50.0
+    lambda_orient: Schedule = 1.0
+    lambda_sparsity: Schedule = 0.5
+    lambda_opaque: Schedule = 0.5
+    white_background_prob: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1:
+            raise ValueError("SDSTrainingConfig.max_steps must be >= 1")
+        if len(self.reference_sizes) != len(self.random_cameras.schedule.sizes):
+            raise ValueError("reference_sizes needs one entry per phase of random_cameras.schedule")
+
+    @property
+    def schedule(self) -> ResolutionSchedule:
+        return self.random_cameras.schedule
+
+
+@dataclass
+class StepStats:
+    """Per-step record passed to the progress callback. ``losses`` holds unweighted loss values."""
+
+    step: int
+    total: int
+    loss: float
+    losses: dict[str, float]
+    seconds: float
+
+
+def _rays(cameras: CameraBatch, size: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    rays_o, rays_d = cameras.rays(size, size)
+    return rays_o.to(device), rays_d.to(device)
+
+
+def _resize(image: Tensor, size: int) -> Tensor:
+    """(C, H, W) → (C, size, size), antialiased bilinear."""
+    return F.interpolate(image[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+
+
+class SDSTrainer:
+    """Optimises an :class:`ImplicitVolume` from one reference view and an SDS guidance callback.
+
+    Examples:
+        >>> trainer = SDSTrainer(renderer, reference, guidance, SDSTrainingConfig(max_steps=10), seed=0)
+        >>> trainer.train(callback=lambda stats: print(stats.step, stats.loss))
+    """
+
+    def __init__(
+        self,
+        renderer: VolumeRenderer,
+        reference: ReferenceView,
+        guidance: Guidance | None,
+        config: SDSTrainingConfig,
+        seed: int,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.renderer = renderer.to(device)
+        self.field: ImplicitVolume = renderer.field
+        self.reference = reference
+        self.guidance = guidance
+        self.config = config
+        self.device = torch.device(device)
+        # One generator for cameras/backgrounds (CPU) and one for stratified sampling on the render device.
+        self.generator = torch.Generator().manual_seed(seed)
+        self.render_generator = torch.Generator(device=self.device).manual_seed(seed + 1)
+        self.camera_sampler = RandomCameraSampler(config.random_cameras, self.generator)
+        self.optimizer = torch.optim.Adam(
+            self.field.parameters(), lr=config.lr, betas=config.betas, eps=config.eps
+        )
+        self.reference_camera = CameraBatch.from_spherical(
+            reference.elevation_deg, reference.azimuth_deg, reference.camera_distance, reference.fovy_deg
+        )
+        self._reference_cache: dict[int, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
+
+    @property
+    def needs_normals(self) -> bool:
+        return any(ramp(self.config.lambda_orient, s) > 0 for s in (0, self.config.max_steps))
+
+    def _reference_batch(self, size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Rays and targets of the reference view at ``size``: rays_o, rays_d (1,S,S,3), rgb (1,S,S,3), mask (1,S,S,1)."""
+        if size not in self._reference_cache:
+            rays_o, rays_d = _rays(self.reference_camera, size, self.device)
+            rgb = _resize(self.reference.rgb.float(), size).permute(1, 2, 0)[None]
+            mask = (_resize(self.reference.mask.float(), size) > 0.5).float().permute(1, 2, 0)[None]
+            self._reference_cache[size] = (rays_o, rays_d, rgb.to(self.device), mask.to(self.device))
+        return self._reference_cache[size]
+
+    def _regularisers(self, out: RenderOutput, step: int, losses: dict[str, Tensor], with_sparsity: bool) -> Tensor:
+        cfg = self.config
+        total = torch.zeros((), device=self.device)
+        if out.normals is not None and ramp(cfg.lambda_orient, step) > 0:
+            losses["orient"] = orientation_loss(out.weights, out.normals, out.t_dirs, out.opacity)
+            total = total + ramp(cfg.lambda_orient, step) * losses["orient"]
+        if with_sparsity:
+            losses["sparsity"] = sparsity_loss(out.opacity)
+            total = total + ramp(cfg.lambda_sparsity, step) * losses["sparsity"]
+        losses["opaque"] = opaque_loss(out.opacity)
+        return total + ramp(cfg.lambda_opaque, step) * losses["opaque"]
+
+    def reference_step(self, step: int, losses: dict[str, Tensor]) -> Tensor:
+        """Render the reference view and return its weighted loss (RGB + mask + regularisers)."""
+        cfg = self.config
+        size = cfg.reference_sizes[cfg.schedule.phase(step)]
+        rays_o, rays_d, gt_rgb, gt_mask = self._reference_batch(size)
+        out = self.renderer(
+            rays_o, rays_d, with_normal=self.needs_normals, stratified=True, generator=self.render_generator
+        )
+        # The background is white, so the target is the image composited on white, as in threestudio.
+        gt = gt_rgb * gt_mask + (1.0 - gt_mask)
+        losses["rgb"] = F.mse_loss(out.rgb, gt)
+        losses["mask"] = F.mse_loss(out.opacity, gt_mask)
+        weighted = ramp(cfg.lambda_rgb, step) * losses["rgb"] + ramp(cfg.lambda_mask, step) * losses["mask"]
+        return weighted + self._regularisers(out, step, losses, with_sparsity=False)
+
+    def guidance_step(self, guidance: Guidance, step: int, losses: dict[str, Tensor]) -> Tensor:
+        """Render random views, ask ``guidance`` for d(SDS)/d(rgb), return a surrogate loss with that gradient."""
+        cfg = self.config
+        cameras, size = self.camera_sampler.sample(step)
+        batch = len(cameras)
+        white = torch.rand(batch, generator=self.generator) < cfg.white_background_prob
+        colours = torch.where(white[:, None], torch.ones(batch, 3), torch.rand(batch, 3, generator=self.generator))
+        rays_o, rays_d = _rays(cameras, size, self.device)
+        bg = colours.to(self.device)[:, None, None, :].expand(batch, size, size, 3)
+        out = self.renderer(
+            rays_o, rays_d, bg_color=bg, with_normal=self.needs_normals, stratified=True,
+            generator=self.render_generator,
+        )
+        rgb = out.rgb.permute(0, 3, 1, 2)  # (B, 3, H, W)
+        result = guidance(
+            rgb.detach(), cameras.elevation_deg, cameras.azimuth_deg, cameras.distance, step
+        )
+        losses["sds"] = torch.tensor(float(result.loss))
+        # (rgb * g).sum() has gradient g with respect to rgb: the SDS gradient flows into the field.
+        surrogate = (rgb * result.grad_rgb.to(rgb.device, rgb.dtype)).sum()
+        return ramp(cfg.lambda_sds, step) * surrogate + self._regularisers(out, step, losses, with_sparsity=True)
+
+    def train(self, callback: Callable[[StepStats], None] | None = None) -> list[StepStats]:
+        """Run ``config.max_steps`` steps; returns the per-step stats (also passed to ``callback``)."""
+        history: list[StepStats] = []
+        self.field.train()
+        for step in range(self.config.max_steps):
+            start = time.perf_counter()
+            self.renderer.update_occupancy(step, generator=self.render_generator)
+            losses: dict[str, Tensor] = {}
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self.reference_step(step, losses)
+            if self.guidance is not None:
+                loss = loss + self.guidance_step(self.guidance, step, losses)
+            loss.backward()
+            self.optimizer.step()
+            stats = StepStats(
+                step=step + 1,
+                total=self.config.max_steps,
+                loss=float(loss.detach()),
+                losses={k: float(v.detach()) for k, v in losses.items()},
+                seconds=time.perf_counter() - start,
+            )
+            history.append(stats)
+            if callback is not None:
+                callback(stats)
+        self.field.eval()
+        return history
