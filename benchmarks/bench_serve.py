@@ -1,0 +1,170 @@
+"""The same tiny job in process (the CLI's path) and through the Ray Serve graph over HTTP; then status-poll
+throughput through the Serve proxy.
+
+    python benchmarks/bench_serve.py                 # local Ray: 2 CPUs, 2 fake GPUs, tiny preset
+    python benchmarks/bench_serve.py --runs 3 --poll-seconds 20 --concurrency 32
+
+Prints wall seconds per run for both paths (the first in-process run includes loading the tiny models; the
+graph loads them at deploy time), then requests/s and p50/p99 latency of ``GET /v1/generation/{id}`` on a queued
+job (a 202 JSON body read from the artifact store), from ``--concurrency`` clients on loopback.
+
+The in-process runs use ``--torch-threads`` intra-op threads (default 1: Ray starts replicas with less than one
+CPU with ``OMP_NUM_THREADS=1``, so 1 compares like with like; on a busy 2-core machine, 2 threads were 3-4×
+slower than 1 here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DRAGON = ROOT / "examples" / "dragon2_rgba.png"
+JOB = {"num_views": 4, "num_multiview_steps": 2, "num_3d_max_steps": 12, "seed": 3}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def bench_in_process(runs: int, out: Path, threads: int) -> list[float]:
+    import torch
+
+    from lift3d.images import load_image
+    from lift3d.params import GenerationParams
+    from lift3d.presets import get_preset
+    from lift3d.runner import run_generation
+
+    torch.set_num_threads(threads)
+    times = []
+    for index in range(runs):
+        start = time.perf_counter()
+        run_generation(get_preset("tiny"), GenerationParams(**JOB), load_image(DRAGON), out / f"cli{index}")
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def start_graph(base: Path):
+    import ray
+    from ray import serve
+
+    from deployments.tasks import QueueConfig
+    from graph import APP_NAME, ServiceConfig, build_app
+
+    one = {"min_replicas": 1, "max_replicas": 1, "initial_replicas": 1}
+    options = {
+        "Ingress": {"ray_actor_options": {"num_cpus": 0.1}, "autoscaling_config": one},
+        "JobConsumer": {"ray_actor_options": {"num_cpus": 0.1}},
+        "TextToImage": {"ray_actor_options": {"num_cpus": 0.2, "num_gpus": 0.25}, "autoscaling_config": one},
+        "BackgroundRemoval": {"ray_actor_options": {"num_cpus": 0.2, "num_gpus": 0.1}, "autoscaling_config": one},
+        "MultiView": {"ray_actor_options": {"num_cpus": 0.2, "num_gpus": 0.5}, "autoscaling_config": one},
+        "NerfTrainer": {"ray_actor_options": {"num_cpus": 0.5, "num_gpus": 0.5}, "autoscaling_config": one},
+    }
+    port = _free_port()
+    pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, namespace="serve", log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    config = ServiceConfig(preset="tiny", store_url=f"file://{base / 'store'}",
+                           queue=QueueConfig(queue_dir=str(base / "queue"), polling_interval_s=0.1),
+                           heartbeat_s=1.0, deployment_options=options)
+    serve.run(build_app(config), name=APP_NAME, route_prefix="/")
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                return url, config
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError("graph not healthy")
+
+
+def bench_http(url: str, runs: int) -> list[float]:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        response = httpx.post(f"{url}/v1/generation/image-to-3d", files={"image": DRAGON.read_bytes()},
+                              data={k: str(v) for k, v in JOB.items()}, timeout=60)
+        response.raise_for_status()
+        job_id = response.json()["id"]
+        while True:
+            result = httpx.get(f"{url}/v1/generation/{job_id}", timeout=60)
+            if result.status_code != 202:
+                break
+            time.sleep(0.1)
+        if result.status_code != 200 or result.content[:4] != b"glTF":
+            raise RuntimeError(f"job {job_id} ended {result.status_code}: {result.text[:300]}")
+        times.append(time.perf_counter() - start)
+    return times
+
+
+async def bench_polls(url: str, job_id: str, seconds: float, concurrency: int) -> tuple[int, list[float]]:
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+        async def worker() -> None:
+            while time.perf_counter() < deadline:
+                start = time.perf_counter()
+                response = await client.get(f"/v1/generation/{job_id}", headers={"Accept": "application/json"})
+                if response.status_code != 202:
+                    raise RuntimeError(f"unexpected {response.status_code}")
+                latencies.append(time.perf_counter() - start)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return len(latencies), latencies
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=2, help="jobs per path (default 2)")
+    parser.add_argument("--poll-seconds", type=float, default=10.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--torch-threads", type=int, default=1, help="in-process intra-op threads (default 1)")
+    options = parser.parse_args(argv)
+    base = Path(tempfile.mkdtemp(prefix="lift3d-bench-"))
+
+    cli = bench_in_process(options.runs, base / "cli", options.torch_threads)
+    url, config = start_graph(base)
+    http = bench_http(url, options.runs)
+
+    from lift3d.api.jobs import JobRecord, JobStore
+    from lift3d.params import GenerationParams
+    from lift3d.storage import make_store
+
+    queued = JobStore(make_store(config.store_url)).create(JobRecord.new("image-to-3d", GenerationParams(**JOB)))
+    count, latencies = asyncio.run(bench_polls(url, queued.id, options.poll_seconds, options.concurrency))
+
+    print(f"tiny image-to-3d job ({JOB}), wall seconds per run:")
+    print(f"  in-process (CLI path, {options.torch_threads} torch thread(s)): {', '.join(f'{t:.1f}' for t in cli)}")
+    print(f"  HTTP through Serve:    {', '.join(f'{t:.1f}' for t in http)}  (submit → poll every 0.1 s → GLB)")
+    print(f"status polls, {options.concurrency} concurrent clients, {options.poll_seconds:.0f} s: "
+          f"{count / options.poll_seconds:.0f} requests/s, p50 {percentile(latencies, 0.5) * 1000:.1f} ms, "
+          f"p99 {percentile(latencies, 0.99) * 1000:.1f} ms")
+
+    from ray import serve
+
+    serve.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""Request and response models of the HTTP API (v1) and of the Python handle API (the same models).
+
+Parameters are :class:`~lift3d.params.GenerationParams`' (same names, ranges and defaults as the CLI); a request
+adds the job kind and the input image as base64.
+
+Examples:
+    >>> request = GenerationRequest.with_image(open("examples/dragon2_rgba.png", "rb").read(), seed=0)
+    >>> request.kind, request.params().num_views
+    ('image-to-3d', 8)
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from lift3d.errors import InvalidInputError
+from lift3d.params import GenerationParams
+
+__all__ = [
+    "ERROR_STATUS",
+    "Artifact",
+    "BadRequestError",
+    "ErrorBody",
+    "GenerationAccepted",
+    "GenerationKind",
+    "GenerationRequest",
+    "GenerationResult",
+    "GenerationStatus",
+    "JobStatus",
+    "Progress",
+    "decode_image",
+]
+
+GenerationKind = Literal["image-to-3d", "text-to-3d", "multiview"]
+JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+
+ERROR_STATUS: dict[str, int] = {
+    "bad_request": 400,
+    "generation_not_found": 404,
+    "generation_canceled": 410,
+    "payload_too_large": 413,
+    "invalid_parameters": 422,
+    "internal_error": 500,
+    "model_not_found": 500,
+    "service_unavailable": 503,
+}
+"""HTTP status of each error ``name`` (unknown names map to 500)."""
+
+
+class BadRequestError(InvalidInputError):
+    """The request cannot be parsed (malformed JSON, base64 or multipart body, unsupported content type)."""
+
+    name = "bad_request"
+
+
+class GenerationRequest(GenerationParams):
+    """One generation: the parameters, the kind of job and the input image.
+
+    ``image-to-3d`` needs ``image``; ``text-to-3d`` needs ``prompt``; ``multiview`` takes either and always
+    returns views only (``return_3d`` must not be set true).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: GenerationKind = Field("image-to-3d", description="What to generate.")
+    image: str | None = Field(
+        None, description="Input image, PNG/JPEG/WebP, base64-encoded (a `data:image/...;base64,` prefix is "
+        "accepted); at most 20 MiB decoded and 4096 px a side."
+    )
+
+    @classmethod
+    def with_image(cls, data: bytes, kind: GenerationKind = "image-to-3d", **params: Any) -> "GenerationRequest":
+        """A request for the encoded image ``data`` (bytes of a PNG/JPEG/WebP file)."""
+        return cls(kind=kind, image=base64.b64encode(data).decode("ascii"), **params)
+
+    def params(self) -> GenerationParams:
+        """The generation parameters alone (views-only for ``multiview``)."""
+        values = self.model_dump(exclude={"kind", "image"})
+        if self.kind == "multiview":
+            values["return_3d"] = False
+        return GenerationParams(**values)
+
+    def check(self) -> None:
+        """Raises InvalidInputError when the inputs do not fit the kind."""
+        if self.kind == "image-to-3d" and (self.image is None or self.prompt is not None):
+            raise InvalidInputError("image-to-3d needs an image and no prompt")
+        if self.kind == "text-to-3d" and (self.prompt is None or self.image is not None):
+            raise InvalidInputError("text-to-3d needs a prompt and no image")
+        if self.kind == "multiview":
+            if (self.image is None) == (self.prompt is None):
+                raise InvalidInputError("multiview needs either an image or a prompt, not both")
+            if "return_3d" in self.model_fields_set and self.return_3d:
+                raise InvalidInputError("return_3d: multiview returns views only; leave return_3d unset or false")
+
+
+def decode_image(value: str, max_bytes: int) -> bytes:
+    """Bytes of a base64 image field (optionally a ``data:`` URL).
+
+    Raises:
+        PayloadTooLargeError: decoded size over ``max_bytes`` (checked before decoding).
+        BadRequestError: not valid base64.
+    """
+    from lift3d.errors import PayloadTooLargeError
+
+    if value.startswith("data:"):
+        value = value.partition(",")[2]
+    if len(value) * 3 // 4 > max_bytes + 3:
+        raise PayloadTooLargeError(f"image is larger than {max_bytes // (1024 * 1024)} MiB")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequestError("image: not valid base64") from None
+
+
+class GenerationAccepted(BaseModel):
+    """``202`` answer to a submission."""
+
+    id: str = Field(description="Generation id; poll `GET /v1/generation/{id}`.")
+
+
+class Progress(BaseModel):
+    """Progress within the current stage."""
+
+    step: int = Field(ge=0)
+    total: int = Field(ge=0)
+
+
+class GenerationStatus(BaseModel):
+    """``202`` answer while a generation is queued or running."""
+
+    id: str
+    status: Literal["queued", "running"]
+    stage: str | None = Field(None, description="text_to_image, background_removal, novel_views, sds_training, "
+                              "mesh_export, or queued/starting/retrying.")
+    progress: Progress | None = None
+    eta_s: float | None = Field(None, description="Estimated seconds to completion, when known.")
+
+
+class Artifact(BaseModel):
+    """One stored artifact."""
+
+    name: str = Field(description="Path under the generation, e.g. `model.glb`, `views/000_az000_el0.png`.")
+    url: str = Field(description="Presigned URL (S3) or file:// URL (local store).")
+
+
+class GenerationResult(BaseModel):
+    """``200`` JSON answer (``Accept: application/json``) for a succeeded generation."""
+
+    id: str
+    status: Literal["succeeded"] = "succeeded"
+    finish_reason: Literal["SUCCESS"] = "SUCCESS"
+    seed: int
+    content_type: str = Field(description="`model/gltf-binary`, or `application/zip` of PNG views.")
+    content: str = Field(description="The GLB (or ZIP of views), base64-encoded.")
+    timings_s: dict[str, float] = Field(description="Wall seconds per stage.")
+    gpu_seconds: dict[str, float] = Field(description="Busy seconds × GPU fraction per stage.")
+    cost_usd: float = Field(description="Σ GPU-seconds × price per GPU-hour / 3600.")
+    artifacts: list[Artifact]
+    random_weights: bool = Field(description="True when models had random weights (tiny preset).")
+
+
+class ErrorBody(BaseModel):
+    """The one error envelope of the API. ``id`` is the generation id, or a request id for submissions."""
+
+    id: str
+    name: str = Field(description="bad_request, generation_not_found, generation_canceled, payload_too_large, "
+                      "invalid_parameters, internal_error.")
+    errors: list[str]
+
+    @property
+    def http_status(self) -> int:
+        return ERROR_STATUS.get(self.name, 500)

@@ -1,0 +1,309 @@
+"""The whole graph on a local Ray (2 CPUs, fake GPUs), through HTTP and through the handle API.
+
+Jobs are submitted together once per module (:func:`jobs`), so that they run concurrently (their SDS steps can
+share MultiView batches) and the suite waits for them once. Tests on the cluster are marked ``slow``.
+"""
+
+import base64
+import io
+import json
+import time
+import zipfile
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from lift3d.api.jobs import JobRecord, JobStore
+from lift3d.api.metrics import parse_exposition
+from lift3d.api.schemas import ErrorBody, GenerationAccepted, GenerationRequest, GenerationResult
+from lift3d.params import GenerationParams
+from lift3d.storage import LocalStore
+
+DRAGON = Path(__file__).resolve().parents[2] / "examples" / "dragon2_rgba.png"
+FAST = {"num_views": 4, "num_multiview_steps": 2, "num_inference_steps": 2, "num_3d_max_steps": 12, "seed": 3}
+"""Parameters of every job here (the CLI tests' sizes)."""
+TIMEOUT_S = 240.0
+
+
+def wait_done(url: str, job_id: str, timeout_s: float = TIMEOUT_S) -> httpx.Response:
+    """Poll with Accept: application/json until the job leaves queued/running."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        response = httpx.get(f"{url}/v1/generation/{job_id}", headers={"Accept": "application/json"}, timeout=30)
+        if response.status_code != 202:
+            return response
+        body = response.json()
+        assert body["status"] in ("queued", "running") and set(body) == {"id", "status", "stage", "progress", "eta_s"}
+        time.sleep(0.5)
+    raise TimeoutError(f"job {job_id} not done after {timeout_s} s")
+
+
+@pytest.fixture(scope="module")
+def jobs(serve_graph):
+    """Submit the module's jobs at once; returns {name: job id}."""
+    from deployments.tasks import JobQueue
+
+    url = serve_graph.url
+    ids = {}
+    response = httpx.post(f"{url}/v1/generation/image-to-3d", files={"image": ("dragon.png", DRAGON.read_bytes())},
+                          data={k: str(v) for k, v in FAST.items()}, timeout=30)
+    assert response.status_code == 202, response.text
+    ids["image"] = response.json()["id"]
+    response = httpx.post(f"{url}/v1/generation/text-to-3d", json={"prompt": "a wooden toy robot", **FAST}, timeout=30)
+    assert response.status_code == 202, response.text
+    ids["text"] = response.json()["id"]
+    image = base64.b64encode(DRAGON.read_bytes()).decode()
+    response = httpx.post(f"{url}/v1/generation/multiview", json={"image": image, **FAST}, timeout=30)
+    assert response.status_code == 202, response.text
+    ids["multiview"] = response.json()["id"]
+    # A job whose trainer raises on every attempt: its upload vanished from the store after submission.
+    store = JobStore(LocalStore(serve_graph.store_dir))
+    record = JobRecord.new("image-to-3d", GenerationParams(**FAST), max_attempts=2)
+    record = store.create(record.model_copy(update={"input_key": record.prefix + "upload.png"}))
+    JobQueue(serve_graph.config.queue).enqueue(record.id)
+    ids["broken"] = record.id
+    return ids
+
+
+@pytest.mark.slow
+def test_healthz_ready_when_every_deployment_is_up(serve_graph):
+    response = httpx.get(f"{serve_graph.url}/healthz", timeout=30)
+    assert response.status_code == 200
+    assert set(response.json()["deployments"]) == {"Ingress", "JobConsumer", "NerfTrainer", "TextToImage",
+                                                   "BackgroundRemoval", "MultiView"}
+
+
+@pytest.mark.slow
+def test_image_to_3d_end_to_end_binary_and_json(serve_graph, jobs):
+    url, job_id = serve_graph.url, jobs["image"]
+    done = wait_done(url, job_id)
+    assert done.status_code == 200, done.text
+    body = done.json()
+    assert body["status"] == "succeeded" and body["finish_reason"] == "SUCCESS" and body["seed"] == FAST["seed"]
+    assert body["content_type"] == "model/gltf-binary" and body["random_weights"] is True
+    assert {"background_removal", "novel_views", "sds_training", "mesh_export"} <= set(body["timings_s"])
+    # cost = Σ busy × GPU fraction × A10G price; the fake GPU fractions make it positive
+    assert body["cost_usd"] > 0 and body["gpu_seconds"]["sds_training"] > 0
+    names = {a["name"] for a in body["artifacts"]}
+    assert {"input.png", "views.png", "model.glb", "metadata.json"} <= names
+    assert sum(name.startswith("views/") for name in names) == FAST["num_views"]
+    # default: the GLB itself
+    binary = httpx.get(f"{url}/v1/generation/{job_id}", timeout=30)
+    assert binary.status_code == 200 and binary.headers["content-type"] == "model/gltf-binary"
+    assert binary.content[:4] == b"glTF" and base64.b64decode(body["content"]) == binary.content
+    metadata = json.loads((serve_graph.store_dir / "generations" / job_id / "metadata.json").read_text())
+    assert metadata["cost"]["usd"] == pytest.approx(body["cost_usd"])
+    assert metadata["cost"]["price_per_gpu_hour"] == pytest.approx(1.006)
+
+
+@pytest.mark.slow
+def test_text_to_3d_end_to_end(serve_graph, jobs):
+    done = wait_done(serve_graph.url, jobs["text"])
+    assert done.status_code == 200, done.text
+    body = done.json()
+    assert "text_to_image" in body["timings_s"] and body["content_type"] == "model/gltf-binary"
+    assert base64.b64decode(body["content"])[:4] == b"glTF"
+
+
+@pytest.mark.slow
+def test_multiview_returns_a_zip_of_views(serve_graph, jobs):
+    done = wait_done(serve_graph.url, jobs["multiview"])
+    assert done.status_code == 200, done.text
+    archive = httpx.get(f"{serve_graph.url}/v1/generation/{jobs['multiview']}", timeout=30)
+    assert archive.headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(archive.content)) as zipped:
+        names = zipped.namelist()
+        assert len(names) == FAST["num_views"] and all(n.endswith(".png") for n in names)
+        assert zipped.read(names[0])[:4] == b"\x89PNG"
+    assert "sds_training" not in done.json()["timings_s"]
+
+
+@pytest.mark.slow
+def test_trainer_that_raises_ends_failed_with_a_reason(serve_graph, jobs):
+    done = wait_done(serve_graph.url, jobs["broken"])
+    assert done.status_code == 500
+    body = done.json()
+    assert body["name"] == "internal_error" and body["id"] == jobs["broken"]
+    assert "upload.png" in body["errors"][0] and "after 2 attempts" in body["errors"][0]
+    assert "Traceback" not in done.text
+    record = JobStore(LocalStore(serve_graph.store_dir)).get(jobs["broken"])
+    assert record.status == "failed" and record.attempts == 2
+
+
+@pytest.mark.slow
+def test_handle_api_matches_http(serve_graph, jobs):
+    handle = serve_graph.handle
+    assert wait_done(serve_graph.url, jobs["image"]).status_code == 200
+    via_handle = handle.status.remote(jobs["image"]).result()
+    via_http = httpx.get(f"{serve_graph.url}/v1/generation/{jobs['image']}",
+                         headers={"Accept": "application/json"}, timeout=30).json()
+    assert isinstance(via_handle, GenerationResult) and via_handle.model_dump() == via_http
+    missing = handle.status.remote("f" * 32).result()
+    assert isinstance(missing, ErrorBody) and missing.name == "generation_not_found"
+    rejected = handle.generate.remote(GenerationRequest(kind="text-to-3d")).result()
+    assert isinstance(rejected, ErrorBody) and rejected.name == "invalid_parameters"
+    accepted = handle.generate.remote(GenerationRequest.with_image(DRAGON.read_bytes(), kind="multiview",
+                                                                   **FAST)).result()
+    assert isinstance(accepted, GenerationAccepted)
+    assert wait_done(serve_graph.url, accepted.id).status_code == 200
+
+
+@pytest.mark.slow
+def test_every_error_code_through_the_proxy(serve_graph, jobs):
+    url = serve_graph.url
+    cases = [
+        (httpx.post(f"{url}/v1/generation/image-to-3d", content=b"{", headers={"content-type": "application/json"},
+                    timeout=30), 400, "bad_request"),
+        (httpx.get(f"{url}/v1/generation/{'0' * 32}", timeout=30), 404, "generation_not_found"),
+        (httpx.post(f"{url}/v1/generation/image-to-3d", content=b"\x89PNG" + b"0" * (28 * 1024 * 1024),
+                    headers={"content-type": "multipart/form-data; boundary=x"}, timeout=60), 413, "payload_too_large"),
+        (httpx.post(f"{url}/v1/generation/text-to-3d", json={"prompt": "x", "num_views": 99}, timeout=30), 422,
+         "invalid_parameters"),
+        (wait_done(url, jobs["broken"]), 500, "internal_error"),
+    ]
+    for response, code, name in cases:
+        assert response.status_code == code, response.text
+        body = response.json()
+        assert set(body) == {"id", "name", "errors"} and body["name"] == name and body["errors"]
+
+
+@pytest.mark.slow
+def test_metrics_endpoint_shows_cost_histogram_after_a_job(serve_graph, jobs):
+    assert wait_done(serve_graph.url, jobs["image"]).status_code == 200
+    deadline = time.monotonic() + 60
+    families = {}
+    while time.monotonic() < deadline:
+        families = parse_exposition(httpx.get(serve_graph.metrics_url, timeout=10).text)
+        cost = [s for s in families.get("ray_lift3d_request_cost_usd", []) if s.name.endswith("_count")]
+        if cost and sum(s.value for s in cost) >= 1:
+            break
+        time.sleep(1)
+    else:
+        pytest.fail(f"no cost histogram in {sorted(k for k in families if 'lift3d' in k)}")
+    assert any(s.labels.get("kind") == "image-to-3d" for s in cost)
+    assert "ray_lift3d_stage_seconds" in families and "ray_lift3d_requests" in families
+
+
+@pytest.mark.slow
+def test_concurrent_sds_requests_share_one_batch(serve_graph):
+    from ray import serve
+
+    from deployments.multiview import SDSRequest
+
+    multiview = serve.get_deployment_handle("MultiView", "lift3d")
+    rng = np.random.default_rng(0)
+    conditions = [multiview.encode_condition.remote(rng.random((1, 3, 32, 32), dtype=np.float32)).result().value
+                  for _ in range(2)]
+    requests = [SDSRequest(rng.random((1, 3, 32, 32), dtype=np.float32), np.zeros(1, np.float32),
+                           np.full(1, 90.0 * i, np.float32), np.full(1, 3.8, np.float32), 0, i, 3.0, conditions[i])
+                for i in range(2)]
+    responses = [multiview.guidance.remote(r) for r in requests]
+    results = [r.result() for r in responses]
+    assert [r.batch_size for r in results] == [2, 2]
+    alone = multiview.guidance.remote(requests[1]).result()
+    assert alone.batch_size == 1 and np.allclose(alone.grad_rgb, results[1].grad_rgb, atol=1e-5)
+
+
+def test_sds_batch_equals_zero123_sds_per_request():
+    """No cluster: batching requests of different jobs changes nothing for any of them."""
+    import torch
+
+    from deployments.multiview import ConditionArrays, SDSRequest, sds_batch
+    from lift3d.stages.zero123 import Zero123
+
+    zero123 = Zero123.tiny(seed=0)
+    generator = torch.Generator().manual_seed(0)
+    requests = []
+    for index, (views, side, scale) in enumerate([(2, 32, 3.0), (1, 48, 3.0), (1, 32, 5.0)]):
+        condition = zero123.set_condition(torch.rand(1, 3, 32, 32, generator=generator))
+        requests.append(SDSRequest(
+            torch.rand(views, 3, side, side, generator=generator).numpy(), (torch.rand(views) * 30).numpy(),
+            (torch.rand(views) * 360).numpy(), np.full(views, 3.8, np.float32), 10 * index, 100 + index, scale,
+            ConditionArrays.from_embedding(condition)))
+    for request, (loss, grad) in zip(requests, sds_batch(zero123, requests)):
+        alone = zero123.sds(torch.from_numpy(request.rgb), torch.from_numpy(request.elevation_deg),
+                            torch.from_numpy(request.azimuth_deg), torch.from_numpy(request.camera_distance),
+                            request.step, guidance_scale=request.guidance_scale,
+                            generator=torch.Generator().manual_seed(request.seed),
+                            condition=request.condition.to_embedding())
+        assert loss == pytest.approx(float(alone.loss), rel=1e-5)
+        assert np.allclose(grad, alone.grad_rgb.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["serve_config.yaml", "serve_config.local.yaml"])
+def test_serve_configs_validate_and_build(name):
+    """No cluster: the files `serve deploy` takes are valid, name every deployment, and their args build."""
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from graph import ServiceConfig, build_app
+
+    root = Path(__file__).resolve().parents[2]
+    schema = ServeDeploySchema.model_validate(yaml.safe_load((root / name).read_text()))
+    (app,) = schema.applications
+    assert app.import_path == "graph:build_app"
+    assert {d.name for d in app.deployments} == {"Ingress", "JobConsumer", "TextToImage", "BackgroundRemoval",
+                                                 "MultiView", "NerfTrainer"}
+    config = ServiceConfig.model_validate(app.args)
+    build_app(config.model_copy(update={"queue": config.queue.model_copy(update={"queue_dir": "/tmp/lift3d-test-q"})}))
+    gpus = sum(d.ray_actor_options.num_gpus or 0 for d in app.deployments if d.ray_actor_options)
+    assert gpus > 0
+
+
+def test_rayservice_runs_the_same_application_as_serve_config():
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    root = Path(__file__).resolve().parents[2]
+    service = yaml.safe_load((root / "k8s" / "rayservice.yaml").read_text().split("\n---\n")[0])
+    embedded = ServeDeploySchema.model_validate(yaml.safe_load(service["spec"]["serveConfigV2"]))
+    direct = ServeDeploySchema.model_validate(yaml.safe_load((root / "serve_config.yaml").read_text()))
+    (k8s_app,), (app,) = embedded.applications, direct.applications
+    assert k8s_app.import_path == app.import_path and k8s_app.args == app.args
+    by_name = {d.name: d for d in app.deployments}
+    for deployment in k8s_app.deployments:
+        assert deployment.ray_actor_options == by_name[deployment.name].ray_actor_options, deployment.name
+
+
+@pytest.mark.slow
+def test_cancel_stops_a_running_job(serve_graph, jobs):
+    url = serve_graph.url
+    response = httpx.post(f"{url}/v1/generation/text-to-3d", timeout=30,
+                          json={"prompt": "a long job", **FAST, "num_3d_max_steps": 1000})
+    job_id = response.json()["id"]
+    deadline = time.monotonic() + TIMEOUT_S
+    while httpx.get(f"{url}/v1/generation/{job_id}", timeout=30).json().get("stage") != "sds_training":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert httpx.delete(f"{url}/v1/generation/{job_id}", timeout=30).status_code == 202
+    done = wait_done(url, job_id, timeout_s=60)
+    assert done.status_code == 410 and done.json()["name"] == "generation_canceled"
+    record = JobStore(LocalStore(serve_graph.store_dir)).get(job_id)
+    assert record.status == "canceled" and record.progress.step < 1000
+
+
+@pytest.mark.slow
+def test_job_survives_the_death_of_its_trainer_replica(serve_graph, jobs):
+    """The replica running a job dies mid-training; the job is retried on a fresh replica and succeeds."""
+    import ray
+
+    for job_id in jobs.values():  # let the module's jobs finish first: the kill must hit this job only
+        wait_done(serve_graph.url, job_id)
+    url = serve_graph.url
+    response = httpx.post(f"{url}/v1/generation/image-to-3d", files={"image": DRAGON.read_bytes()},
+                          data={k: str(v) for k, v in FAST.items()}, timeout=30)
+    job_id = response.json()["id"]
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline:
+        status = httpx.get(f"{url}/v1/generation/{job_id}", timeout=30).json()
+        if status.get("stage") == "sds_training":
+            break
+        time.sleep(0.2)
+    (replica,) = [a for a in ray.util.list_named_actors(all_namespaces=True) if "#NerfTrainer#" in a["name"]]
+    ray.kill(ray.get_actor(replica["name"], namespace=replica["namespace"]), no_restart=True)
+    done = wait_done(url, job_id)
+    assert done.status_code == 200, done.text
+    record = JobStore(LocalStore(serve_graph.store_dir)).get(job_id)
+    assert record.status == "succeeded" and record.attempts == 2
