@@ -28,5 +28,11 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
+serve: install  ## the local graph (tiny preset, local storage) on http://127.0.0.1:8000
+	$(PY) graph.py serve_config.local.yaml
+
+bench: install
+	$(PY) benchmarks/bench_serve.py
+
 clean:
 	rm -rf out .pytest_cache

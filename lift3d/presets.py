@@ -98,7 +98,9 @@ def _tiny_nerf() -> NerfPreset:
         field=FieldConfig(hash_grid=grid, n_neurons=32, n_hidden_layers=1, normal_type="analytic"),
         renderer=RendererConfig(num_samples_per_ray=96, grid=OccupancyGridConfig(warmup_steps=32)),
         training=training,
-        isosurface=IsosurfaceConfig(resolution=96),
+        # Same per-sample opacity at the surface as threestudio's density 25 with 512 samples per ray:
+        # 25 * (2 * 1.732 * 2 / 512) / (2 * 1.732 * 2 / 96) ≈ 4.7.
+        isosurface=IsosurfaceConfig(resolution=96, threshold=5.0),
     )
 
 
