@@ -30,7 +30,8 @@ from deployments.text_to_image import TextToImageRequest
 from lift3d.api.costs import CostModel
 from lift3d.api.jobs import AttemptResult, JobRecord, JobStore
 from lift3d.artifacts import png_bytes
-from lift3d.jobs_runner import JobRunner, Timed
+from lift3d.jobs_runner import JobRunner
+from lift3d.stage_providers import Timed
 from lift3d.params import GenerationParams
 from lift3d.presets import get_preset
 from lift3d.steps import (
@@ -85,7 +86,7 @@ class HandleGuidance:
 
 
 class HandleStages:
-    """:class:`lift3d.jobs_runner.JobStages` through DeploymentHandles (blocking calls: use from a worker thread)."""
+    """:class:`lift3d.stage_providers.StageProvider` through DeploymentHandles (blocking calls: use from a worker thread)."""
 
     def __init__(self, text_to_image: DeploymentHandle, background: DeploymentHandle,
                  multiview: DeploymentHandle) -> None:

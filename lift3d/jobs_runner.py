@@ -1,18 +1,19 @@
 """One 3D generation job, run from its record in the artifact store, with the model stages passed in.
 
-The stages are a :class:`JobStages` object: :class:`InProcessStages` loads the models in this process (tests, batch
-jobs); the Ray Serve graph passes stages that call other deployments (``deployments/nerf_trainer.py``). The NeRF
-itself is trained here, in the caller's process.
+The job runs :class:`~lift3d.pipeline.Lift3DPipeline` on a :class:`~lift3d.stage_providers.StageProvider`:
+:class:`~lift3d.stage_providers.InProcessStages` loads the models in this process (tests, batch jobs); the Ray
+Serve graph passes stages that call other deployments (``deployments/nerf_trainer.py``). The NeRF itself is
+trained here, in the caller's process.
 
 Two layers, each usable alone (the queue side, :func:`lift3d.api.jobs.consume_job`, needs no torch):
 
-- :func:`run_job` — the generation's numbered steps; writes artifacts under ``generations/{id}/``; raises on failure.
+- :func:`run_job` — the pipeline plus the job's extras (views ZIP, cost); writes artifacts under ``generations/{id}/``; raises on failure.
 - :meth:`JobRunner.attempt` — one attempt of a running job: heartbeats, progress, cancellation, error triage;
   returns an :class:`~lift3d.api.jobs.AttemptResult` and never raises for job errors.
 
 Examples:
     >>> jobs = JobStore(LocalStore("/tmp/lift3d"))
-    >>> stages = InProcessStages(get_preset("tiny"))
+    >>> stages = InProcessStages(get_preset("tiny"))  # lift3d.stage_providers
     >>> runner = JobRunner(jobs, stages, get_preset("tiny"), CostModel(1.0, {"sds_training": 1.0}))
     >>> consume_job(job_id, jobs, runner.attempt, worker="local")
     'succeeded'
@@ -26,72 +27,25 @@ import threading
 import time
 import zipfile
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
-from typing import Any, Callable, Generic, Protocol, TypeVar
+from typing import Callable
 
 import torch
-from PIL import Image
 
 from lift3d.api.costs import CostModel
 from lift3d.api.jobs import AttemptResult, InvalidTransition, JobOutcome, JobRecord, JobStore, describe_error
 from lift3d.artifacts import ArtifactWriter
 from lift3d.errors import InvalidInputError, Lift3DError
 from lift3d.images import load_image
-from lift3d.params import GenerationParams
-from lift3d.pipeline import RANDOM_WEIGHTS_WARNING, StageModels, package_versions
+from lift3d.pipeline import Lift3DPipeline
 from lift3d.presets import ModelPreset
-from lift3d.steps import NovelView, PreparedInput, Zero123Guidance, generate_views, prepare_input, train_mesh
+from lift3d.stage_providers import StageProvider
+from lift3d.steps import NovelView
 from nerf.mesh import EmptyIsosurfaceError
-from nerf.sds_trainer import Guidance, GuidanceResult, StepStats
+from nerf.sds_trainer import StepStats
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "InProcessStages",
-    "JobCanceled",
-    "JobRunner",
-    "JobStages",
-    "MeteredGuidance",
-    "Timed",
-    "run_job",
-    "views_zip",
-]
-
-T = TypeVar("T")
-
-
-@dataclass
-class Timed(Generic[T]):
-    """A stage's result, the seconds the stage was busy producing it (excluding queueing), and the GPU fraction
-    of whatever ran it when known (it then replaces the cost model's fraction for that stage)."""
-
-    value: T
-    busy_s: float
-    gpu_fraction: float | None = None
-
-
-class MeteredGuidance(Guidance, Protocol):
-    """A :class:`~nerf.sds_trainer.Guidance` that sums the busy seconds of its calls in ``busy_s``;
-    ``gpu_fraction`` as in :class:`Timed`."""
-
-    busy_s: float
-    gpu_fraction: float | None
-
-
-class JobStages(Protocol):
-    """The model stages a job calls."""
-
-    def text_to_image(self, params: GenerationParams, seed: int) -> Timed[Image.Image]: ...
-
-    def prepare_input(self, image: Image.Image, remove_background: bool, size: int) -> Timed[PreparedInput]: ...
-
-    def novel_views(self, prepared: PreparedInput, params: GenerationParams, seed: int) -> Timed[list[NovelView]]: ...
-
-    def guidance(self, prepared: PreparedInput, params: GenerationParams, seed: int) -> MeteredGuidance: ...
-
-    def describe(self) -> dict[str, dict[str, Any]]:
-        """``{stage: {"source": ..., "random_weights": ...}}`` of the models used so far."""
-        ...
+__all__ = ["JobCanceled", "JobRunner", "run_job", "views_zip"]
 
 
 class JobCanceled(Exception):
@@ -109,56 +63,6 @@ def views_zip(views: list[NovelView]) -> bytes:
     return buffer.getvalue()
 
 
-# ------------------------------------------------------------------------------------------------ in process
-class _TimedGuidance:
-    def __init__(self, guidance: Guidance) -> None:
-        self.inner, self.busy_s, self.gpu_fraction = guidance, 0.0, None
-
-    def __call__(self, rgb, elevation_deg, azimuth_deg, camera_distance, step) -> GuidanceResult:
-        start = time.perf_counter()
-        try:
-            return self.inner(rgb, elevation_deg, azimuth_deg, camera_distance, step)
-        finally:
-            self.busy_s += time.perf_counter() - start
-
-
-class InProcessStages:
-    """Every stage on models loaded in this process (one :class:`~lift3d.pipeline.StageModels`)."""
-
-    def __init__(self, preset: ModelPreset, device: torch.device | str = "cpu") -> None:
-        self.models = StageModels(preset, device)
-
-    def text_to_image(self, params: GenerationParams, seed: int) -> Timed[Image.Image]:
-        start = time.perf_counter()
-        image = self.models.text_to_image()(
-            params.prompt, params.negative_prompt, guidance_scale=params.guidance_scale,
-            num_inference_steps=params.num_inference_steps, seed=seed,
-        )
-        return Timed(image, time.perf_counter() - start)
-
-    def prepare_input(self, image: Image.Image, remove_background: bool, size: int) -> Timed[PreparedInput]:
-        start = time.perf_counter()
-        prepared = prepare_input(image, remove_background, self.models.background_remover, size=size)
-        return Timed(prepared, time.perf_counter() - start)
-
-    def novel_views(self, prepared: PreparedInput, params: GenerationParams, seed: int) -> Timed[list[NovelView]]:
-        start = time.perf_counter()
-        views = generate_views(self.models.zero123(), prepared, params.view_azimuths(),
-                               num_inference_steps=params.num_multiview_steps,
-                               guidance_scale=params.multiview_guidance_scale, seed=seed)
-        return Timed(views, time.perf_counter() - start)
-
-    def guidance(self, prepared: PreparedInput, params: GenerationParams, seed: int) -> MeteredGuidance:
-        from lift3d.steps import condition_zero123
-
-        zero123 = self.models.zero123()
-        condition_zero123(zero123, prepared)
-        return _TimedGuidance(Zero123Guidance(zero123, params.multiview_guidance_scale, seed=seed))
-
-    def describe(self) -> dict[str, dict[str, Any]]:
-        return self.models.describe()
-
-
 # ------------------------------------------------------------------------------------------------ the steps
 @dataclass
 class _Progress:
@@ -174,7 +78,7 @@ class _Progress:
 def run_job(
     record: JobRecord,
     jobs: JobStore,
-    stages: JobStages,
+    stages: StageProvider,
     preset: ModelPreset,
     cost_model: CostModel,
     *,
@@ -182,7 +86,8 @@ def run_job(
     on_stage: Callable[[str, int], None] = lambda stage, total: None,
     on_step: Callable[[StepStats], None] = lambda stats: None,
 ) -> JobOutcome:
-    """Run the generation of ``record`` and write its artifacts under ``record.prefix``.
+    """Run the generation of ``record`` (the one-process pipeline on ``stages``) and write its artifacts under
+    ``record.prefix``, plus ``views.zip`` for views-only jobs and the job's cost in ``metadata.json``.
 
     ``on_stage(stage, total)`` is called when a stage starts and ``on_step`` after each SDS step; both may raise
     (e.g. :class:`JobCanceled`) to stop the job.
@@ -191,107 +96,53 @@ def run_job(
         InvalidInputError: unusable input (also from the stages). EmptyIsosurfaceError: no surface found.
         JobCanceled: from the callbacks. Any other exception from the stages or the store.
     """
-    params, seed = record.params, int(record.params.seed)
+    params = record.params
     writer = ArtifactWriter(jobs.store, record.prefix)
-    timings: dict[str, float] = {}
-    busy: dict[str, float] = {}
-    fractions = dict(cost_model.gpu_fractions)
+    image = load_image(jobs.store.get(record.input_key)) if record.input_key is not None else None
+    pipeline = Lift3DPipeline(preset, device=device, stages=stages)
+    result = pipeline.run(params, image, writer, progress=_CallbackProgress(on_stage, on_step))
 
-    def measured(name: str, out: Timed) -> Any:
-        busy[name] = out.busy_s
-        if out.gpu_fraction is not None:
-            fractions[name] = out.gpu_fraction
-        return out.value
-
-    def stage(name: str, total: int = 0) -> _StageClock:
-        on_stage(name, total)
-        return _StageClock(name, timings)
-
-    # 1. Input image: the upload, or SDXL for prompts.
-    if record.input_key is not None:
-        image = load_image(jobs.store.get(record.input_key))
-    else:
-        with stage("text_to_image", params.num_inference_steps):
-            image = measured("text_to_image", stages.text_to_image(params, seed))
-
-    # 2. Background removal and recentring.
-    with stage("background_removal"):
-        prepared = measured("background_removal", stages.prepare_input(image, params.remove_background,
-                                                                       preset.input_size))
-    writer.input_image(prepared.rgba)
-
-    # 3. Novel views.
-    with stage("novel_views", params.num_views):
-        views = measured("novel_views", stages.novel_views(prepared, params, seed))
-    writer.views([(v.filename, v.image) for v in views])
-
-    # 4. NeRF with SDS guidance, then marching cubes and export.
-    mesh, history = None, []
+    busy = dict(result.busy_s)
     if params.return_3d:
-        nerf = preset.nerf if params.num_3d_max_steps is None else preset.nerf.with_max_steps(params.num_3d_max_steps)
-        guidance = stages.guidance(prepared, params, seed)
-        with stage("sds_training", nerf.training.max_steps):
-            mesh, history = train_mesh(prepared, guidance, nerf, seed=seed, device=device, callback=on_step)
-        measured("sds_guidance", Timed(None, guidance.busy_s, guidance.gpu_fraction))
-        busy["sds_training"] = timings["sds_training"]
-        with stage("mesh_export"):
-            writer.model(mesh)
-        busy["mesh_export"] = timings["mesh_export"]
         main_key, content_type = "model.glb", "model/gltf-binary"
     else:
-        with stage("views_zip"):
-            writer.put("views.zip", views_zip(views), "application/zip")
+        started = time.perf_counter()
+        writer.put("views.zip", views_zip(result.views), "application/zip")
+        busy["views_zip"] = time.perf_counter() - started
         main_key, content_type = "views.zip", "application/zip"
 
-    # 5. Costs and metadata.
-    cost_model = replace(cost_model, gpu_fractions=fractions)
+    cost_model = replace(cost_model, gpu_fractions={**cost_model.gpu_fractions, **result.gpu_fractions})
     gpu_seconds = cost_model.gpu_seconds(busy)
     cost = cost_model.cost_usd(busy)
-    models = stages.describe()
-    random_weights = any(m.get("random_weights") for m in models.values())
     metadata = {
+        **result.metadata,
         "id": record.id,
         "kind": record.kind,
-        "created_at": datetime.now(timezone.utc).isoformat(),
-        "params": params.model_dump(),
-        "seed": seed,
-        "preset": preset.name,
-        "models": models,
-        "random_weights": random_weights,
-        "warning": RANDOM_WEIGHTS_WARNING if random_weights else None,
-        "background_removal": prepared.background_removal,
-        "views": [{"file": f"views/{i:03d}_{v.filename}", "elevation_deg": v.elevation_deg,
-                   "azimuth_deg": v.azimuth_deg} for i, v in enumerate(views)],
-        "mesh": None if mesh is None else {"vertices": len(mesh.vertices), "faces": len(mesh.faces)},
-        "training": None if not history else {
-            "steps": len(history), "final_loss": history[-1].loss, "final_losses": history[-1].losses,
-            "mean_step_seconds": sum(h.seconds for h in history) / len(history),
-        },
-        "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "busy_s": {k: round(v, 3) for k, v in busy.items()},
         "cost": {"usd": cost, "gpu_seconds": gpu_seconds, **cost_model.describe()},
         "attempt": record.attempts,
-        "device": str(device),
-        "versions": package_versions(),
     }
     writer.metadata(metadata)
     names = [key[len(record.prefix):] for key in writer.keys]
     return JobOutcome(main_key=main_key, content_type=content_type, artifacts=names,
                       timings_s=metadata["timings_s"], busy_s=busy, gpu_seconds=gpu_seconds, cost_usd=cost,
-                      random_weights=random_weights)
+                      random_weights=bool(metadata["random_weights"]))
 
 
-class _StageClock:
-    def __init__(self, name: str, timings: dict[str, float]) -> None:
-        self.name, self.timings = name, timings
+class _CallbackProgress:
+    """The pipeline's ProgressReporter calling the job runner's ``on_stage`` / ``on_step`` callbacks."""
 
-    def __enter__(self) -> "_StageClock":
-        self.start = time.perf_counter()
-        return self
+    def __init__(self, on_stage: Callable[[str, int], None], on_step: Callable[[StepStats], None]) -> None:
+        self.on_stage, self.on_step = on_stage, on_step
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.timings[self.name] = time.perf_counter() - self.start
+    def start(self, stage: str, total: int | None = None) -> None:
+        self.on_stage(stage, total or 0)
+
+    def update(self, stage: str, completed: int, total: int, info: dict[str, float]) -> None:
+        self.on_step(StepStats(step=completed, total=total, loss=info.get("loss", 0.0), losses={}, seconds=0.0))
+
+    def finish(self, stage: str, seconds: float) -> None:
+        pass
 
 
 # ------------------------------------------------------------------------------------------------ one attempt
@@ -312,7 +163,7 @@ class JobRunner:
         on_finish: called with the finished record (metrics).
     """
 
-    def __init__(self, jobs: JobStore, stages: JobStages, preset: ModelPreset, cost_model: CostModel, *,
+    def __init__(self, jobs: JobStore, stages: StageProvider, preset: ModelPreset, cost_model: CostModel, *,
                  device: torch.device | str = "cpu", heartbeat_s: float = 2.0,
                  on_finish: Callable[[JobRecord], None] = lambda record: None) -> None:
         self.jobs, self.stages, self.preset, self.cost_model = jobs, stages, preset, cost_model

@@ -21,16 +21,14 @@ from PIL import Image
 from lift3d.artifacts import ArtifactWriter
 from lift3d.errors import InvalidInputError
 from lift3d.params import GenerationParams
-from lift3d.presets import TINY, ModelPreset
-from lift3d.stages.background import BackgroundRemover
-from lift3d.stages.text_to_image import TextToImage
-from lift3d.stages.zero123 import Zero123
-from lift3d.steps import NovelView, PreparedInput, Zero123Guidance, generate_views, prepare_input, train_mesh
+from lift3d.presets import ModelPreset
+from lift3d.stage_providers import InProcessStages, StageProvider, Timed
+from lift3d.steps import NovelView, PreparedInput, train_mesh
 from nerf.sds_trainer import StepStats
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GenerationResult", "Lift3DPipeline", "ProgressReporter", "StageModels", "package_versions"]
+__all__ = ["GenerationResult", "Lift3DPipeline", "ProgressReporter", "package_versions"]
 
 RANDOM_WEIGHTS_WARNING = "RANDOM WEIGHTS: the models are untrained; images and shapes are meaningless."
 _VERSIONED_PACKAGES = ("lift3d", "torch", "diffusers", "transformers", "rembg", "onnxruntime", "trimesh", "numpy")
@@ -68,44 +66,6 @@ class _NoProgress:
         pass
 
 
-class StageModels:
-    """Loads each stage's model from a preset on first use and keeps it for this instance."""
-
-    def __init__(self, preset: ModelPreset, device: torch.device | str = "cpu") -> None:
-        self.preset = preset
-        self.device = torch.device(device)
-        self._loaded: dict[str, Any] = {}
-
-    def _load(self, name: str, cls: Any, source: str) -> Any:
-        if name not in self._loaded:
-            if source == TINY:
-                self._loaded[name] = cls.tiny(seed=0, device=self.device)
-            else:
-                self._loaded[name] = cls.from_pretrained(source, device=self.device)
-        return self._loaded[name]
-
-    def text_to_image(self) -> TextToImage:
-        return self._load("text_to_image", TextToImage, self.preset.text_to_image)
-
-    def background_remover(self) -> BackgroundRemover:
-        if "background" not in self._loaded:
-            source = self.preset.background
-            self._loaded["background"] = (
-                BackgroundRemover.tiny(seed=0) if source == TINY else BackgroundRemover.from_pretrained(source)
-            )
-        return self._loaded["background"]
-
-    def zero123(self) -> Zero123:
-        return self._load("zero123", Zero123, self.preset.zero123)
-
-    def describe(self) -> dict[str, dict[str, Any]]:
-        """Source and ``random_weights`` of every stage loaded so far."""
-        return {
-            name: {"source": stage.source, "random_weights": bool(stage.random_weights)}
-            for name, stage in self._loaded.items()
-        }
-
-
 @dataclass
 class GenerationResult:
     """What one generation produced.
@@ -116,6 +76,10 @@ class GenerationResult:
         views: the Zero123 novel views.
         mesh: the extracted mesh in the z-up world frame, or None for views-only requests.
         metadata: the content of ``metadata.json``.
+        history: per-step SDS training stats (empty for views-only requests).
+        timings_s: wall seconds per stage, as seen by the caller.
+        busy_s: seconds each stage kept its worker busy (queueing excluded), for cost accounting.
+        gpu_fractions: GPU fraction reported by the worker of a stage, where known.
     """
 
     seed: int
@@ -123,10 +87,14 @@ class GenerationResult:
     views: list[NovelView]
     mesh: trimesh.Trimesh | None
     metadata: dict[str, Any] = field(default_factory=dict)
+    history: list[StepStats] = field(default_factory=list)
+    timings_s: dict[str, float] = field(default_factory=dict)
+    busy_s: dict[str, float] = field(default_factory=dict)
+    gpu_fractions: dict[str, float] = field(default_factory=dict)
 
 
 class Lift3DPipeline:
-    """The whole generation in one process.
+    """The whole generation, with its model stages in this process or behind a :class:`StageProvider`.
 
     Examples:
         >>> pipe = Lift3DPipeline(get_preset("tiny"))
@@ -135,10 +103,12 @@ class Lift3DPipeline:
         3
     """
 
-    def __init__(self, preset: ModelPreset, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, preset: ModelPreset, device: torch.device | str = "cpu", stages: StageProvider | None = None
+    ) -> None:
         self.preset = preset
         self.device = torch.device(device)
-        self.models = StageModels(preset, self.device)
+        self.stages = stages if stages is not None else InProcessStages(preset, self.device)
 
     @staticmethod
     def check_inputs(params: GenerationParams, image: Image.Image | None) -> None:
@@ -155,12 +125,33 @@ class Lift3DPipeline:
         writer: ArtifactWriter | None = None,
         progress: ProgressReporter | None = None,
     ) -> GenerationResult:
-        """Run the generation; artifacts go to ``writer`` as soon as each stage finishes."""
+        """Run the generation; artifacts, then ``metadata.json``, go to ``writer`` as each is ready."""
+        result = self.run(params, image, writer, progress)
+        if writer:
+            writer.metadata(result.metadata)
+        return result
+
+    def run(
+        self,
+        params: GenerationParams,
+        image: Image.Image | None = None,
+        writer: ArtifactWriter | None = None,
+        progress: ProgressReporter | None = None,
+    ) -> GenerationResult:
+        """Like ``__call__`` but leaves ``metadata.json`` to the caller (the service adds job and cost fields)."""
         progress = progress or _NoProgress()
         timings: dict[str, float] = {}
+        busy: dict[str, float] = {}
+        fractions: dict[str, float] = {}
 
-        def timed(stage: str, total: int | None = None):
+        def timed(stage: str, total: int | None = None) -> _StageTimer:
             return _StageTimer(stage, total, progress, timings)
+
+        def measured(stage: str, out: Timed) -> Any:
+            busy[stage] = out.busy_s
+            if out.gpu_fraction is not None:
+                fractions[stage] = out.gpu_fraction
+            return out.value
 
         # 1. Check inputs and fix the seed.
         self.check_inputs(params, image)
@@ -170,59 +161,59 @@ class Lift3DPipeline:
         # 2. Text → image (SDXL), only for prompts.
         if image is None:
             with timed("text_to_image", params.num_inference_steps):
-                image = self.models.text_to_image()(
-                    params.prompt, params.negative_prompt, guidance_scale=params.guidance_scale,
-                    num_inference_steps=params.num_inference_steps, seed=seed,
-                )
+                image = measured("text_to_image", self.stages.text_to_image(params, seed))
 
         # 3. Background removal and recentring.
         with timed("background_removal"):
-            prepared: PreparedInput = prepare_input(
-                image, params.remove_background, self.models.background_remover, size=self.preset.input_size
+            prepared: PreparedInput = measured(
+                "background_removal",
+                self.stages.prepare_input(image, params.remove_background, self.preset.input_size),
             )
         if writer:
             writer.input_image(prepared.rgba)
 
         # 4. Novel views (Stable Zero123, DDIM).
         with timed("novel_views", params.num_views):
-            zero123 = self.models.zero123()
-            views = generate_views(
-                zero123, prepared, params.view_azimuths(), num_inference_steps=params.num_multiview_steps,
-                guidance_scale=params.multiview_guidance_scale, seed=seed,
-            )
+            views = measured("novel_views", self.stages.novel_views(prepared, params, seed))
         if writer:
             writer.views([(v.filename, v.image) for v in views])
 
-        # 5. NeRF optimisation with SDS, then marching cubes.
+        # 5. NeRF optimisation with SDS guidance, then marching cubes.
         mesh, history = None, []
         if params.return_3d:
             nerf = self.preset.nerf
             if params.num_3d_max_steps is not None:
                 nerf = nerf.with_max_steps(params.num_3d_max_steps)
+            guidance = self.stages.guidance(prepared, params, seed)
             with timed("sds_training", nerf.training.max_steps) as stage:
-                guidance = Zero123Guidance(zero123, params.multiview_guidance_scale, seed=seed)
                 mesh, history = train_mesh(
                     prepared, guidance, nerf, seed=seed, device=self.device, callback=stage.step_callback
                 )
+            measured("sds_guidance", Timed(None, guidance.busy_s, guidance.gpu_fraction))
+            busy["sds_training"] = timings["sds_training"]
             # 6. Export.
             if writer:
                 with timed("mesh_export"):
                     writer.model(mesh)
+                busy["mesh_export"] = timings["mesh_export"]
 
-        metadata = self._metadata(params, prepared, views, mesh, history, timings)
-        if writer:
-            writer.metadata(metadata)
-        return GenerationResult(seed=seed, input_image=prepared.rgba, views=views, mesh=mesh, metadata=metadata)
+        result = GenerationResult(
+            seed=seed, input_image=prepared.rgba, views=views, mesh=mesh, history=history,
+            timings_s=timings, busy_s=busy, gpu_fractions=fractions,
+        )
+        result.metadata = self._metadata(params, prepared, result)
+        return result
 
-    def _metadata(self, params, prepared, views, mesh, history: list[StepStats], timings) -> dict[str, Any]:
-        models = self.models.describe()
-        random_weights = any(m["random_weights"] for m in models.values())
+    def _metadata(self, params: GenerationParams, prepared: PreparedInput, result: GenerationResult) -> dict[str, Any]:
+        models = self.stages.describe()
+        random_weights = any(m.get("random_weights") for m in models.values())
         if random_weights:
             logger.warning(RANDOM_WEIGHTS_WARNING)
+        mesh, history = result.mesh, result.history
         return {
             "created_at": datetime.now(timezone.utc).isoformat(),
             "params": params.model_dump(),
-            "seed": params.seed,
+            "seed": result.seed,
             "preset": self.preset.name,
             "models": models,
             "random_weights": random_weights,
@@ -230,7 +221,7 @@ class Lift3DPipeline:
             "background_removal": prepared.background_removal,
             "views": [
                 {"file": f"views/{i:03d}_{v.filename}", "elevation_deg": v.elevation_deg, "azimuth_deg": v.azimuth_deg}
-                for i, v in enumerate(views)
+                for i, v in enumerate(result.views)
             ],
             "mesh": None if mesh is None else {
                 "vertices": len(mesh.vertices),
@@ -243,7 +234,8 @@ class Lift3DPipeline:
                 "final_losses": history[-1].losses,
                 "mean_step_seconds": sum(h.seconds for h in history) / len(history),
             },
-            "timings_s": {k: round(v, 3) for k, v in timings.items()},
+            "timings_s": {k: round(v, 3) for k, v in result.timings_s.items()},
+            "busy_s": {k: round(v, 3) for k, v in result.busy_s.items()},
             "device": str(self.device),
             "versions": package_versions(),
         }

@@ -339,7 +339,8 @@ def _png(size=(64, 64)) -> bytes:
 
 
 def test_views_only_job_runs_in_process_and_writes_zip_and_metadata(jobs):
-    from lift3d.jobs_runner import InProcessStages, JobRunner
+    from lift3d.jobs_runner import JobRunner
+    from lift3d.stage_providers import InProcessStages
     from lift3d.presets import get_preset
 
     preset = get_preset("tiny")
