@@ -14,12 +14,12 @@ Examples:
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import trimesh
+
+from nerf.io import write_atomic
 
 __all__ = ["Z_UP_TO_Y_UP", "export_glb"]
 
@@ -59,21 +59,4 @@ def export_glb(mesh: trimesh.Trimesh, path: str | Path, *, z_up_to_y_up: bool = 
         out.apply_translation(-out.bounds.mean(axis=0))
     data = out.export(file_type="glb", include_normals=True)
 
-    path = Path(path).expanduser().resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, data)
-    return path
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write bytes to a temporary sibling file, fsync it, then rename over ``path``."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    return write_atomic(Path(path).expanduser().resolve(), data)

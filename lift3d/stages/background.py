@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -29,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from lift3d.errors import InvalidInputError, ModelNotFoundError
+from nerf.io import write_atomic
 
 __all__ = ["DEFAULT_REMBG_HOME", "KNOWN_MODELS", "BackgroundRemover", "model_search_dirs"]
 
@@ -138,7 +138,7 @@ class BackgroundRemover:
         expected = _tiny_model_bytes(seed)
         if not path.is_file() or path.read_bytes() != expected:
             directory.mkdir(parents=True, exist_ok=True)
-            _write_atomic(path, expected)
+            write_atomic(path, expected)
         logger.warning("Background remover %s has random weights; its masks are meaningless (tests only).", path)
         session = _open_session("u2net_custom", path, device)
         return cls(session, model_name=model_name, source=str(path), random_weights=True)
@@ -242,13 +242,3 @@ def _tiny_model_bytes(seed: int) -> bytes:
     return model.SerializeToString()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary sibling, then rename over ``path`` (readers never see a partial file)."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
