@@ -16,23 +16,30 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[serve,test]"
 	touch $(STAMP)
 
-install: $(STAMP)
+# The Khronos glTF-Validator (npm) checks every GLB the tests write.
+NODE_STAMP := node_modules/.package-lock.json
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+
+install: $(STAMP) $(NODE_STAMP)
 
 demo: install
 	time $(VENV)/bin/lift3d generate --image examples/dragon2_rgba.png --out $(DEMO_OUT) --seed 0
 	@echo "wrote: $$(ls $(DEMO_OUT))"
 
 test: install
-	$(PY) -m pytest -q
+	LIFT3D_REQUIRE_GLTF_VALIDATOR=1 $(PY) -m pytest -q
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow"
+	LIFT3D_REQUIRE_GLTF_VALIDATOR=1 $(PY) -m pytest -q -m "not slow"
 
 serve: install  ## the local graph (tiny preset, local storage) on http://127.0.0.1:8000
 	$(PY) graph.py serve_config.local.yaml
 
 bench: install
 	$(PY) benchmarks/bench_serve.py
+	$(PY) benchmarks/reconstruct_shapes.py
+	$(PY) benchmarks/bench_hashgrid.py
 
 clean:
-	rm -rf out .pytest_cache
+	rm -rf out .pytest_cache node_modules

@@ -14,9 +14,10 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
 
+from lift3d.cli_tools import reconstruct, render_views
 from lift3d.errors import InvalidInputError, Lift3DError
+from lift3d.progress import configure_logging
 from nerf.mesh import EmptyIsosurfaceError
 
 app = typer.Typer(
@@ -28,15 +29,6 @@ app = typer.Typer(
 )
 stderr = Console(stderr=True)
 logger = logging.getLogger("lift3d")
-
-
-def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(console=stderr, show_path=False, show_time=False)],
-        force=True,
-    )
 
 
 @app.callback()
@@ -63,6 +55,9 @@ def generate(
     ),
     views_only: bool = typer.Option(False, "--views-only", help="Only novel views: no NeRF, no mesh."),
     seed: Optional[int] = typer.Option(None, "--seed", help="0–4294967295; random when omitted."),
+    texture: bool = typer.Option(True, "--texture/--no-texture", help="Also write model_textured.glb (UV + PBR)."),
+    texture_size: int = typer.Option(1024, "--texture-size", help="Texture side: 512, 1024 or 2048."),
+    target_faces: Optional[int] = typer.Option(None, "--target-faces", help="Decimate to about this many faces."),
     preset: str = typer.Option(
         "auto", "--preset",
         help="Model preset: default, tiny (random weights), or auto (default if its weights are present, "
@@ -75,7 +70,7 @@ def generate(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more."),
 ) -> None:
     """Generate novel views and a GLB from an image or a prompt."""
-    _configure_logging(verbose)
+    configure_logging(verbose, stderr)
     if not verbose:
         # transformers warns on import about optional backends (torchvision); not actionable for CLI users.
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -83,7 +78,8 @@ def generate(
     from lift3d.images import load_image
     from lift3d.params import parse_params
     from lift3d.progress import RichProgress
-    from lift3d.runner import resolve_device, resolve_preset, run_generation
+    from lift3d.devices import resolve_device
+    from lift3d.runner import resolve_preset, run_generation
 
     params = parse_params(
         {
@@ -91,7 +87,8 @@ def generate(
             "guidance_scale": guidance_scale, "num_inference_steps": num_inference_steps,
             "num_multiview_steps": num_multiview_steps, "multiview_guidance_scale": multiview_guidance_scale,
             "num_3d_max_steps": num_3d_max_steps, "remove_background": remove_background,
-            "return_3d": not views_only, "seed": seed,
+            "return_3d": not views_only, "seed": seed, "texture": texture, "texture_size": texture_size,
+            "target_faces": target_faces,
         }
     )
     if (image is None) == (prompt is None):
@@ -107,6 +104,10 @@ def generate(
     stderr.print(f"[green]done[/green] seed={result.seed} → {out}")
     if result.metadata.get("random_weights"):
         stderr.print(f"[bold yellow]{result.metadata['warning']}[/bold yellow]")
+
+
+app.command("reconstruct")(reconstruct)
+app.command("render-views")(render_views)
 
 
 def main(argv: list[str] | None = None) -> int:

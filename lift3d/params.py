@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import secrets
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lift3d.errors import InvalidInputError
 
@@ -49,6 +49,21 @@ class GenerationParams(BaseModel):
     seed: int | None = Field(
         None, ge=0, le=MAX_SEED, description="Seed of every random draw; random when omitted, echoed back."
     )
+    texture: bool = Field(
+        True, description="Also export model_textured.glb: xatlas UVs, albedo baked into a texture, PBR material."
+    )
+    texture_size: int = Field(1024, description="Side of the baked texture in texels: 512, 1024 or 2048.")
+    target_faces: int | None = Field(
+        None, ge=100, description="Decimate the mesh to about this many faces (fast-simplification); omitted: keep "
+        "the marching-cubes mesh.",
+    )
+
+    @field_validator("texture_size")
+    @classmethod
+    def _texture_size_is_supported(cls, value: int) -> int:
+        if value not in (512, 1024, 2048):
+            raise ValueError("must be 512, 1024 or 2048")
+        return value
 
     def with_seed(self) -> "GenerationParams":
         """A copy whose seed is set (drawn from the OS's entropy when it was None)."""

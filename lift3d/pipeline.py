@@ -20,6 +20,7 @@ from PIL import Image
 
 from lift3d.artifacts import ArtifactWriter
 from lift3d.errors import InvalidInputError
+from lift3d.mesh_assets import MeshExportOptions, write_mesh_assets
 from lift3d.params import GenerationParams
 from lift3d.presets import ModelPreset
 from lift3d.stage_providers import InProcessStages, StageProvider, Timed
@@ -186,15 +187,18 @@ class Lift3DPipeline:
                 nerf = nerf.with_max_steps(params.num_3d_max_steps)
             guidance = self.stages.guidance(prepared, params, seed)
             with timed("sds_training", nerf.training.max_steps) as stage:
-                mesh, history = train_mesh(
+                mesh, history, field = train_mesh(
                     prepared, guidance, nerf, seed=seed, device=self.device, callback=stage.step_callback
                 )
             measured("sds_guidance", Timed(None, guidance.busy_s, guidance.gpu_fraction))
             busy["sds_training"] = timings["sds_training"]
-            # 6. Export.
+            # 6. Export: model.glb (vertex colours) and, unless disabled, model_textured.glb.
             if writer:
+                options = MeshExportOptions(
+                    texture=params.texture, texture_size=params.texture_size, target_faces=params.target_faces
+                )
                 with timed("mesh_export"):
-                    writer.model(mesh)
+                    mesh = write_mesh_assets(writer, mesh, lambda p: field(p).albedo, options, recenter=True)
                 busy["mesh_export"] = timings["mesh_export"]
 
         result = GenerationResult(

@@ -1,8 +1,11 @@
-"""Rich progress bars for the pipeline's stages (CLI)."""
+"""Rich progress bars for the pipeline's stages, and the CLI's log set-up."""
 
 from __future__ import annotations
 
+import logging
+
 from rich.console import Console
+from rich.logging import RichHandler
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -52,3 +55,13 @@ class RichProgress:
         total = self._progress.tasks[task].total
         self._progress.update(task, completed=total if total is not None else 1, total=total or 1,
                               info=f"{seconds:.1f}s")
+
+
+def configure_logging(verbose: bool, console: Console | None = None) -> None:
+    """Log through rich on stderr: warnings (random weights, fallbacks) always, INFO with ``verbose``."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=console or Console(stderr=True), show_path=False, show_time=False)],
+        force=True,
+    )

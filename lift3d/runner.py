@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from lift3d.artifacts import ArtifactWriter
-from lift3d.errors import InvalidInputError, ModelNotFoundError
+from lift3d.errors import ModelNotFoundError
 from lift3d.params import GenerationParams
 from lift3d.pipeline import GenerationResult, Lift3DPipeline, ProgressReporter
 from lift3d.presets import ModelPreset, get_preset
@@ -18,21 +18,7 @@ from lift3d.storage import LocalStore
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["resolve_device", "resolve_preset", "run_generation"]
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` → ``cuda`` when available, else ``cpu``; otherwise the named device.
-
-    Raises:
-        InvalidInputError: for a CUDA device on a machine without CUDA.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidInputError(f"device {name!r} requested but CUDA is not available here")
-    return device
+__all__ = ["resolve_preset", "run_generation"]
 
 
 def resolve_preset(

@@ -152,8 +152,11 @@ def train_mesh(
     seed: int,
     device: torch.device | str = "cpu",
     callback: Callable[[StepStats], None] | None = None,
-) -> tuple[trimesh.Trimesh, list[StepStats]]:
+) -> tuple[trimesh.Trimesh, list[StepStats], ImplicitVolume]:
     """Optimise a NeRF with the reference view + SDS guidance, then extract a coloured mesh (z-up world).
+
+    Returns:
+        The mesh, the per-step stats, and the trained field (its albedo feeds texture baking).
 
     Raises:
         nerf.mesh.EmptyIsosurfaceError: when no surface reaches the isosurface threshold.
@@ -167,7 +170,7 @@ def train_mesh(
     renderer = VolumeRenderer(field, nerf.renderer)
     trainer = SDSTrainer(renderer, reference, guidance, nerf.training, seed=seed, device=device)
     history = trainer.train(callback=callback)
-    return extract_field_mesh(field, nerf, device=device), history
+    return extract_field_mesh(field, nerf, device=device), history, field
 
 
 def extract_field_mesh(field: ImplicitVolume, nerf: NerfPreset, device: torch.device | str = "cpu") -> trimesh.Trimesh:

@@ -23,8 +23,10 @@ def write_atomic(path: str | Path, data: bytes) -> Path:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())  # the data is on disk before the rename makes it visible
+        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; artifacts are meant to be read by others
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return path
+

@@ -39,7 +39,7 @@ def test_generate_writes_every_artifact(dragon_run):
     assert code == 0
     names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert names == [
-        "input.png", "metadata.json", "model.glb", "views.png",
+        "input.png", "metadata.json", "model.glb", "model_textured.glb", "views.png",
         "views/000_az000_el0.png", "views/001_az090_el0.png", "views/002_az180_el0.png", "views/003_az270_el0.png",
     ]
     assert Image.open(out / "input.png").size == (256, 256)
@@ -162,3 +162,25 @@ def test_console_script_exit_code(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "num_views" in result.stderr
+
+
+def test_generated_glbs_pass_the_gltf_validator(dragon_run):
+    from gltf_validator import error_messages, validate, validator_problem
+
+    if validator_problem() is not None:
+        pytest.skip(f"glTF-Validator unavailable: {validator_problem()}")
+    _, out = dragon_run
+    reports = validate(out / "model.glb", out / "model_textured.glb")
+    assert [error_messages(r) for r in reports] == [[], []]
+
+
+def test_reconstruct_and_render_views_commands_reject_bad_input(tmp_path, capsys):
+    (tmp_path / "views").mkdir()
+    (tmp_path / "views" / "transforms.json").write_text('{"camera_angle_x": 0.7}')
+    code = main(["reconstruct", "--views", str(tmp_path / "views"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "frames" in err[0]
+    code = main(["render-views", "--mesh", str(tmp_path / "missing.obj"), "--out", str(tmp_path / "out2")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out2").exists()
