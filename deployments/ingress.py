@@ -9,6 +9,8 @@ Routes:
 
 - ``POST /v1/generation/image-to-3d`` | ``text-to-3d`` | ``multiview`` → ``202 {"id"}``; multipart (``image`` file
   + form fields) or JSON (``image`` base64) with :class:`~lift3d.params.GenerationParams`' fields.
+- ``POST /v1/generation/views-to-3d`` → ``202 {"id"}``; multipart: ``views`` (ZIP of ``transforms.json`` + images)
+  + ``seed`` and :class:`~lift3d.api.views_upload.ReconstructParams`' fields (HTTP only, no handle method).
 - ``GET /v1/generation/{id}`` → ``202`` status while queued/running; ``200`` GLB (``model/gltf-binary``) or ZIP of
   views, or with ``Accept: application/json`` a :class:`~lift3d.api.schemas.GenerationResult`.
 - ``DELETE /v1/generation/{id}`` → cancel. ``GET /healthz`` → 200 when every deployment is healthy, else 503.
@@ -35,6 +37,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lift3d.api.jobs import InvalidTransition, JobNotFound, JobRecord, JobStore
+from lift3d.api.views_upload import ReconstructParams, ViewsZipLimits, check_views_zip
 from lift3d.api.schemas import (
     Artifact,
     BadRequestError,
@@ -48,6 +51,7 @@ from lift3d.api.schemas import (
 )
 from lift3d.errors import InvalidInputError, Lift3DError, PayloadTooLargeError
 from lift3d.images import ImageLimits, detect_kind, load_image
+from lift3d.params import GenerationParams
 from lift3d.storage import make_store
 
 logger = logging.getLogger(__name__)
@@ -72,12 +76,14 @@ class GenerationService:
         limits: upload limits (bytes, pixels).
         max_attempts: attempts per job.
         url_expires_s: lifetime of presigned artifact URLs.
+        views_limits: limits of views ZIPs (``views-to-3d``).
     """
 
     def __init__(self, jobs: JobStore, enqueue: Callable[[str], None], limits: ImageLimits = ImageLimits(),
-                 max_attempts: int = 3, url_expires_s: int = 3600) -> None:
+                 max_attempts: int = 3, url_expires_s: int = 3600,
+                 views_limits: ViewsZipLimits = ViewsZipLimits()) -> None:
         self.jobs, self.enqueue, self.limits = jobs, enqueue, limits
-        self.max_attempts, self.url_expires_s = max_attempts, url_expires_s
+        self.max_attempts, self.url_expires_s, self.views_limits = max_attempts, url_expires_s, views_limits
 
     # ---------------------------------------------------------------------------------------------- submit
     def submit(self, request: GenerationRequest, image: bytes | None = None) -> GenerationAccepted:
@@ -105,7 +111,26 @@ class GenerationService:
             record = record.model_copy(update={"input_key": f"{record.prefix}upload.{kind.lower()}"})
             self.jobs.store.put(record.input_key, image, _CONTENT_TYPES.get(kind, "application/octet-stream"))
         self.jobs.create(record)
-        # 3. enqueue; a job that cannot be queued fails at once rather than waiting forever
+        # 3. enqueue
+        return self._enqueue(record)
+
+    def submit_views(self, views: bytes, params: GenerationParams, options: ReconstructParams) -> GenerationAccepted:
+        """Validate a views ZIP (:func:`~lift3d.api.views_upload.check_views_zip`), store it as the upload of a
+        ``views-to-3d`` job, enqueue. ``params``: only its seed is used.
+
+        Raises:
+            InvalidInputError, PayloadTooLargeError, BadRequestError: the ZIP is unusable.
+        """
+        check_views_zip(views, self.views_limits)
+        record = JobRecord.new("views-to-3d", GenerationParams(seed=params.seed), max_attempts=self.max_attempts,
+                               now=self.jobs.clock())
+        record = record.model_copy(update={"input_key": f"{record.prefix}upload.zip", "reconstruct": options})
+        self.jobs.store.put(record.input_key, views, "application/zip")
+        self.jobs.create(record)
+        return self._enqueue(record)
+
+    def _enqueue(self, record: JobRecord) -> GenerationAccepted:
+        """Put a created job on the queue; a job that cannot be queued fails at once rather than waiting forever."""
         try:
             self.enqueue(record.id)
         except Exception as exc:
@@ -215,6 +240,30 @@ _BODY_DOC = {
 }
 
 
+_VIEWS_BODY_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {
+            "type": "object",
+            "required": ["views"],
+            "properties": {
+                "views": {"type": "string", "format": "binary",
+                          "description": "ZIP of transforms.json (NeRF-synthetic) and its images, at the root or "
+                                         "in one top-level folder."},
+                "seed": {"type": "integer", "minimum": 0},
+                **ReconstructParams.model_json_schema()["properties"],
+            },
+        }}},
+    },
+}
+
+
+def _invalid(exc: ValidationError) -> InvalidInputError:
+    error = InvalidInputError("; ".join(_messages(exc)))
+    error.errors = _messages(exc)  # type: ignore[attr-defined]
+    return error
+
+
 def create_api(service: GenerationService, metrics: RequestMetrics,
                health: Callable[[], Any] | None = None, limits: ImageLimits = ImageLimits()) -> FastAPI:
     """The FastAPI app over ``service``. ``health`` (async) returns ``(ok, details)``."""
@@ -272,9 +321,7 @@ def create_api(service: GenerationService, metrics: RequestMetrics,
         try:
             return GenerationRequest(kind=kind, **fields), image
         except ValidationError as exc:
-            error = InvalidInputError("; ".join(_messages(exc)))
-            error.errors = _messages(exc)  # type: ignore[attr-defined]
-            raise error from None
+            raise _invalid(exc) from None
 
     async def submit(request: Request, kind: GenerationKind) -> Response:
         try:
@@ -302,6 +349,46 @@ def create_api(service: GenerationService, metrics: RequestMetrics,
               summary="Image or prompt → ZIP of novel views")
     async def multiview(request: Request) -> Response:
         return await submit(request, "multiview")
+
+    views_limit = service.views_limits.max_bytes
+
+    async def parse_views(request: Request) -> tuple[bytes, GenerationParams, ReconstructParams]:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > views_limit + 64 * 1024:
+            raise PayloadTooLargeError(f"views: ZIP is larger than {views_limit // (1024 * 1024)} MiB")
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type not in ("multipart/form-data", "application/x-www-form-urlencoded"):
+            raise BadRequestError("send multipart/form-data: a `views` ZIP file plus option fields")
+        try:
+            form = await request.form(max_files=1, max_fields=16)
+        except Exception as exc:  # noqa: BLE001 - Starlette raises several types for malformed bodies
+            raise BadRequestError(f"malformed form body: {exc}") from None
+        views, fields = None, {}
+        for key, value in form.multi_items():
+            if key == "views" and not isinstance(value, str):
+                if (value.size or 0) > views_limit:
+                    raise PayloadTooLargeError(f"views: ZIP is larger than {views_limit // (1024 * 1024)} MiB")
+                views = await value.read()
+            elif isinstance(value, str) and value != "":
+                fields[key] = value
+        if views is None:
+            raise InvalidInputError("views: required (a ZIP file field)")
+        seed = fields.pop("seed", None)
+        try:
+            return views, GenerationParams(seed=seed), ReconstructParams(**fields)
+        except ValidationError as exc:
+            raise _invalid(exc) from None
+
+    @api.post("/v1/generation/views-to-3d", status_code=202, responses=responses, openapi_extra=_VIEWS_BODY_DOC,
+              summary="Posed views (ZIP with transforms.json) → NeRF fit → GLB")
+    async def views_to_3d(request: Request) -> Response:
+        try:
+            views, params, options = await parse_views(request)
+            accepted = await asyncio.to_thread(service.submit_views, views, params, options)
+        except Lift3DError as exc:
+            return _error(exc.name, getattr(exc, "errors", None) or [str(exc)])
+        return JSONResponse(accepted.model_dump(), status_code=202,
+                            headers={"Location": f"/v1/generation/{accepted.id}"})
 
     @api.get("/v1/generation/{id}", summary="Status while running; the result when done",
              responses={200: {"model": GenerationResult,

@@ -8,6 +8,7 @@ trained here, in the caller's process.
 Two layers, each usable alone (the queue side, :func:`lift3d.api.jobs.consume_job`, needs no torch):
 
 - :func:`run_job` — the pipeline plus the job's extras (views ZIP, cost); writes artifacts under ``generations/{id}/``; raises on failure.
+  ``views-to-3d`` jobs go to :func:`run_views_job` (:func:`lift3d.reconstruct.reconstruct` on the uploaded views).
 - :meth:`JobRunner.attempt` — one attempt of a running job: heartbeats, progress, cancellation, error triage;
   returns an :class:`~lift3d.api.jobs.AttemptResult` and never raises for job errors.
 
@@ -23,29 +24,34 @@ from __future__ import annotations
 
 import io
 import logging
+import tempfile
 import threading
 import time
 import zipfile
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Callable
 
 import torch
 
 from lift3d.api.costs import CostModel
 from lift3d.api.jobs import AttemptResult, InvalidTransition, JobOutcome, JobRecord, JobStore, describe_error
+from lift3d.api.views_upload import ReconstructParams, extract_views_zip
 from lift3d.artifacts import ArtifactWriter
 from lift3d.errors import InvalidInputError, Lift3DError
 from lift3d.images import load_image
 from lift3d.pipeline import Lift3DPipeline
 from lift3d.presets import ModelPreset
+from lift3d.reconstruct import ReconstructOptions, reconstruct
 from lift3d.stage_providers import StageProvider
 from lift3d.steps import NovelView
 from nerf.mesh import EmptyIsosurfaceError
+from nerf.reconstruction import ReconstructionConfig
 from nerf.sds_trainer import StepStats
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["JobCanceled", "JobRunner", "run_job", "views_zip"]
+__all__ = ["JobCanceled", "JobRunner", "run_job", "run_views_job", "views_zip"]
 
 
 class JobCanceled(Exception):
@@ -96,6 +102,9 @@ def run_job(
         InvalidInputError: unusable input (also from the stages). EmptyIsosurfaceError: no surface found.
         JobCanceled: from the callbacks. Any other exception from the stages or the store.
     """
+    if record.kind == "views-to-3d":
+        return run_views_job(record, jobs, cost_model, config=preset.reconstruction, device=device,
+                             on_stage=on_stage, on_step=on_step)
     params = record.params
     writer = ArtifactWriter(jobs.store, record.prefix)
     image = load_image(jobs.store.get(record.input_key)) if record.input_key is not None else None
@@ -127,6 +136,58 @@ def run_job(
     return JobOutcome(main_key=main_key, content_type=content_type, artifacts=names,
                       timings_s=metadata["timings_s"], busy_s=busy, gpu_seconds=gpu_seconds, cost_usd=cost,
                       random_weights=bool(metadata["random_weights"]))
+
+
+def run_views_job(
+    record: JobRecord,
+    jobs: JobStore,
+    cost_model: CostModel,
+    *,
+    config: ReconstructionConfig | None = None,
+    device: torch.device | str = "cpu",
+    on_stage: Callable[[str, int], None] = lambda stage, total: None,
+    on_step: Callable[[StepStats], None] = lambda stats: None,
+) -> JobOutcome:
+    """Run a ``views-to-3d`` job: unpack its views ZIP to a temporary folder, :func:`~lift3d.reconstruct.reconstruct`
+    into another, and upload every file under ``record.prefix`` (main artifact ``model.glb``). ``config``: the
+    trainer configuration (the preset's; steps, seed and mesh resolution come from the job).
+
+    Raises:
+        InvalidInputError: a bad ZIP, ``transforms.json`` or image (the job fails with the message).
+        JobCanceled: from the callbacks. Any other exception from training or the store.
+    """
+    # 1. unpack the upload
+    if record.input_key is None:
+        raise InvalidInputError("views-to-3d job without an upload")
+    options = record.reconstruct or ReconstructParams()
+    with tempfile.TemporaryDirectory(prefix=f"lift3d-{record.id[:8]}-") as tmp:
+        on_stage("load_views", 0)
+        views_dir = extract_views_zip(jobs.store.get(record.input_key), Path(tmp) / "views")
+        # 2. fit and export
+        out_dir = Path(tmp) / "out"
+        result = reconstruct(views_dir, out_dir, ReconstructOptions(
+            steps=options.steps, seed=int(record.params.seed), mesh_resolution=options.mesh_resolution,
+            texture=options.texture, texture_size=options.texture_size, target_faces=options.target_faces,
+            device=str(device)), config=config, progress=_CallbackProgress(on_stage, on_step))
+        # 3. cost, metadata, upload
+        busy = dict(result.metadata.get("timings_s", {}))
+        fractions = cost_model.gpu_fractions
+        cost_model = replace(cost_model, gpu_fractions={"nerf_training": fractions.get("sds_training", 0.0),
+                                                        **fractions})
+        gpu_seconds, cost = cost_model.gpu_seconds(busy), cost_model.cost_usd(busy)
+        metadata = {**result.metadata, "id": record.id, "kind": record.kind, "attempt": record.attempts,
+                    "cost": {"usd": cost, "gpu_seconds": gpu_seconds, **cost_model.describe()}}
+        writer = ArtifactWriter(jobs.store, record.prefix)
+        for name, path in sorted(result.files.items()):
+            if name != "metadata.json":
+                writer.put(name, path.read_bytes(), _CONTENT_TYPES.get(path.suffix, "application/octet-stream"))
+        writer.metadata(metadata)
+    names = [key[len(record.prefix):] for key in writer.keys]
+    return JobOutcome(main_key="model.glb", content_type="model/gltf-binary", artifacts=names, timings_s=busy,
+                      busy_s=busy, gpu_seconds=gpu_seconds, cost_usd=cost)
+
+
+_CONTENT_TYPES = {".glb": "model/gltf-binary", ".png": "image/png", ".json": "application/json"}
 
 
 class _CallbackProgress:

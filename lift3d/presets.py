@@ -18,6 +18,7 @@ from nerf.camera_sampler import RandomCameraConfig, ResolutionSchedule
 from nerf.encoding import HashGridConfig
 from nerf.field import FieldConfig
 from nerf.mesh import IsosurfaceConfig
+from nerf.reconstruction import ReconstructionConfig
 from nerf.renderer import RendererConfig
 from nerf.sampling import OccupancyGridConfig
 from nerf.sds_trainer import SDSTrainingConfig
@@ -64,6 +65,8 @@ class ModelPreset:
         zero123: diffusers-format Stable Zero123 hub id or local directory, or ``"tiny"``.
         nerf: NeRF/SDS/mesh configuration.
         input_size: side of the square conditioning image in pixels (Stable Zero123: 256).
+        reconstruction: trainer configuration of ``views-to-3d`` jobs (steps, seed and mesh resolution come from
+            the job).
     """
 
     name: str
@@ -72,6 +75,7 @@ class ModelPreset:
     zero123: str
     nerf: NerfPreset
     input_size: int = 256
+    reconstruction: ReconstructionConfig = default(default_factory=ReconstructionConfig)
 
     def with_models(self, **sources: str | None) -> "ModelPreset":
         """Override model sources (keys: text_to_image, background, zero123); None keeps the preset's."""
@@ -112,7 +116,8 @@ PRESETS: dict[str, ModelPreset] = {
         zero123="ashawkey/stable-zero123-diffusers",
         nerf=NerfPreset(),
     ),
-    TINY: ModelPreset(name=TINY, text_to_image=TINY, background=TINY, zero123=TINY, nerf=_tiny_nerf()),
+    TINY: ModelPreset(name=TINY, text_to_image=TINY, background=TINY, zero123=TINY, nerf=_tiny_nerf(),
+                      reconstruction=ReconstructionConfig(batch_rays=1024, hull_init_steps=60, hull_resolution=64)),
 }
 
 

@@ -27,6 +27,7 @@ from typing import Any, Callable, Literal
 from pydantic import BaseModel, Field
 
 from lift3d.api.schemas import GenerationKind, JobStatus, Progress
+from lift3d.api.views_upload import ReconstructParams
 from lift3d.errors import Lift3DError
 from lift3d.params import GenerationParams
 from lift3d.storage.base import ArtifactStore, StoredObjectNotFound
@@ -113,7 +114,8 @@ class JobRecord(BaseModel):
     progress: Progress | None = None
     eta_s: float | None = None
     params: GenerationParams
-    input_key: str | None = Field(None, description="Store key of the uploaded image, if any.")
+    input_key: str | None = Field(None, description="Store key of the upload (image, or views ZIP), if any.")
+    reconstruct: ReconstructParams | None = Field(None, description="Options of a views-to-3d job.")
     created_at: float
     updated_at: float
     started_at: float | None = None

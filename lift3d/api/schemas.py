@@ -35,7 +35,7 @@ __all__ = [
     "decode_image",
 ]
 
-GenerationKind = Literal["image-to-3d", "text-to-3d", "multiview"]
+GenerationKind = Literal["image-to-3d", "text-to-3d", "multiview", "views-to-3d"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 
 ERROR_STATUS: dict[str, int] = {
@@ -90,6 +90,8 @@ class GenerationRequest(GenerationParams):
             raise InvalidInputError("image-to-3d needs an image and no prompt")
         if self.kind == "text-to-3d" and (self.prompt is None or self.image is not None):
             raise InvalidInputError("text-to-3d needs a prompt and no image")
+        if self.kind == "views-to-3d":
+            raise InvalidInputError("views-to-3d takes a views ZIP: POST /v1/generation/views-to-3d (multipart)")
         if self.kind == "multiview":
             if (self.image is None) == (self.prompt is None):
                 raise InvalidInputError("multiview needs either an image or a prompt, not both")
