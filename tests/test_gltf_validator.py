@@ -6,7 +6,6 @@ Needs node and ``npm ci`` (``make install``). Without them the tests are skipped
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
@@ -14,16 +13,12 @@ import trimesh
 
 from nerf.export import export_glb
 from nerf.texture import bake_texture, decimate, export_textured_glb, unwrap
-from gltf_validator import error_messages, validate, validator_problem
+from gltf_validator import error_messages, require_validator, validate
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _validator_present():
-    problem = validator_problem()
-    if problem is not None:
-        if os.environ.get("LIFT3D_REQUIRE_GLTF_VALIDATOR") == "1":
-            pytest.fail(f"glTF-Validator required but unavailable: {problem}")
-        pytest.skip(f"glTF-Validator unavailable: {problem}")
+    require_validator()
 
 
 def _mesh() -> trimesh.Trimesh:
