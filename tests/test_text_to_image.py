@@ -94,22 +94,15 @@ def test_saved_tiny_pipeline_loads_with_from_pretrained(t2i, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- model resolution
-@pytest.mark.parametrize("offline, limit_s", [("1", 5.0), (None, 10.0)])
-def test_missing_model_raises_fast(monkeypatch, tmp_path, offline, limit_s):
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    if offline:
-        monkeypatch.setenv("HF_HUB_OFFLINE", offline)
-    else:
-        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+def test_missing_model_raises_fast(empty_hub_cache):
     start = time.monotonic()
     with pytest.raises(ModelNotFoundError) as info:
         TextToImage.from_pretrained("lift3d-test/no-such-sdxl")
-    assert time.monotonic() - start < limit_s
+    assert time.monotonic() - start < empty_hub_cache.limit_s
     message = str(info.value)
-    assert "lift3d-test/no-such-sdxl" in message and str(tmp_path / "hf" / "hub") in message
+    assert "lift3d-test/no-such-sdxl" in message and str(empty_hub_cache.hub_dir) in message
     assert "huggingface-cli download lift3d-test/no-such-sdxl" in message and "HF_HOME" in message
-    assert ("HF_HUB_OFFLINE is set" in message) == bool(offline)
+    assert ("HF_HUB_OFFLINE is set" in message) == empty_hub_cache.offline
 
 
 def test_cached_hub_id_resolves_without_network(monkeypatch, tmp_path):
