@@ -32,7 +32,7 @@ from deployments.multiview import MultiViewDeployment
 from deployments.nerf_trainer import NerfTrainerDeployment, TrainerSettings
 from deployments.tasks import ConsumerSettings, QueueConfig, make_job_consumer
 from deployments.text_to_image import TextToImageDeployment
-from lift3d.api.costs import price_per_gpu_hour
+from lift3d.service.costs import price_per_gpu_hour
 from lift3d.presets import get_preset
 
 __all__ = ["ServiceConfig", "app", "build_app"]
@@ -50,7 +50,7 @@ class ServiceConfig(BaseModel):
     device: str = Field("auto", description="Torch device of the model replicas: auto, cpu or cuda.")
     gpu_type: str = Field("A10G", description="GPU type of the pool; sets the default price per GPU-hour.")
     price_per_gpu_hour: float | None = Field(None, ge=0, description="USD per GPU-hour; default: the AWS "
-                                             "on-demand price of gpu_type (lift3d.api.costs).")
+                                             "on-demand price of gpu_type (lift3d.service.costs).")
     heartbeat_s: float = Field(5.0, gt=0, description="Seconds between job-record writes while a job runs.")
     stale_after_s: float = Field(300.0, gt=0, description="Requeue running jobs without heartbeat this long.")
     sweep_interval_s: float = Field(30.0, gt=0, description="Seconds between stale-job sweeps.")

@@ -42,10 +42,10 @@ def _free_port() -> int:
 def bench_in_process(runs: int, out: Path, threads: int) -> list[float]:
     import torch
 
-    from lift3d.images import load_image
+    from lift3d.io.images import load_image
     from lift3d.params import GenerationParams
     from lift3d.presets import get_preset
-    from lift3d.runner import run_generation
+    from lift3d.cli.generate import run_generation
 
     torch.set_num_threads(threads)
     times = []
@@ -147,9 +147,9 @@ def main(argv: list[str] | None = None) -> None:
     url, config = start_graph(base)
     http = bench_http(url, options.runs)
 
-    from lift3d.api.jobs import JobRecord, JobStore
+    from lift3d.service.jobs import JobRecord, JobStore
     from lift3d.params import GenerationParams
-    from lift3d.storage import make_store
+    from lift3d.io.storage import make_store
 
     queued = JobStore(make_store(config.store_url)).create(JobRecord.new("image-to-3d", GenerationParams(**JOB)))
     count, latencies = asyncio.run(bench_polls(url, queued.id, options.poll_seconds, options.concurrency))

@@ -1,4 +1,4 @@
-"""``BackgroundRemoval`` deployment: rembg cut-out and recentring (:func:`lift3d.steps.prepare_input`).
+"""``BackgroundRemoval`` deployment: rembg cut-out and recentring (:func:`lift3d.pipeline.steps.prepare_input`).
 
 Examples:
     >>> result = handle.prepare.remote(PrepareRequest(png, remove_background=True)).result()
@@ -17,7 +17,7 @@ from PIL import Image
 from ray import serve
 
 from deployments import StageResult, assigned_gpu_fraction
-from lift3d.artifacts import png_bytes
+from lift3d.io.artifacts import png_bytes
 from lift3d.presets import TINY
 
 __all__ = ["BackgroundRemovalDeployment", "PrepareRequest", "Prepared"]
@@ -57,7 +57,7 @@ class BackgroundRemovalDeployment:
         self.gpu_fraction = assigned_gpu_fraction()
 
     def _prepare(self, request: PrepareRequest) -> StageResult:
-        from lift3d.steps import prepare_input
+        from lift3d.pipeline.steps import prepare_input
 
         start = time.perf_counter()
         image = Image.open(io.BytesIO(request.image_png))

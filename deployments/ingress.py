@@ -10,13 +10,13 @@ Routes:
 - ``POST /v1/generation/image-to-3d`` | ``text-to-3d`` | ``multiview`` → ``202 {"id"}``; multipart (``image`` file
   + form fields) or JSON (``image`` base64) with :class:`~lift3d.params.GenerationParams`' fields.
 - ``POST /v1/generation/views-to-3d`` → ``202 {"id"}``; multipart: ``views`` (ZIP of ``transforms.json`` + images)
-  + ``seed`` and :class:`~lift3d.api.views_upload.ReconstructParams`' fields (HTTP only, no handle method).
+  + ``seed`` and :class:`~lift3d.service.uploads.ReconstructParams`' fields (HTTP only, no handle method).
 - ``GET /v1/generation/{id}`` → ``202`` status while queued/running; ``200`` GLB (``model/gltf-binary``) or ZIP of
-  views, or with ``Accept: application/json`` a :class:`~lift3d.api.schemas.GenerationResult`.
+  views, or with ``Accept: application/json`` a :class:`~lift3d.service.schemas.GenerationResult`.
 - ``DELETE /v1/generation/{id}`` → cancel. ``GET /healthz`` → 200 when every deployment is healthy, else 503.
 
 Handle API (same models): ``handle.generate.remote(GenerationRequest(...))`` →
-:class:`~lift3d.api.schemas.GenerationAccepted` | :class:`~lift3d.api.schemas.ErrorBody`;
+:class:`~lift3d.service.schemas.GenerationAccepted` | :class:`~lift3d.service.schemas.ErrorBody`;
 ``handle.status.remote(id)`` → ``GenerationStatus | GenerationResult | ErrorBody``.
 """
 
@@ -36,9 +36,9 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lift3d.api.jobs import InvalidTransition, JobNotFound, JobRecord, JobStore
-from lift3d.api.views_upload import ReconstructParams, ViewsZipLimits, check_views_zip
-from lift3d.api.schemas import (
+from lift3d.service.jobs import InvalidTransition, JobNotFound, JobRecord, JobStore
+from lift3d.service.uploads import ReconstructParams, ViewsZipLimits, check_views_zip
+from lift3d.service.schemas import (
     Artifact,
     BadRequestError,
     ErrorBody,
@@ -50,9 +50,9 @@ from lift3d.api.schemas import (
     decode_image,
 )
 from lift3d.errors import InvalidInputError, Lift3DError, PayloadTooLargeError
-from lift3d.images import ImageLimits, detect_kind, load_image
+from lift3d.io.images import ImageLimits, detect_kind, load_image
 from lift3d.params import GenerationParams
-from lift3d.storage import make_store
+from lift3d.io.storage import make_store
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class GenerationService:
         return self._enqueue(record)
 
     def submit_views(self, views: bytes, params: GenerationParams, options: ReconstructParams) -> GenerationAccepted:
-        """Validate a views ZIP (:func:`~lift3d.api.views_upload.check_views_zip`), store it as the upload of a
+        """Validate a views ZIP (:func:`~lift3d.service.uploads.check_views_zip`), store it as the upload of a
         ``views-to-3d`` job, enqueue. ``params``: only its seed is used.
 
         Raises:

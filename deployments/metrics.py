@@ -1,4 +1,4 @@
-"""The service's metrics (:data:`lift3d.api.metrics.METRICS`) recorded through Ray's metrics pipeline.
+"""The service's metrics (:data:`lift3d.service.metrics.METRICS`) recorded through Ray's metrics pipeline.
 
 Ray Serve tags each sample with ``deployment``, ``replica`` and ``application`` and exports it, prefixed
 ``ray_``, on every node's metrics port (``ray start --metrics-export-port``), which KubeRay's PodMonitor scrapes.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from ray.serve import metrics as serve_metrics
 
-from lift3d.api.metrics import METRICS
+from lift3d.service.metrics import METRICS
 
 __all__ = ["RayMetrics"]
 

@@ -1,6 +1,6 @@
 """``NerfTrainer`` deployment: runs one 3D job. It calls ``TextToImage``, ``BackgroundRemoval`` and ``MultiView``
 through DeploymentHandles, trains the NeRF on its own GPU with SDS guidance from ``MultiView``'s batched method,
-exports the mesh and uploads every artifact (:class:`lift3d.jobs_runner.JobRunner` does the work).
+exports the mesh and uploads every artifact (:class:`lift3d.service.worker.JobRunner` does the work).
 
 Examples:
     >>> result = trainer_handle.run.remote(job_id).result()      # from the job queue's consumer
@@ -27,22 +27,22 @@ from deployments.background import PrepareRequest
 from deployments.metrics import RayMetrics
 from deployments.multiview import ConditionArrays, NovelViewsRequest, SDSRequest
 from deployments.text_to_image import TextToImageRequest
-from lift3d.api.costs import CostModel
-from lift3d.api.jobs import AttemptResult, JobRecord, JobStore
-from lift3d.artifacts import png_bytes
-from lift3d.jobs_runner import JobRunner
-from lift3d.stage_providers import Timed
+from lift3d.service.costs import CostModel
+from lift3d.service.jobs import AttemptResult, JobRecord, JobStore
+from lift3d.io.artifacts import png_bytes
+from lift3d.service.worker import JobRunner
+from lift3d.pipeline.providers import Timed
 from lift3d.params import GenerationParams
 from lift3d.presets import get_preset
-from lift3d.steps import (
+from lift3d.pipeline.steps import (
     REFERENCE_AZIMUTH_DEG,
     REFERENCE_CAMERA_DISTANCE,
     REFERENCE_ELEVATION_DEG,
     NovelView,
     PreparedInput,
 )
-from lift3d.storage import make_store
-from nerf.sds_trainer import GuidanceResult
+from lift3d.io.storage import make_store
+from nerf.trainers.sds import GuidanceResult
 
 __all__ = ["HandleGuidance", "HandleStages", "NerfTrainerDeployment", "TrainerSettings", "step_seed"]
 
@@ -64,7 +64,7 @@ def step_seed(seed: int, step: int) -> int:
 
 
 class HandleGuidance:
-    """The nerf :class:`~nerf.sds_trainer.Guidance` protocol over ``MultiView.guidance`` (tensors as numpy)."""
+    """The nerf :class:`~nerf.trainers.sds.Guidance` protocol over ``MultiView.guidance`` (tensors as numpy)."""
 
     def __init__(self, multiview: DeploymentHandle, condition: ConditionArrays, guidance_scale: float,
                  seed: int) -> None:
@@ -86,7 +86,7 @@ class HandleGuidance:
 
 
 class HandleStages:
-    """:class:`lift3d.stage_providers.StageProvider` through DeploymentHandles (blocking calls: use from a worker thread)."""
+    """:class:`lift3d.pipeline.providers.StageProvider` through DeploymentHandles (blocking calls: use from a worker thread)."""
 
     def __init__(self, text_to_image: DeploymentHandle, background: DeploymentHandle,
                  multiview: DeploymentHandle) -> None:

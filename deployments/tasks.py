@@ -1,9 +1,9 @@
 """The job queue: Ray Serve asynchronous inference (``@task_consumer`` + ``@task_handler``, Celery adapter).
 
 The ingress enqueues a job id (:class:`JobQueue`); a ``JobConsumer`` replica receives it in one of its Celery
-worker threads, starts an attempt (:func:`lift3d.api.jobs.consume_job`) and calls ``NerfTrainer.run`` through
+worker threads, starts an attempt (:func:`lift3d.service.jobs.consume_job`) and calls ``NerfTrainer.run`` through
 a DeploymentHandle. Retryable failures go back to Celery (bounded by the job record's ``max_attempts``); every
-consumer replica also sweeps for jobs whose worker vanished (:func:`lift3d.api.jobs.sweep_stale_jobs`), because
+consumer replica also sweeps for jobs whose worker vanished (:func:`lift3d.service.jobs.sweep_stale_jobs`), because
 the embedded broker loses a message whose consumer dies mid-job.
 
 Brokers:
@@ -31,8 +31,8 @@ from ray.serve.schema import CeleryAdapterConfig, TaskProcessorConfig
 from ray.serve.task_consumer import instantiate_adapter_from_config, task_consumer, task_handler
 
 from deployments.metrics import RayMetrics
-from lift3d.api.jobs import JobNotFound, JobStore, consume_job, sweep_stale_jobs
-from lift3d.storage import make_store
+from lift3d.service.jobs import JobNotFound, JobStore, consume_job, sweep_stale_jobs
+from lift3d.io.storage import make_store
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ class JobConsumer:
 
     @task_handler(name=TASK_NAME)
     def generate(self, job_id: str) -> str:
-        """Handle one delivery of ``job_id``; raises :class:`~lift3d.api.jobs.RetryJob` to have Celery retry."""
+        """Handle one delivery of ``job_id``; raises :class:`~lift3d.service.jobs.RetryJob` to have Celery retry."""
         return consume_job(job_id, self.jobs, self._attempt, self.worker, stale_after_s=self.settings.stale_after_s)
 
     def _attempt(self, job_id: str):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from ray import serve
 
 from deployments import StageResult, assigned_gpu_fraction, stage_device
-from lift3d.artifacts import png_bytes
+from lift3d.io.artifacts import png_bytes
 from lift3d.presets import TINY
 
 __all__ = ["TextToImageDeployment", "TextToImageRequest"]

@@ -9,23 +9,25 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, replace
 from dataclasses import field as default
 
-from lift3d.errors import InvalidInputError
-from nerf.camera_sampler import RandomCameraConfig, ResolutionSchedule
+from lift3d.errors import InvalidInputError, ModelNotFoundError
+from lift3d.stages.loading import TINY, locate_pretrained
 from nerf.encoding import HashGridConfig
 from nerf.field import FieldConfig
 from nerf.mesh import IsosurfaceConfig
-from nerf.reconstruction import ReconstructionConfig
+from nerf.occupancy_grid import OccupancyGridConfig
+from nerf.random_cameras import RandomCameraConfig, ResolutionSchedule
 from nerf.renderer import RendererConfig
-from nerf.sampling import OccupancyGridConfig
-from nerf.sds_trainer import SDSTrainingConfig
+from nerf.trainers.photometric import ReconstructionConfig
+from nerf.trainers.sds import SDSTrainingConfig
 
-__all__ = ["ModelPreset", "NerfPreset", "PRESETS", "get_preset"]
+__all__ = ["ModelPreset", "NerfPreset", "PRESETS", "TINY", "get_preset", "resolve_preset"]
 
-TINY = "tiny"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -131,3 +133,35 @@ def get_preset(name: str) -> ModelPreset:
         return PRESETS[name]
     except KeyError:
         raise InvalidInputError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+
+
+def resolve_preset(
+    name: str,
+    *,
+    text_to_image: str | None = None,
+    zero123: str | None = None,
+    background: str | None = None,
+    needs_text_to_image: bool = False,
+) -> ModelPreset:
+    """The preset to run, with per-stage overrides applied.
+
+    ``auto`` picks ``default`` when the diffusion weights it needs (Stable Zero123, and SDXL for prompts) are
+    found locally (a directory, or the Hugging Face cache), else ``tiny`` with a loud warning.
+
+    Raises:
+        InvalidInputError: unknown preset name.
+    """
+    if name != "auto":
+        return get_preset(name).with_models(text_to_image=text_to_image, zero123=zero123, background=background)
+    preset = get_preset("default").with_models(text_to_image=text_to_image, zero123=zero123, background=background)
+    needed = [preset.zero123] + ([preset.text_to_image] if needs_text_to_image else [])
+    try:
+        for source in needed:
+            locate_pretrained(source)
+    except ModelNotFoundError as exc:
+        logger.warning(
+            "no model weights found (%s). Falling back to the TINY preset with RANDOM WEIGHTS: the output "
+            "shows the pipeline working, its shape means nothing. Pass --preset default to fail instead.", exc,
+        )
+        return get_preset("tiny")
+    return preset

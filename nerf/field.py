@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .encoding import HashGridConfig, HashGridEncoding
+from nerf.encoding import HashGridConfig, HashGridEncoding
 
 __all__ = ["FieldConfig", "FieldOutput", "ImplicitVolume", "VanillaMLP"]
 

@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 from torch import Tensor, nn
 
-from .rendering import accumulate_along_rays, render_weight_from_density
-from .sampling import OccupancyGrid, OccupancyGridConfig
+from nerf.volrend import accumulate_along_rays, render_weight_from_density
+from nerf.occupancy_grid import OccupancyGrid, OccupancyGridConfig
 
 if TYPE_CHECKING:
-    from .field import FieldOutput
+    from nerf.field import FieldOutput
 
 __all__ = ["Field", "RenderOutput", "RendererConfig", "VolumeRenderer"]
 
@@ -50,7 +50,7 @@ class RendererConfig:
     """Sets the step: ``render_step_size = 1.732 * 2 * radius / num_samples_per_ray`` (about this many samples
     along the box diagonal)."""
     grid: OccupancyGridConfig = field(default_factory=OccupancyGridConfig)
-    """Occupancy grid, see :class:`~nerf.sampling.OccupancyGridConfig`."""
+    """Occupancy grid, see :class:`~nerf.occupancy_grid.OccupancyGridConfig`."""
     early_stop_eps: float = 1e-4
     """Samples behind transmittance below this are dropped before the field is run with gradients (0 disables)."""
     alpha_thre: float = 0.0

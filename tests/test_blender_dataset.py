@@ -12,7 +12,7 @@ import torch
 import typer
 from PIL import Image
 
-from lift3d.cli_tools import reconstruct as reconstruct_command
+from lift3d.cli.reconstruct import reconstruct as reconstruct_command
 from lift3d.errors import InvalidInputError
 from nerf.cameras import c2w_from_spherical, get_rays
 from nerf.datasets.blender import TransformsError, load_views, read_transforms, write_transforms

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from nerf.camera_sampler import RandomCameraConfig, RandomCameraSampler, ResolutionSchedule
+from nerf.random_cameras import RandomCameraConfig, RandomCameraSampler, ResolutionSchedule
 from nerf.cameras import CameraBatch, c2w_from_spherical, focal_from_fovy, get_rays, look_at
 
 

@@ -58,7 +58,7 @@ def test_validator_reports_errors_in_a_broken_file(tmp_path):
 
 def test_reconstruct_and_render_views_outputs_have_no_errors(tmp_path):
     from lift3d.reconstruct import ReconstructOptions, RenderViewsOptions, reconstruct, render_views
-    from nerf.reconstruction import ReconstructionConfig
+    from nerf.trainers.photometric import ReconstructionConfig
 
     trimesh.creation.icosphere(subdivisions=3, radius=0.5).export(tmp_path / "sphere.ply")
     render_views(tmp_path / "sphere.ply", tmp_path / "views", RenderViewsOptions(num_views=8, resolution=48))

@@ -1,4 +1,4 @@
-"""Image loading/validation (lift3d/images.py), recentring (lift3d/preprocess.py), background removal stage."""
+"""Image loading/validation (lift3d/io/images.py), recentring (lift3d/io/preprocess.py), background removal stage."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 from lift3d.errors import InvalidInputError, ModelNotFoundError, PayloadTooLargeError
-from lift3d.images import ImageLimits, detect_kind, has_meaningful_alpha, load_image
-from lift3d.preprocess import composite_on_white, recenter_rgba, rgba_to_tensors
+from lift3d.io.images import ImageLimits, detect_kind, has_meaningful_alpha, load_image
+from lift3d.io.preprocess import composite_on_white, recenter_rgba, rgba_to_tensors
 from lift3d.stages.background import BackgroundRemover, model_search_dirs
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -9,8 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from lift3d.api.costs import GPU_PRICES_USD_PER_HOUR, CostModel, price_per_gpu_hour
-from lift3d.api.jobs import (
+from lift3d.service.costs import GPU_PRICES_USD_PER_HOUR, CostModel, price_per_gpu_hour
+from lift3d.service.jobs import (
     AttemptResult,
     InvalidTransition,
     JobNotFound,
@@ -21,11 +21,11 @@ from lift3d.api.jobs import (
     consume_job,
     sweep_stale_jobs,
 )
-from lift3d.api.metrics import ServiceMetrics, parse_exposition
-from lift3d.api.schemas import BadRequestError, GenerationRequest, decode_image
+from lift3d.service.metrics import ServiceMetrics, parse_exposition
+from lift3d.service.schemas import BadRequestError, GenerationRequest, decode_image
 from lift3d.errors import InvalidInputError, PayloadTooLargeError
 from lift3d.params import GenerationParams
-from lift3d.storage import LocalStore
+from lift3d.io.storage import LocalStore
 
 DRAGON = Path(__file__).resolve().parents[1] / "examples" / "dragon2_rgba.png"
 
@@ -339,8 +339,8 @@ def _png(size=(64, 64)) -> bytes:
 
 
 def test_views_only_job_runs_in_process_and_writes_zip_and_metadata(jobs):
-    from lift3d.jobs_runner import JobRunner
-    from lift3d.stage_providers import InProcessStages
+    from lift3d.service.worker import JobRunner
+    from lift3d.pipeline.providers import InProcessStages
     from lift3d.presets import get_preset
 
     preset = get_preset("tiny")

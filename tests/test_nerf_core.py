@@ -14,14 +14,14 @@ from nerf.encoding import HASH_PRIMES, HashGridConfig, HashGridEncoding, level_r
 from nerf.field import FieldConfig, FieldOutput, ImplicitVolume
 from nerf.losses import opaque_loss, orientation_loss, ramp, sparsity_loss
 from nerf.renderer import RendererConfig, VolumeRenderer
-from nerf.rendering import (
+from nerf.volrend import (
     accumulate_along_rays,
     render_transmittance_from_alpha,
     render_transmittance_from_density,
     render_weight_from_alpha,
     render_weight_from_density,
 )
-from nerf.sampling import OccupancyGrid, OccupancyGridConfig, ray_aabb_intersect, uniform_sampling
+from nerf.occupancy_grid import OccupancyGrid, OccupancyGridConfig, ray_aabb_intersect, uniform_sampling
 
 # 4 levels of 4, 8, 16, 32 cells: the first two fit a 1024-row table densely, the last two are hashed.
 SMALL_GRID = HashGridConfig(

@@ -4,7 +4,7 @@ import pytest
 
 from lift3d.errors import InvalidInputError
 from lift3d.params import GenerationParams, parse_params
-from lift3d.storage import LocalStore, StoredObjectNotFound
+from lift3d.io.storage import LocalStore, StoredObjectNotFound
 
 
 def test_defaults_match_the_cog_wrapper():

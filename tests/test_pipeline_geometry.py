@@ -8,12 +8,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from lift3d.presets import get_preset
-from lift3d.steps import extract_field_mesh, prepare_input
+from lift3d.pipeline.steps import extract_field_mesh, prepare_input
 from nerf.cameras import CameraBatch
 from nerf.field import ImplicitVolume
 from nerf.mesh_render import MeshRenderConfig, render_mesh
 from nerf.renderer import VolumeRenderer
-from nerf.sds_trainer import ReferenceView, SDSTrainer
+from nerf.trainers.sds import ReferenceView, SDSTrainer
 
 DRAGON = Path(__file__).resolve().parents[1] / "examples" / "dragon2_rgba.png"
 

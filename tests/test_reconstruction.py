@@ -13,7 +13,7 @@ import trimesh
 from lift3d.reconstruct import ReconstructOptions, RenderViewsOptions, reconstruct, render_views
 from nerf.datasets.blender import ViewDataset, load_views
 from nerf.mesh_render import MeshRenderConfig, render_mesh, spread_cameras
-from nerf.reconstruction import ReconstructionConfig, ReconstructionTrainer, scene_frame
+from nerf.trainers.photometric import ReconstructionConfig, ReconstructionTrainer, scene_frame
 
 FAST = dict(batch_rays=1024, hull_init_steps=60, hull_resolution=64)
 
@@ -79,7 +79,7 @@ def test_sphere_round_trip_recovers_the_radius(sphere_views):
 
 
 def test_reconstruct_writes_world_frame_glbs_preview_and_metadata(sphere_views, tmp_path):
-    from nerf.reconstruction import ReconstructionConfig as Config
+    from nerf.trainers.photometric import ReconstructionConfig as Config
 
     result = reconstruct(sphere_views, tmp_path, ReconstructOptions(steps=15, mesh_resolution=64, texture_size=512),
                          config=Config(**FAST))

@@ -4,13 +4,13 @@ import math
 
 import torch
 
-from nerf.camera_sampler import RandomCameraConfig, ResolutionSchedule
+from nerf.random_cameras import RandomCameraConfig, ResolutionSchedule
 from nerf.cameras import CameraBatch
 from nerf.encoding import HashGridConfig
 from nerf.field import FieldConfig, ImplicitVolume
 from nerf.renderer import RendererConfig, VolumeRenderer
-from nerf.sampling import OccupancyGridConfig
-from nerf.sds_trainer import GuidanceResult, ReferenceView, SDSTrainer, SDSTrainingConfig
+from nerf.occupancy_grid import OccupancyGridConfig
+from nerf.trainers.sds import GuidanceResult, ReferenceView, SDSTrainer, SDSTrainingConfig
 
 
 def small_renderer(seed=0) -> VolumeRenderer:

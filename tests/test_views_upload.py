@@ -7,12 +7,12 @@ import zipfile
 import pytest
 from fastapi.testclient import TestClient
 
-from lift3d.api.jobs import JobStore
-from lift3d.api.metrics import ServiceMetrics
-from lift3d.api.schemas import BadRequestError
-from lift3d.api.views_upload import ViewsZipLimits, check_views_zip, extract_views_zip
+from lift3d.service.jobs import JobStore
+from lift3d.service.metrics import ServiceMetrics
+from lift3d.service.schemas import BadRequestError
+from lift3d.service.uploads import ViewsZipLimits, check_views_zip, extract_views_zip
 from lift3d.errors import InvalidInputError, PayloadTooLargeError
-from lift3d.storage import LocalStore
+from lift3d.io.storage import LocalStore
 
 TRANSFORMS = json.dumps({"camera_angle_x": 0.7, "frames": []}).encode()
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Sequence
+from typing import Protocol, TypeVar
 from pathlib import Path, PurePosixPath
 
 import torch
@@ -37,6 +38,9 @@ from lift3d.errors import ModelNotFoundError
 
 __all__ = [
     "HUB_TIMEOUT_S",
+    "TINY",
+    "PretrainedStage",
+    "load_stage",
     "default_dtype",
     "diffusers_dtype",
     "hf_cache_dir",
@@ -48,6 +52,9 @@ __all__ = [
     "select_hub_files",
     "transformers_dtype",
 ]
+
+TINY = "tiny"
+"""The model source that builds a stage from its small config with seeded random weights, offline."""
 
 HUB_TIMEOUT_S = 5.0
 """Seconds to wait for the Hub to answer metadata requests before giving up (connect + read)."""
@@ -238,3 +245,30 @@ def _download(name: str, cache_dir: Path, looked_in: str, required: Sequence[str
     except Exception as error:  # network or disk failure mid-download
         raise model_not_found(name, f"download failed ({type(error).__name__}: {error})", looked_in, hint) from error
     return _check_required(name, path, required, hint)
+
+
+StageT = TypeVar("StageT", bound="PretrainedStage")
+
+
+class PretrainedStage(Protocol):
+    """What every model stage class offers: real weights by name, or the tiny random-weight preset."""
+
+    source: str
+    random_weights: bool
+
+    @classmethod
+    def from_pretrained(cls: type[StageT], name_or_path: str, device: str | torch.device = "cpu") -> StageT: ...
+
+    @classmethod
+    def tiny(cls: type[StageT], seed: int = 0, device: str | torch.device = "cpu") -> StageT: ...
+
+
+def load_stage(cls: type[StageT], source: str, device: str | torch.device = "cpu") -> StageT:
+    """``cls.tiny(seed=0)`` when ``source`` is :data:`TINY`, else ``cls.from_pretrained(source)``, on ``device``.
+
+    Raises:
+        ModelNotFoundError: the weights named by ``source`` are not found (raised by ``from_pretrained``).
+    """
+    if source == TINY:
+        return cls.tiny(seed=0, device=device)
+    return cls.from_pretrained(source, device=device)

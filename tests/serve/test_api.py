@@ -15,11 +15,11 @@ import httpx
 import numpy as np
 import pytest
 
-from lift3d.api.jobs import JobRecord, JobStore
-from lift3d.api.metrics import parse_exposition
-from lift3d.api.schemas import ErrorBody, GenerationAccepted, GenerationRequest, GenerationResult
+from lift3d.service.jobs import JobRecord, JobStore
+from lift3d.service.metrics import parse_exposition
+from lift3d.service.schemas import ErrorBody, GenerationAccepted, GenerationRequest, GenerationResult
 from lift3d.params import GenerationParams
-from lift3d.storage import LocalStore
+from lift3d.io.storage import LocalStore
 
 DRAGON = Path(__file__).resolve().parents[2] / "examples" / "dragon2_rgba.png"
 FAST = {"num_views": 4, "num_multiview_steps": 2, "num_inference_steps": 2, "num_3d_max_steps": 12, "seed": 3}

@@ -5,10 +5,10 @@ import urllib.request
 
 import pytest
 
-from lift3d.api.jobs import JobOutcome, JobRecord, JobStore
-from lift3d.artifacts import ArtifactWriter
+from lift3d.service.jobs import JobOutcome, JobRecord, JobStore
+from lift3d.io.artifacts import ArtifactWriter
 from lift3d.params import GenerationParams
-from lift3d.storage import ArtifactStore, LocalStore, S3Store, StoredObjectNotFound, make_store
+from lift3d.io.storage import ArtifactStore, LocalStore, S3Store, StoredObjectNotFound, make_store
 
 moto_server = pytest.importorskip("moto.server")
 

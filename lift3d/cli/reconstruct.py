@@ -13,7 +13,7 @@ from rich.console import Console
 
 from lift3d.devices import resolve_device
 from lift3d.errors import InvalidInputError
-from lift3d.progress import configure_logging
+from lift3d.cli.progress import configure_logging
 
 __all__ = ["reconstruct", "render_views"]
 
@@ -34,7 +34,7 @@ def reconstruct(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more."),
 ) -> None:
     """Reconstruct a textured GLB from posed views (NeRF-synthetic transforms.json), in the views' world frame."""
-    from lift3d.progress import RichProgress
+    from lift3d.cli.progress import RichProgress
     from lift3d.reconstruct import ReconstructOptions, reconstruct as run
 
     configure_logging(verbose)

@@ -48,7 +48,7 @@ from nerf.encoding import HashGridConfig
 from nerf.field import FieldConfig, ImplicitVolume
 from nerf.mesh import IsosurfaceConfig, extract_mesh
 from nerf.renderer import RendererConfig, VolumeRenderer
-from nerf.sampling import OccupancyGridConfig, ray_aabb_intersect
+from nerf.occupancy_grid import OccupancyGridConfig, ray_aabb_intersect
 
 __all__ = ["ReconstructionConfig", "ReconstructionTrainer", "SceneFrame", "StepStats", "scene_frame"]
 

@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from lift3d.api.schemas import BadRequestError
+from lift3d.service.schemas import BadRequestError
 from lift3d.errors import InvalidInputError, PayloadTooLargeError
 
 __all__ = ["ReconstructParams", "ViewsZipLimits", "check_views_zip", "extract_views_zip"]

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nerf.camera_sampler import RandomCameraConfig, RandomCameraSampler, ResolutionSchedule
+from nerf.random_cameras import RandomCameraConfig, RandomCameraSampler, ResolutionSchedule
 from nerf.cameras import CameraBatch
 from nerf.field import ImplicitVolume
 from nerf.losses import opaque_loss, orientation_loss, ramp, sparsity_loss

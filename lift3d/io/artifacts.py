@@ -16,7 +16,7 @@ from pathlib import Path
 import trimesh
 from PIL import Image
 
-from lift3d.storage.base import ArtifactStore
+from lift3d.io.storage.base import ArtifactStore
 from nerf.export import export_glb
 
 __all__ = ["ArtifactWriter", "contact_sheet", "glb_bytes", "png_bytes"]

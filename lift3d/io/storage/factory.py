@@ -6,7 +6,7 @@
 
 Examples:
     >>> make_store("file:///tmp/lift3d")
-    <lift3d.storage.local.LocalStore ...>
+    <lift3d.io.storage.local.LocalStore ...>
     >>> make_store("s3://assets/lift3d?endpoint_url=http://127.0.0.1:9000")
     S3Store(s3://assets/lift3d at http://127.0.0.1:9000)
 """
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from lift3d.storage.base import ArtifactStore
-from lift3d.storage.local import LocalStore
+from lift3d.io.storage.base import ArtifactStore
+from lift3d.io.storage.local import LocalStore
 
 __all__ = ["make_store"]
 
@@ -36,7 +36,7 @@ def make_store(url: str) -> ArtifactStore:
         path = unquote(parts.path) if parts.scheme == "file" else url
         return LocalStore(path)
     if parts.scheme == "s3":
-        from lift3d.storage.s3 import S3Store
+        from lift3d.io.storage.s3 import S3Store
 
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         unknown = set(query) - _S3_OPTIONS

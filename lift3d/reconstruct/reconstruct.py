@@ -26,16 +26,16 @@ import torch
 import trimesh
 from PIL import Image
 
-from lift3d.artifacts import ArtifactWriter, glb_bytes, png_bytes
+from lift3d.io.artifacts import ArtifactWriter, glb_bytes, png_bytes
 from lift3d.errors import InvalidInputError
-from lift3d.mesh_assets import MeshExportOptions, write_mesh_assets
-from lift3d.storage import LocalStore
+from lift3d.io.mesh_assets import MeshExportOptions, write_mesh_assets
+from lift3d.io.storage import LocalStore
 from nerf.cameras import look_at
 from nerf.datasets.blender import TransformsError, ViewDataset, load_views, write_transforms
 from nerf.export import Z_UP_TO_Y_UP
 from nerf.mesh import EmptyIsosurfaceError
 from nerf.mesh_render import MeshRenderConfig, render_mesh, spread_cameras
-from nerf.reconstruction import ReconstructionConfig, ReconstructionTrainer, StepStats
+from nerf.trainers.photometric import ReconstructionConfig, ReconstructionTrainer, StepStats
 
 if TYPE_CHECKING:  # lift3d.pipeline imports the diffusion stages; keep this module light
     from lift3d.pipeline import ProgressReporter

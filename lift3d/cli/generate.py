@@ -1,42 +1,33 @@
-"""The ``lift3d`` command line.
+"""``lift3d generate``: image or prompt → novel views → GLB, in this process.
 
-User errors print one line on stderr and exit with status 2; a missing model or another expected failure
-exits with status 1; nothing is written to ``--out`` beyond what finished before the error.
+Bad input raises :class:`lift3d.errors.InvalidInputError`; ``lift3d.cli.main`` prints it as one line and exits 2.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.console import Console
 
-from lift3d.cli_tools import reconstruct, render_views
-from lift3d.errors import InvalidInputError, Lift3DError
-from lift3d.progress import configure_logging
-from nerf.mesh import EmptyIsosurfaceError
+from lift3d.cli.progress import configure_logging
+from lift3d.errors import InvalidInputError
 
-app = typer.Typer(
-    name="lift3d",
-    help="Turn one image (or a text prompt) into a 3D asset (GLB).",
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-)
+if TYPE_CHECKING:  # the diffusion stages are imported only when a generation runs, so `--help` stays fast
+    import torch
+    from PIL import Image
+
+    from lift3d.params import GenerationParams
+    from lift3d.pipeline import GenerationResult, ProgressReporter
+    from lift3d.presets import ModelPreset
+
+__all__ = ["generate", "run_generation"]
+
 stderr = Console(stderr=True)
-logger = logging.getLogger("lift3d")
 
 
-@app.callback()
-def _root() -> None:
-    """lift3d: image or prompt → novel views → NeRF with SDS → GLB."""
-
-
-@app.command()
 def generate(
     out: Path = typer.Option(..., "--out", help="Output directory (created if missing)."),
     image: Optional[Path] = typer.Option(None, "--image", help="Input image: PNG, JPEG or WebP."),
@@ -75,11 +66,11 @@ def generate(
         # transformers warns on import about optional backends (torchvision); not actionable for CLI users.
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     # Imported here so that `lift3d --help` stays fast.
-    from lift3d.images import load_image
-    from lift3d.params import parse_params
-    from lift3d.progress import RichProgress
+    from lift3d.cli.progress import RichProgress
     from lift3d.devices import resolve_device
-    from lift3d.runner import resolve_preset, run_generation
+    from lift3d.io.images import load_image
+    from lift3d.params import parse_params
+    from lift3d.presets import resolve_preset
 
     params = parse_params(
         {
@@ -97,7 +88,7 @@ def generate(
     torch_device = resolve_device(device)
     model_preset = resolve_preset(
         preset, text_to_image=sdxl_model, zero123=zero123_model, background=rembg_model,
-        needs_text_to_image=loaded is None, device=torch_device,
+        needs_text_to_image=loaded is None,
     )
     with RichProgress(stderr) as progress:
         result = run_generation(model_preset, params, loaded, out, progress=progress, device=torch_device)
@@ -106,32 +97,20 @@ def generate(
         stderr.print(f"[bold yellow]{result.metadata['warning']}[/bold yellow]")
 
 
-app.command("reconstruct")(reconstruct)
-app.command("render-views")(render_views)
+def run_generation(
+    preset: ModelPreset,
+    params: GenerationParams,
+    image: Image.Image | None,
+    out_dir: str | Path,
+    *,
+    progress: ProgressReporter | None = None,
+    device: torch.device | str = "cpu",
+) -> GenerationResult:
+    """Run one generation, writing ``input.png``, ``views/``, ``views.png``, ``model.glb``, ``metadata.json``
+    (and ``model_textured.glb`` unless ``params.texture`` is false) into ``out_dir``."""
+    from lift3d.io.artifacts import ArtifactWriter
+    from lift3d.io.storage import LocalStore
+    from lift3d.pipeline import Lift3DPipeline
 
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: runs the app and turns expected errors into one stderr line and an exit status."""
-    try:
-        app(args=argv, standalone_mode=False)
-    except typer.Abort:
-        print("lift3d: interrupted", file=sys.stderr)
-        return 130
-    except typer.TyperException as exc:  # bad option syntax or type (typer's vendored click errors)
-        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        print(f"lift3d: error: {message}", file=sys.stderr)
-        return 2
-    except InvalidInputError as exc:
-        print(f"lift3d: error: {exc}", file=sys.stderr)
-        return 2
-    except (Lift3DError, EmptyIsosurfaceError) as exc:
-        print(f"lift3d: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("lift3d: interrupted", file=sys.stderr)
-        return 130
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    pipeline = Lift3DPipeline(preset, device=device)
+    return pipeline(params, image=image, writer=ArtifactWriter(LocalStore(out_dir)), progress=progress)

@@ -1,6 +1,6 @@
 """Image or prompt → novel views → NeRF with SDS → GLB, in one process.
 
-``Lift3DPipeline.__call__`` runs the numbered steps of :mod:`lift3d.steps`; the Ray Serve graph runs the same
+``Lift3DPipeline.__call__`` runs the numbered steps of :mod:`lift3d.pipeline.steps`; the Ray Serve graph runs the same
 steps in separate deployments.
 """
 
@@ -18,14 +18,14 @@ import torch
 import trimesh
 from PIL import Image
 
-from lift3d.artifacts import ArtifactWriter
+from lift3d.io.artifacts import ArtifactWriter
 from lift3d.errors import InvalidInputError
-from lift3d.mesh_assets import MeshExportOptions, write_mesh_assets
+from lift3d.io.mesh_assets import MeshExportOptions, write_mesh_assets
 from lift3d.params import GenerationParams
 from lift3d.presets import ModelPreset
-from lift3d.stage_providers import InProcessStages, StageProvider, Timed
-from lift3d.steps import NovelView, PreparedInput, train_mesh
-from nerf.sds_trainer import StepStats
+from lift3d.pipeline.providers import InProcessStages, StageProvider, Timed
+from lift3d.pipeline.steps import NovelView, PreparedInput, train_mesh
+from nerf.trainers.sds import StepStats
 
 logger = logging.getLogger(__name__)
 

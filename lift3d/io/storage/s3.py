@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lift3d.storage.base import StoredObjectNotFound
+from lift3d.io.storage.base import StoredObjectNotFound
 
 __all__ = ["S3Store"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lift3d.storage.base import StoredObjectNotFound
+from lift3d.io.storage.base import StoredObjectNotFound
 from nerf.io import write_atomic
 
 

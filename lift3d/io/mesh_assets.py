@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import trimesh
 
-from lift3d.artifacts import ArtifactWriter
+from lift3d.io.artifacts import ArtifactWriter
 from lift3d.errors import InvalidInputError
 from nerf.texture import TEXTURE_SIZES, bake_texture, decimate, export_textured_glb, unwrap
 

@@ -26,11 +26,11 @@ from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, Field
 
-from lift3d.api.schemas import GenerationKind, JobStatus, Progress
-from lift3d.api.views_upload import ReconstructParams
+from lift3d.service.schemas import GenerationKind, JobStatus, Progress
+from lift3d.service.uploads import ReconstructParams
 from lift3d.errors import Lift3DError
 from lift3d.params import GenerationParams
-from lift3d.storage.base import ArtifactStore, StoredObjectNotFound
+from lift3d.io.storage.base import ArtifactStore, StoredObjectNotFound
 
 logger = logging.getLogger(__name__)
 

@@ -13,15 +13,15 @@ import torch
 import trimesh
 from PIL import Image
 
-from lift3d.images import has_meaningful_alpha
-from lift3d.preprocess import recenter_rgba, rgba_to_tensors
+from lift3d.io.images import has_meaningful_alpha
+from lift3d.io.preprocess import recenter_rgba, rgba_to_tensors
 from lift3d.presets import NerfPreset
 from lift3d.stages.background import BackgroundRemover
 from lift3d.stages.zero123 import Zero123
 from nerf.field import ImplicitVolume
 from nerf.mesh import EmptyIsosurfaceError, extract_mesh
 from nerf.renderer import VolumeRenderer
-from nerf.sds_trainer import Guidance, GuidanceResult, ReferenceView, SDSTrainer, StepStats
+from nerf.trainers.sds import Guidance, GuidanceResult, ReferenceView, SDSTrainer, StepStats
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def generate_views(
 
 
 class Zero123Guidance:
-    """Adapts :meth:`Zero123.sds` to the ``nerf`` :class:`~nerf.sds_trainer.Guidance` callback."""
+    """Adapts :meth:`Zero123.sds` to the ``nerf`` :class:`~nerf.trainers.sds.Guidance` callback."""
 
     def __init__(self, zero123: Zero123, guidance_scale: float, seed: int) -> None:
         self.zero123 = zero123

@@ -32,7 +32,7 @@ from typing import Callable, Literal
 import torch
 from torch import Tensor, nn
 
-from .rendering import render_visibility_from_density
+from nerf.volrend import render_visibility_from_density
 
 __all__ = ["OccupancyGrid", "OccupancyGridConfig", "ray_aabb_intersect", "uniform_sampling"]
 

@@ -19,8 +19,8 @@ from lift3d.presets import TINY, ModelPreset
 from lift3d.stages.background import BackgroundRemover
 from lift3d.stages.text_to_image import TextToImage
 from lift3d.stages.zero123 import Zero123
-from lift3d.steps import NovelView, PreparedInput, Zero123Guidance, condition_zero123, generate_views, prepare_input
-from nerf.sds_trainer import Guidance, GuidanceResult
+from lift3d.pipeline.steps import NovelView, PreparedInput, Zero123Guidance, condition_zero123, generate_views, prepare_input
+from nerf.trainers.sds import Guidance, GuidanceResult
 
 __all__ = ["InProcessStages", "MeteredGuidance", "StageModels", "StageProvider", "Timed"]
 
@@ -38,7 +38,7 @@ class Timed(Generic[T]):
 
 
 class MeteredGuidance(Guidance, Protocol):
-    """A :class:`~nerf.sds_trainer.Guidance` that sums the busy seconds of its calls in ``busy_s``;
+    """A :class:`~nerf.trainers.sds.Guidance` that sums the busy seconds of its calls in ``busy_s``;
     ``gpu_fraction`` as in :class:`Timed`."""
 
     busy_s: float

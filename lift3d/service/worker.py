@@ -1,20 +1,20 @@
 """One 3D generation job, run from its record in the artifact store, with the model stages passed in.
 
-The job runs :class:`~lift3d.pipeline.Lift3DPipeline` on a :class:`~lift3d.stage_providers.StageProvider`:
-:class:`~lift3d.stage_providers.InProcessStages` loads the models in this process (tests, batch jobs); the Ray
+The job runs :class:`~lift3d.pipeline.Lift3DPipeline` on a :class:`~lift3d.pipeline.providers.StageProvider`:
+:class:`~lift3d.pipeline.providers.InProcessStages` loads the models in this process (tests, batch jobs); the Ray
 Serve graph passes stages that call other deployments (``deployments/nerf_trainer.py``). The NeRF itself is
 trained here, in the caller's process.
 
-Two layers, each usable alone (the queue side, :func:`lift3d.api.jobs.consume_job`, needs no torch):
+Two layers, each usable alone (the queue side, :func:`lift3d.service.jobs.consume_job`, needs no torch):
 
 - :func:`run_job` — the pipeline plus the job's extras (views ZIP, cost); writes artifacts under ``generations/{id}/``; raises on failure.
   ``views-to-3d`` jobs go to :func:`run_views_job` (:func:`lift3d.reconstruct.reconstruct` on the uploaded views).
 - :meth:`JobRunner.attempt` — one attempt of a running job: heartbeats, progress, cancellation, error triage;
-  returns an :class:`~lift3d.api.jobs.AttemptResult` and never raises for job errors.
+  returns an :class:`~lift3d.service.jobs.AttemptResult` and never raises for job errors.
 
 Examples:
     >>> jobs = JobStore(LocalStore("/tmp/lift3d"))
-    >>> stages = InProcessStages(get_preset("tiny"))  # lift3d.stage_providers
+    >>> stages = InProcessStages(get_preset("tiny"))  # lift3d.pipeline.providers
     >>> runner = JobRunner(jobs, stages, get_preset("tiny"), CostModel(1.0, {"sds_training": 1.0}))
     >>> consume_job(job_id, jobs, runner.attempt, worker="local")
     'succeeded'
@@ -34,20 +34,20 @@ from typing import Callable
 
 import torch
 
-from lift3d.api.costs import CostModel
-from lift3d.api.jobs import AttemptResult, InvalidTransition, JobOutcome, JobRecord, JobStore, describe_error
-from lift3d.api.views_upload import ReconstructParams, extract_views_zip
-from lift3d.artifacts import ArtifactWriter
+from lift3d.service.costs import CostModel
+from lift3d.service.jobs import AttemptResult, InvalidTransition, JobOutcome, JobRecord, JobStore, describe_error
+from lift3d.service.uploads import ReconstructParams, extract_views_zip
+from lift3d.io.artifacts import ArtifactWriter
 from lift3d.errors import InvalidInputError, Lift3DError
-from lift3d.images import load_image
+from lift3d.io.images import load_image
 from lift3d.pipeline import Lift3DPipeline
 from lift3d.presets import ModelPreset
 from lift3d.reconstruct import ReconstructOptions, reconstruct
-from lift3d.stage_providers import StageProvider
-from lift3d.steps import NovelView
+from lift3d.pipeline.providers import StageProvider
+from lift3d.pipeline.steps import NovelView
 from nerf.mesh import EmptyIsosurfaceError
-from nerf.reconstruction import ReconstructionConfig
-from nerf.sds_trainer import StepStats
+from nerf.trainers.photometric import ReconstructionConfig
+from nerf.trainers.sds import StepStats
 
 logger = logging.getLogger(__name__)
 

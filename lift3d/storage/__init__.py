@@ -1,8 +1,0 @@
-"""Artifact stores: where generations, their artifacts and job records are kept."""
-
-from lift3d.storage.base import ArtifactStore, StoredObjectNotFound
-from lift3d.storage.factory import make_store
-from lift3d.storage.local import LocalStore
-from lift3d.storage.s3 import S3Store
-
-__all__ = ["ArtifactStore", "LocalStore", "S3Store", "StoredObjectNotFound", "make_store"]
