@@ -38,9 +38,10 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 from torch import Tensor
 
-from nerf.export import export_glb
+from nerf.export import glb_bytes
+from nerf.io import write_atomic
 
-__all__ = ["TexturedMesh", "UVMesh", "bake_texture", "decimate", "export_textured_glb", "rasterize_uv",
+__all__ = ["TexturedMesh", "UVMesh", "bake_texture", "decimate", "export_textured_glb", "rasterize_uv", "textured_glb_bytes",
            "unit_vertex_normals", "unwrap"]
 
 ColorFn = Callable[[Tensor], Tensor]
@@ -237,33 +238,23 @@ def bake_texture(uv_mesh: UVMesh, color_fn: ColorFn | None = None, size: int = 1
     return TexturedMesh(mesh=mesh, uv=uv_mesh.uv, image=pil, coverage=float(covered.mean()))
 
 
-def export_textured_glb(
-    mesh: trimesh.Trimesh,
-    texture: Image.Image,
-    uv: np.ndarray,
-    path: str | Path,
-    *,
-    z_up_to_y_up: bool = True,
-    recenter: bool = True,
-) -> Path:
-    """Write a UV-mapped GLB with a PBR material (baseColorTexture, metallic 0, roughness 1).
+def textured_glb_bytes(
+    mesh: trimesh.Trimesh, texture: Image.Image, uv: np.ndarray, *, z_up_to_y_up: bool = True, recenter: bool = True,
+) -> bytes:
+    """A UV-mapped GLB with a PBR material (baseColorTexture, metallic 0, roughness 1), as bytes.
 
     Args:
         mesh: geometry in world coordinates (z-up); any vertex colours are dropped (the texture replaces them).
         texture: RGB or RGBA base-colour image (embedded as PNG).
         uv: array with shape (V, 2), one UV per vertex of ``mesh``, v = 0 at the image bottom.
-        path: destination, conventionally ``*.glb``; written atomically (see :func:`nerf.export.export_glb`).
-        z_up_to_y_up, recenter: as in :func:`nerf.export.export_glb`.
-
-    Returns:
-        The absolute path written.
+        z_up_to_y_up, recenter: as in :func:`nerf.export.glb_bytes`.
 
     Raises:
         ValueError: ``uv`` does not have one row per vertex, or the mesh has no faces.
     """
     uv = np.asarray(uv, dtype=np.float64)
     if uv.shape != (len(mesh.vertices), 2):
-        raise ValueError(f"export_textured_glb: uv must have shape ({len(mesh.vertices)}, 2), got {uv.shape}")
+        raise ValueError(f"textured GLB: uv must have shape ({len(mesh.vertices)}, 2), got {uv.shape}")
     material = trimesh.visual.material.PBRMaterial(
         name="albedo", baseColorTexture=texture.convert("RGB"), metallicFactor=0.0, roughnessFactor=1.0,
         doubleSided=False,
@@ -273,7 +264,20 @@ def export_textured_glb(
         vertex_normals=unit_vertex_normals(mesh), process=False,
         visual=trimesh.visual.TextureVisuals(uv=uv, material=material),
     )
-    return export_glb(textured, path, z_up_to_y_up=z_up_to_y_up, recenter=recenter)
+    return glb_bytes(textured, z_up_to_y_up=z_up_to_y_up, recenter=recenter)
+
+
+def export_textured_glb(
+    mesh: trimesh.Trimesh, texture: Image.Image, uv: np.ndarray, path: str | Path, *,
+    z_up_to_y_up: bool = True, recenter: bool = True,
+) -> Path:
+    """Write :func:`textured_glb_bytes` to ``path`` atomically; returns the absolute path written.
+
+    Raises:
+        ValueError: as :func:`textured_glb_bytes`. OSError: the file cannot be written.
+    """
+    data = textured_glb_bytes(mesh, texture, uv, z_up_to_y_up=z_up_to_y_up, recenter=recenter)
+    return write_atomic(Path(path).expanduser().resolve(), data)
 
 
 def unit_vertex_normals(mesh: trimesh.Trimesh) -> np.ndarray:

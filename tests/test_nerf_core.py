@@ -12,7 +12,8 @@ from torch import Tensor, nn
 from nerf.cameras import CameraBatch
 from nerf.encoding import HASH_PRIMES, HashGridConfig, HashGridEncoding, level_resolutions
 from nerf.field import FieldConfig, FieldOutput, ImplicitVolume
-from nerf.losses import opaque_loss, orientation_loss, ramp, sparsity_loss
+from nerf.losses import opaque_loss, orientation_loss, sparsity_loss
+from nerf.schedules import ramp
 from nerf.renderer import RendererConfig, VolumeRenderer
 from nerf.volrend import (
     accumulate_along_rays,

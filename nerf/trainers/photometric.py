@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, replace
-from typing import Callable, Literal
+from dataclasses import dataclass, replace
+from dataclasses import field as default
+from typing import Callable
 
 import numpy as np
 import torch
@@ -42,21 +43,24 @@ import torch.nn.functional as F
 import trimesh
 from torch import Tensor
 
-from nerf.cameras import focal_from_fovy, get_rays
+from nerf.cameras import get_rays
 from nerf.datasets.blender import ViewDataset
 from nerf.encoding import HashGridConfig
 from nerf.field import FieldConfig, ImplicitVolume
 from nerf.mesh import IsosurfaceConfig, extract_mesh
 from nerf.renderer import RendererConfig, VolumeRenderer
 from nerf.occupancy_grid import OccupancyGridConfig, ray_aabb_intersect
+from nerf.scene_box import scene_frame
+from nerf.trainers.stats import StepStats
 
-__all__ = ["ReconstructionConfig", "ReconstructionTrainer", "SceneFrame", "StepStats", "scene_frame"]
+__all__ = ["ReconstructionConfig", "ReconstructionTrainer", "StepStats"]
 
 
-def _default_hash_grid() -> HashGridConfig:
+def _default_field() -> FieldConfig:
     # 12 levels from 16 to 512 cells: finer than the 128² views need, small enough for 2 CPU cores.
-    return HashGridConfig(n_levels=12, n_features_per_level=2, log2_hashmap_size=17, base_resolution=16,
+    grid = HashGridConfig(n_levels=12, n_features_per_level=2, log2_hashmap_size=17, base_resolution=16,
                           per_level_scale=math.exp(math.log(512 / 16) / 11))
+    return FieldConfig(radius=1.0, hash_grid=grid, n_neurons=64, n_hidden_layers=1, density_bias="none")
 
 
 @dataclass
@@ -75,17 +79,12 @@ class ReconstructionConfig:
     """Learning rate at the last step relative to ``lr`` (exponential decay), in (0, 1]."""
     lambda_mask: float = 0.1
     """Weight of MSE(opacity, alpha) on pixels with alpha (>= 0)."""
-    hash_grid: HashGridConfig = field(default_factory=_default_hash_grid)
-    """Position encoding of the field (box ``[-1, 1]^3`` of the normalised frame)."""
-    n_neurons: int = 64
-    """Hidden width of the field's MLP heads."""
-    n_hidden_layers: int = 1
-    """Hidden layers per MLP head (>= 1)."""
-    density_bias: Literal["none", "blob_magic3d"] = "none"
-    """Field density bias (see :class:`nerf.field.FieldConfig`); the visual hull replaces the blob prior."""
+    field: FieldConfig = default(default_factory=_default_field)
+    """The implicit volume. Its box is the normalised frame's ``[-1, 1]^3`` (``radius`` must be 1); no density
+    bias by default, since the visual hull replaces the blob prior."""
     num_samples_per_ray: int = 256
     """Sets the march step, ``1.732 * 2 / num_samples_per_ray`` in the normalised frame."""
-    grid: OccupancyGridConfig = field(default_factory=lambda: OccupancyGridConfig(resolution=32))
+    grid: OccupancyGridConfig = default(default_factory=lambda: OccupancyGridConfig(resolution=32))
     """Occupancy grid of the renderer (box ``[-1, 1]^3``)."""
     early_stop_eps: float = 1e-3
     """Transmittance below which samples are skipped (see :class:`nerf.renderer.RendererConfig`)."""
@@ -102,7 +101,7 @@ class ReconstructionConfig:
     """Steps fitting the density to the visual hull before photometric training (0 disables; needs masks)."""
     hull_init_points: int = 16384
     """Random points per hull-fitting step (>= 1)."""
-    isosurface: IsosurfaceConfig = field(default_factory=lambda: IsosurfaceConfig(resolution=128, threshold=20.0))
+    isosurface: IsosurfaceConfig = default(default_factory=lambda: IsosurfaceConfig(resolution=128, threshold=20.0))
     """Mesh extraction in the normalised frame (density threshold in 1 / normalised units). On the benchmark
     meshes 128³ matched 192³ within 0.03 % Chamfer at a quarter of the cost, and thresholds 15–20 gave the best
     Chamfer/F-score (5 and 50 put the surface outside / inside the true one by 0.1–1 % of the diagonal)."""
@@ -113,97 +112,18 @@ class ReconstructionConfig:
     """Seeds the field initialisation, the ray batches and the jitter."""
 
     def __post_init__(self) -> None:
-        if self.max_steps < 1 or self.batch_rays < 1 or self.n_hidden_layers < 1 or self.hull_resolution < 8:
-            raise ValueError(f"ReconstructionConfig: max_steps, batch_rays, n_hidden_layers must be >= 1 and "
+        if self.max_steps < 1 or self.batch_rays < 1 or self.field.n_hidden_layers < 1 or self.hull_resolution < 8:
+            raise ValueError(f"ReconstructionConfig: max_steps, batch_rays, field.n_hidden_layers must be >= 1 and "
                              f"hull_resolution >= 8: {self}")
+        if self.field.radius != 1.0:
+            raise ValueError(f"ReconstructionConfig: field.radius must be 1 (the normalised frame), got "
+                             f"{self.field.radius}")
         if not 0.0 < self.lr_final_ratio <= 1.0 or self.box_margin < 1.0 or self.lambda_mask < 0:
             raise ValueError(f"ReconstructionConfig: need 0 < lr_final_ratio <= 1, box_margin >= 1, "
                              f"lambda_mask >= 0: {self}")
         if self.hull_init_steps < 0 or self.hull_init_points < 1 or not 0.0 <= self.hull_alpha_threshold < 1.0:
             raise ValueError(f"ReconstructionConfig: need hull_init_steps >= 0, hull_init_points >= 1, "
                              f"0 <= hull_alpha_threshold < 1: {self}")
-
-
-@dataclass
-class SceneFrame:
-    """Similarity between the world frame of the views and the engine's normalised frame.
-
-    ``x_world = centre + scale * x_normalised``; the engine box ``[-1, 1]^3`` is ``centre ± scale`` in the world.
-
-    Attributes:
-        centre: Tensor with shape (3,), world units.
-        scale: world units per normalised unit, > 0.
-        hull: Tensor with shape (G, G, G), bool, the visual hull over the normalised box (None without masks).
-    """
-
-    centre: Tensor
-    scale: float
-    hull: Tensor | None = None
-
-    def to_normalised(self, points: Tensor) -> Tensor:
-        """World points (..., 3) → normalised frame."""
-        return (points - self.centre.to(points)) / self.scale
-
-    def to_world(self, points: np.ndarray) -> np.ndarray:
-        """Normalised points (..., 3) → world frame (numpy)."""
-        return self.centre.double().numpy() + self.scale * points
-
-
-@dataclass
-class StepStats:
-    """Per-step record.
-
-    Attributes:
-        step: 1-based step number; total: ``max_steps``; loss: the weighted total; losses: unweighted terms
-        ("rgb", "mask"); n_samples: samples the renderer evaluated; seconds: wall time of the step.
-    """
-
-    step: int
-    total: int
-    loss: float
-    losses: dict[str, float]
-    n_samples: int
-    seconds: float
-
-
-def scene_frame(views: ViewDataset, margin: float = 1.1, hull_resolution: int = 96,
-                dilation_px: float = 0.0, alpha_threshold: float = 0.01) -> SceneFrame:
-    """Choose the normalised frame from the masks (visual hull) or, without masks, from the cameras.
-
-    Args:
-        views: posed images; frames with ``has_alpha`` carve the hull.
-        margin: box half-size / object half-size (>= 1).
-        hull_resolution: grid points per axis of the hull (>= 8).
-        dilation_px: mask dilation before carving, pixels.
-        alpha_threshold: alpha above which a pixel is foreground for carving.
-
-    Returns:
-        :class:`SceneFrame`.
-
-    Raises:
-        ValueError: the masks carve everything away (inconsistent masks or poses).
-    """
-    centre, radius = _camera_sphere(views)
-    if not bool(views.has_alpha.any()):
-        return SceneFrame(centre=centre, scale=radius * margin)
-    # Carve a box around the camera sphere (grown while the hull touches its sides), take the hull's bounds,
-    # then carve again inside the final box.
-    for _ in range(4):
-        inside = _carve(views, centre, radius, hull_resolution, dilation_px, alpha_threshold)
-        if not bool(inside.any()):
-            raise ValueError("scene_frame: the visual hull is empty; the masks and camera poses are inconsistent")
-        sides = torch.stack([inside[0], inside[-1], inside[:, 0], inside[:, -1], inside[:, :, 0], inside[:, :, -1]])
-        if not bool(sides.any()):
-            break
-        radius *= 1.5
-    idx = torch.nonzero(inside).float()
-    step = 2.0 * radius / (hull_resolution - 1)
-    lo = centre - radius + (idx.amin(0) - 1.0) * step
-    hi = centre - radius + (idx.amax(0) + 1.0) * step
-    centre = 0.5 * (lo + hi)
-    scale = float(0.5 * (hi - lo).max()) * margin
-    hull = _carve(views, centre, scale, hull_resolution, dilation_px, alpha_threshold)
-    return SceneFrame(centre=centre, scale=scale, hull=hull)
 
 
 class ReconstructionTrainer:
@@ -230,11 +150,7 @@ class ReconstructionTrainer:
         self.device = torch.device(device)
         self.frame = scene_frame(views, config.box_margin, config.hull_resolution, config.hull_dilation_px,
                                  config.hull_alpha_threshold)
-        field_config = FieldConfig(
-            radius=1.0, hash_grid=config.hash_grid, n_neurons=config.n_neurons,
-            n_hidden_layers=config.n_hidden_layers, density_bias=config.density_bias,
-        )
-        self.field = ImplicitVolume(field_config, seed=config.seed).to(self.device)
+        self.field = ImplicitVolume(config.field, seed=config.seed).to(self.device)
         self.renderer = VolumeRenderer(self.field, RendererConfig(
             num_samples_per_ray=config.num_samples_per_ray, grid=config.grid, early_stop_eps=config.early_stop_eps,
         )).to(self.device)
@@ -414,54 +330,3 @@ class ReconstructionTrainer:
         if pixels.numel() == 0:
             raise ValueError("ReconstructionTrainer: no camera ray meets the scene box")
         return pixels
-
-
-def _camera_sphere(views: ViewDataset) -> tuple[Tensor, float]:
-    """Least-squares point nearest to all optical axes, and the largest sphere around it seen by every camera."""
-    c2w = views.c2w.double()
-    origins = c2w[:, :3, 3]
-    axes = -c2w[:, :3, 2]
-    axes = axes / axes.norm(dim=-1, keepdim=True)
-    proj = torch.eye(3, dtype=torch.float64) - axes[:, :, None] * axes[:, None, :]  # (N, 3, 3)
-    a = proj.sum(0)
-    b = (proj @ origins[:, :, None]).sum(0)[:, 0]
-    if abs(float(torch.linalg.det(a))) < 1e-9:  # parallel axes: fall back to a point ahead of the cameras
-        centre = (origins + axes).mean(0)
-    else:
-        centre = torch.linalg.solve(a, b)
-    dist = (centre - origins).norm(dim=-1)
-    half_fov = math.radians(0.5 * min(views.fovy_deg, math.degrees(views.camera_angle_x)))
-    radius = float((dist * math.sin(half_fov)).min())
-    return centre.float(), radius
-
-
-def _carve(views: ViewDataset, centre: Tensor, half: float, g: int, dilation_px: float,
-           alpha_threshold: float) -> Tensor:
-    """Visual hull on a g³ grid over ``centre ± half``: (g, g, g) bool.
-
-    A point is kept when it projects into the foreground of every view that sees it, and every view whose mask
-    stays clear of the image border (an uncropped object) sees it. The pixel containing the projection decides.
-    """
-    lin = torch.linspace(-1.0, 1.0, g)
-    pts = torch.stack(torch.meshgrid(lin, lin, lin, indexing="ij"), dim=-1).reshape(-1, 3) * half + centre
-    masks = views.alpha[..., 0] > alpha_threshold
-    if dilation_px > 0:
-        k = 2 * int(math.ceil(dilation_px)) + 1
-        masks = F.max_pool2d(masks[:, None].float(), k, stride=1, padding=k // 2)[:, 0] > 0
-    focal = float(focal_from_fovy(views.fovy_deg, views.height))
-    # A view whose mask does not touch the image border shows the whole object, so points outside its frustum
-    # are outside the object; a cropped view says nothing about points it does not see.
-    border = masks[:, 0].any(-1) | masks[:, -1].any(-1) | masks[:, :, 0].any(-1) | masks[:, :, -1].any(-1)
-    inside = torch.ones(pts.shape[0], dtype=torch.bool)
-    w2c = torch.linalg.inv(views.c2w.double()).float()
-    for i in torch.nonzero(views.has_alpha)[:, 0].tolist():  # one pass per view, vectorised over points
-        cam = pts @ w2c[i, :3, :3].T + w2c[i, :3, 3]
-        z = -cam[:, 2]
-        front = z > 1e-6
-        col = cam[:, 0] / z.clamp_min(1e-6) * focal + 0.5 * views.width
-        row = -cam[:, 1] / z.clamp_min(1e-6) * focal + 0.5 * views.height
-        seen = front & (col >= 0) & (col < views.width) & (row >= 0) & (row < views.height)
-        ci = col.long().clamp(0, views.width - 1)
-        ri = row.long().clamp(0, views.height - 1)
-        inside &= masks[i, ri, ci] & seen if not bool(border[i]) else ~seen | masks[i, ri, ci]
-    return inside.reshape(g, g, g)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -26,12 +26,12 @@ from torch import Tensor
 from nerf.random_cameras import RandomCameraConfig, RandomCameraSampler, ResolutionSchedule
 from nerf.cameras import CameraBatch
 from nerf.field import ImplicitVolume
-from nerf.losses import opaque_loss, orientation_loss, ramp, sparsity_loss
+from nerf.losses import opaque_loss, orientation_loss, sparsity_loss
+from nerf.schedules import Schedule, ramp
+from nerf.trainers.stats import StepStats
 from nerf.renderer import RenderOutput, VolumeRenderer
 
 __all__ = ["Guidance", "GuidanceResult", "ReferenceView", "SDSTrainer", "SDSTrainingConfig", "StepStats"]
-
-Schedule = float | Sequence[float]
 
 
 @dataclass
@@ -120,17 +120,6 @@ class SDSTrainingConfig:
     @property
     def schedule(self) -> ResolutionSchedule:
         return self.random_cameras.schedule
-
-
-@dataclass
-class StepStats:
-    """Per-step record passed to the progress callback. ``losses`` holds unweighted loss values."""
-
-    step: int
-    total: int
-    loss: float
-    losses: dict[str, float]
-    seconds: float
 
 
 def _rays(cameras: CameraBatch, size: int, device: torch.device) -> tuple[Tensor, Tensor]:
