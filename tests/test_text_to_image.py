@@ -12,7 +12,7 @@ import torch
 from lift3d.errors import InvalidInputError, ModelNotFoundError
 from lift3d.stages.loading import locate_pretrained, resolve_pretrained, select_hub_files
 from lift3d.stages.text_to_image import TextToImage
-from lift3d.stages.tiny_components import tiny_clip_tokenizer
+from lift3d.stages.tiny import tiny_clip_tokenizer
 
 PROMPT = "a wooden toy robot"
 

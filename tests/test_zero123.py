@@ -14,8 +14,18 @@ import torch
 import torch.nn.functional as F
 
 from lift3d.errors import InvalidInputError, ModelNotFoundError
-from lift3d.stages.tiny_components import seeded, tiny_zero123_components
-from lift3d.stages.zero123 import CLIPCameraProjection, SDSConfig, Zero123, anneal, camera_embedding
+from lift3d.stages.tiny import seeded
+from lift3d.stages.zero123.tiny import tiny_zero123_components
+from lift3d.stages.zero123 import (
+    CLIPCameraProjection,
+    ConditionEmbedding,
+    SDSConfig,
+    SDSRequest,
+    Zero123,
+    camera_embedding,
+    step_seed,
+)
+from nerf.schedules import ramp
 
 EL, AZ, DIST = torch.tensor([10.0, 30.0]), torch.tensor([0.0, 90.0]), torch.tensor([3.8, 3.8])
 
@@ -29,9 +39,12 @@ def _cond_image() -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def model() -> Zero123:
-    model = Zero123.tiny(seed=0)
-    model.set_condition(_cond_image())
-    return model
+    return Zero123.tiny(seed=0)
+
+
+@pytest.fixture(scope="module")
+def cond(model) -> ConditionEmbedding:
+    return model.encode_condition(_cond_image())
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -57,8 +70,8 @@ def test_camera_embedding_known_poses():
 
 # ------------------------------------------------------------------------------------------ timestep annealing
 def test_timestep_annealing_bounds(model):
-    assert anneal(0.5, 10) == 0.5
-    assert anneal((50, 0.7, 0.3, 200), 125) == pytest.approx(0.5)
+    assert ramp(0.5, 10) == 0.5
+    assert ramp((50, 0.7, 0.3, 200), 125) == pytest.approx(0.5)
     expected = {0: (700, 980), 50: (700, 980), 125: (500, 890), 200: (300, 800), 10_000: (300, 800)}
     for step, bounds in expected.items():
         assert model.timestep_range(step) == bounds
@@ -69,11 +82,11 @@ def test_timestep_annealing_bounds(model):
 
 
 # ---------------------------------------------------------------------------------------------------- SDS maths
-def test_sds_step_moves_latents_toward_denoised_estimate(model):
+def test_sds_step_moves_latents_toward_denoised_estimate(model, cond):
     latents = torch.randn(2, 4, 16, 16, generator=_gen(1))
     noise = torch.randn(2, 4, 16, 16, generator=_gen(2))
     t = torch.tensor([400, 800])
-    out = model.sds_latent_grad(latents, t, EL, AZ, noise=noise)
+    out = model.sds_latent_grad(latents, t, EL, AZ, noise=noise, condition=cond)
     alpha_bar = model.scheduler.alphas_cumprod[t].view(2, 1, 1, 1)
     torch.testing.assert_close(out.noisy_latents, alpha_bar.sqrt() * latents + (1 - alpha_bar).sqrt() * noise)
     torch.testing.assert_close(out.weights, 1 - alpha_bar.flatten())
@@ -86,19 +99,18 @@ def test_sds_step_moves_latents_toward_denoised_estimate(model):
         assert (stepped - x0_hat[i]).norm() < (latents[i] - x0_hat[i]).norm()
     # loss = 0.5 ||z - sg(z - grad)||² / B, so d loss / d z = grad / B
     z = latents.clone().requires_grad_(True)
-    out_z = model.sds_latent_grad(z, t, EL, AZ, noise=noise)
+    out_z = model.sds_latent_grad(z, t, EL, AZ, noise=noise, condition=cond)
     out_z.loss.backward()
     torch.testing.assert_close(z.grad, out.grad / 2)
     assert out_z.loss.item() == pytest.approx(0.5 * out.grad.pow(2).sum().item() / 2, rel=1e-5)
 
 
-def test_cfg_branches_use_zeroed_condition(model):
+def test_cfg_branches_use_zeroed_condition(model, cond):
     """scale 0 → the unconditional branch (zero projected CLIP token, zero c_concat); scale 1 → conditional."""
-    cond = model.condition
     latents, noise, t = torch.randn(2, 4, 16, 16, generator=_gen(3)), torch.randn(2, 4, 16, 16, generator=_gen(4)), \
         torch.tensor([300, 600])
-    uncond = model.sds_latent_grad(latents, t, EL, AZ, noise=noise, guidance_scale=0.0)
-    full = model.sds_latent_grad(latents, t, EL, AZ, noise=noise, guidance_scale=1.0)
+    uncond = model.sds_latent_grad(latents, t, EL, AZ, noise=noise, condition=cond, guidance_scale=0.0)
+    full = model.sds_latent_grad(latents, t, EL, AZ, noise=noise, condition=cond, guidance_scale=1.0)
     with torch.no_grad():
         x_t = uncond.noisy_latents
         zeros_ctx = torch.zeros(2, 1, 32)
@@ -108,14 +120,14 @@ def test_cfg_branches_use_zeroed_condition(model):
         expected_cond = model.unet(torch.cat([x_t, cond.latents.expand(2, -1, -1, -1)], 1), t, context).sample
     torch.testing.assert_close(uncond.noise_pred, expected_uncond, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(full.noise_pred, expected_cond, atol=1e-5, rtol=1e-4)
-    s3 = model.sds_latent_grad(latents, t, EL, AZ, noise=noise, guidance_scale=3.0)
+    s3 = model.sds_latent_grad(latents, t, EL, AZ, noise=noise, condition=cond, guidance_scale=3.0)
     torch.testing.assert_close(s3.noise_pred, expected_uncond + 3 * (expected_cond - expected_uncond), atol=1e-4,
                                rtol=1e-4)
 
 
-def test_grad_rgb_equals_direct_backward(model):
+def test_grad_rgb_equals_direct_backward(model, cond):
     rgb = torch.rand(2, 3, 48, 48, generator=_gen(5)).requires_grad_(True)
-    out = model.sds(rgb, EL, AZ, DIST, step=0, generator=_gen(6))
+    out = model.sds(rgb, EL, AZ, DIST, step=0, condition=cond, generator=_gen(6))
     assert out.grad_rgb.shape == rgb.shape and not out.grad_rgb.requires_grad
     assert out.latents.shape == (2, 4, 16, 16) and out.timesteps.shape == (2,)
     assert all(700 <= int(t) <= 980 for t in out.timesteps)
@@ -134,20 +146,48 @@ def test_grad_rgb_equals_direct_backward(model):
     assert out.grad_rgb.abs().sum() > 0
 
 
-def test_sds_deterministic_for_generator_state(model):
+def test_sds_deterministic_for_generator_state(model, cond):
     rgb = torch.rand(2, 3, 32, 32, generator=_gen(7))
-    a = model.sds(rgb, EL, AZ, DIST, step=100, generator=_gen(8))
-    b = model.sds(rgb, EL, AZ, DIST, step=100, generator=_gen(8))
-    c = model.sds(rgb, EL, AZ, DIST, step=100, generator=_gen(9))
+    a = model.sds(rgb, EL, AZ, DIST, step=100, condition=cond, generator=_gen(8))
+    b = model.sds(rgb, EL, AZ, DIST, step=100, condition=cond, generator=_gen(8))
+    c = model.sds(rgb, EL, AZ, DIST, step=100, condition=cond, generator=_gen(9))
     assert torch.equal(a.grad_rgb, b.grad_rgb) and torch.equal(a.timesteps, b.timesteps) and a.loss == b.loss
     assert not torch.equal(a.grad_rgb, c.grad_rgb)
     with pytest.raises(InvalidInputError, match="elevation_deg"):
-        model.sds(rgb, EL[:1], AZ, DIST, step=0)
+        model.sds(rgb, EL[:1], AZ, DIST, step=0, condition=cond)
+
+
+def test_sds_batch_equals_sds_per_request(model):
+    """Batching requests of different jobs (own condition, seed, scale, size) changes nothing for any of them."""
+    generator = _gen(0)
+    requests = []
+    for index, (views, side, scale) in enumerate([(2, 32, 3.0), (1, 48, 3.0), (1, 32, 5.0)]):
+        condition = model.encode_condition(torch.rand(1, 3, 32, 32, generator=generator))
+        requests.append(SDSRequest(torch.rand(views, 3, side, side, generator=generator), torch.rand(views) * 30,
+                                   torch.rand(views) * 360, 10 * index, 100 + index, scale, condition))
+    results = model.sds_batch(requests)
+    assert [r.batch_size for r in results] == [2, 2, 1]  # two share scale 3 and the reference pose
+    for request, result in zip(requests, results):
+        alone = model.sds(request.rgb, request.elevation_deg, request.azimuth_deg, request.elevation_deg,
+                          request.step, guidance_scale=request.guidance_scale, condition=request.condition,
+                          generator=torch.Generator().manual_seed(request.seed))
+        assert result.loss == pytest.approx(float(alone.loss), rel=1e-5)
+        torch.testing.assert_close(result.grad_rgb, alone.grad_rgb, atol=1e-5, rtol=1e-4)
+    # a request alone is bit-identical to sds() with its generator: the in-process and Serve paths agree
+    (single,) = model.sds_batch([requests[2]])
+    alone = model.sds(requests[2].rgb, requests[2].elevation_deg, requests[2].azimuth_deg, requests[2].elevation_deg,
+                      requests[2].step, guidance_scale=5.0, condition=requests[2].condition,
+                      generator=torch.Generator().manual_seed(requests[2].seed))
+    assert torch.equal(single.grad_rgb, alone.grad_rgb)
+
+
+def test_step_seed_depends_on_job_and_step_only():
+    assert step_seed(0, 0) == 0 and step_seed(0, 5) == 5 and step_seed(1, 0) == 1_000_003
+    assert step_seed(2**32 - 1, 999) == ((2**32 - 1) * 1_000_003 + 999) % (2**63 - 1)
 
 
 # ----------------------------------------------------------------------------------------- conditioning, views
-def test_set_condition_keeps_unscaled_vae_mode(model):
-    cond = model.condition
+def test_encode_condition_keeps_unscaled_vae_mode(model, cond):
     assert cond.image_embeds.shape == (1, 1, 32) and cond.latents.shape == (1, 4, 16, 16)
     assert (cond.elevation_deg, cond.azimuth_deg, cond.camera_distance) == (5.0, 0.0, 3.8)
     with torch.no_grad():
@@ -155,23 +195,24 @@ def test_set_condition_keeps_unscaled_vae_mode(model):
         mode = model.vae.encode(image * 2 - 1).latent_dist.mode()
     torch.testing.assert_close(cond.latents, mode)  # not × scaling_factor
     with pytest.raises(InvalidInputError, match=r"\(1, 3, H, W\)"):
-        model.set_condition(torch.ones(2, 3, 32, 32))
+        model.encode_condition(torch.ones(2, 3, 32, 32))
     with pytest.raises(InvalidInputError, match=r"\[0, 1\]"):
-        model.set_condition(torch.full((1, 3, 32, 32), 255.0))
+        model.encode_condition(torch.full((1, 3, 32, 32), 255.0))
 
 
-def test_novel_views_deterministic_and_view_dependent(model):
-    first = [np.asarray(v) for v in model.novel_views([5.0, 5.0], [0.0, 120.0], num_inference_steps=3, seed=1)]
-    again = [np.asarray(v) for v in model.novel_views([5.0, 5.0], [0.0, 120.0], num_inference_steps=3, seed=1)]
+def test_novel_views_deterministic_and_view_dependent(model, cond):
+    def views(seed: int) -> list[np.ndarray]:
+        return [np.asarray(v) for v in model.novel_views([5.0, 5.0], [0.0, 120.0], num_inference_steps=3, seed=seed,
+                                                          condition=cond)]
+
+    first, again = views(1), views(1)
     assert first[0].shape == (32, 32, 3) and first[0].dtype == np.uint8
     assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
     assert np.abs(first[0].astype(int) - first[1]).mean() > 0.5  # different azimuth, same noise → different image
-    other_seed = np.asarray(model.novel_views([5.0], [0.0], num_inference_steps=3, seed=2)[0])
+    other_seed = np.asarray(model.novel_views([5.0], [0.0], num_inference_steps=3, seed=2, condition=cond)[0])
     assert not np.array_equal(other_seed, first[0])
     with pytest.raises(InvalidInputError, match="as many elevations"):
-        model.novel_views([5.0], [0.0, 1.0], seed=0)
-    with pytest.raises(RuntimeError, match="set_condition"):
-        Zero123.tiny(seed=0).novel_views([5.0], [0.0], seed=0)
+        model.novel_views([5.0], [0.0, 1.0], seed=0, condition=cond)
 
 
 def test_default_resolution_is_256_with_sd_geometry():
@@ -185,8 +226,8 @@ def test_default_resolution_is_256_with_sd_geometry():
                                      up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=1)
     model = Zero123(**parts, random_weights=True, source="test")
     assert model.resolution == 256 and SDSConfig().guidance_resolution == 256
-    model.set_condition(torch.ones(1, 3, 64, 64))
-    assert model.novel_views([5.0], [30.0], num_inference_steps=1, seed=0)[0].size == (256, 256)
+    condition = model.encode_condition(torch.ones(1, 3, 64, 64))
+    assert model.novel_views([5.0], [30.0], num_inference_steps=1, seed=0, condition=condition)[0].size == (256, 256)
 
 
 # ------------------------------------------------------------------------------------------------ save / load
@@ -208,25 +249,27 @@ def test_clip_camera_projection_round_trip(tmp_path):
     assert torch.equal(from_cc.proj.weight, projection.proj.weight)
 
 
-def test_saved_tiny_model_loads_and_matches(tmp_path, model):
+def test_saved_tiny_model_loads_and_matches(tmp_path, model, cond):
     model.save_pretrained(tmp_path / "z123")
     assert json.loads((tmp_path / "z123" / "model_index.json").read_text())["unet"] == ["diffusers",
                                                                                         "UNet2DConditionModel"]
     loaded = Zero123.from_pretrained(tmp_path / "z123")
     assert loaded.random_weights is False and loaded.source == str(tmp_path / "z123")
-    cond = loaded.set_condition(_cond_image())
+    loaded_cond = loaded.encode_condition(_cond_image())
     # identical weights; float32 kernels on freshly loaded (mmap'd) tensors may differ in the last bit
     for name in ("unet", "vae", "image_encoder", "clip_camera_projection"):
         reference = getattr(model, name).state_dict()
         assert all(torch.equal(v, reference[k]) for k, v in getattr(loaded, name).state_dict().items())
     assert torch.equal(loaded.scheduler.alphas_cumprod, model.scheduler.alphas_cumprod)
-    torch.testing.assert_close(cond.latents, model.condition.latents, atol=1e-6, rtol=0)
-    torch.testing.assert_close(cond.image_embeds, model.condition.image_embeds, atol=1e-6, rtol=0)
-    views = lambda m: np.asarray(m.novel_views([20.0], [45.0], num_inference_steps=2, seed=3)[0])  # noqa: E731
-    assert np.abs(views(loaded).astype(int) - views(model)).max() <= 1
+    torch.testing.assert_close(loaded_cond.latents, cond.latents, atol=1e-6, rtol=0)
+    torch.testing.assert_close(loaded_cond.image_embeds, cond.image_embeds, atol=1e-6, rtol=0)
+    def views(m: Zero123, c: ConditionEmbedding) -> np.ndarray:
+        return np.asarray(m.novel_views([20.0], [45.0], num_inference_steps=2, seed=3, condition=c)[0])
+
+    assert np.abs(views(loaded, loaded_cond).astype(int) - views(model, cond)).max() <= 1
     rgb = torch.rand(1, 3, 32, 32, generator=_gen(10))
-    a = loaded.sds(rgb, EL[:1], AZ[:1], DIST[:1], step=0, generator=_gen(11))
-    b = model.sds(rgb, EL[:1], AZ[:1], DIST[:1], step=0, generator=_gen(11))
+    a = loaded.sds(rgb, EL[:1], AZ[:1], DIST[:1], step=0, condition=loaded_cond, generator=_gen(11))
+    b = model.sds(rgb, EL[:1], AZ[:1], DIST[:1], step=0, condition=cond, generator=_gen(11))
     assert torch.equal(a.timesteps, b.timesteps)
     torch.testing.assert_close(a.grad_rgb, b.grad_rgb, atol=1e-6, rtol=1e-4)
     # the same directory in community Zero1to3 layout (cc_projection/) loads to the same projection

@@ -107,7 +107,7 @@ class BackgroundRemover:
         Args:
             model_name: one of :data:`KNOWN_MODELS` (e.g. "u2net", "isnet-general-use", "birefnet-general").
             home: directory holding the model; default ``$REMBG_HOME`` then ``$U2NET_HOME`` (see module doc).
-            device: "cpu" or "cuda" (onnxruntime CUDA provider on the default GPU, CPU fallback).
+            device: "cpu" or "cuda" (onnxruntime CUDA provider on the default GPU, CPU fallback), or a torch.device.
 
         Raises:
             InvalidInputError: unknown model name (the message lists the known ones).
@@ -178,7 +178,8 @@ def _find_model_file(model_name: str, home: str | Path | None) -> Path:
     )
 
 
-def _providers(device: str) -> list[str]:
+def _providers(device: object) -> list[str]:
+    device = str(device)  # a torch.device or its name: "cpu", "cuda", "cuda:1"
     if device == "cpu":
         return ["CPUExecutionProvider"]
     if device.startswith("cuda"):

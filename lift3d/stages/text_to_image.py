@@ -15,15 +15,18 @@ from __future__ import annotations
 import logging
 import os
 
+from typing import Any
+
 import PIL.Image
 import torch
-from diffusers import StableDiffusionXLPipeline
+from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
 from lift3d.errors import InvalidInputError
 from lift3d.stages.loading import default_dtype, diffusers_dtype, loading_errors, resolve_pretrained
-from lift3d.stages.tiny_components import seeded, tiny_sdxl_components
+from lift3d.stages.tiny import SD_SCHEDULE, seeded, tiny_clip_tokenizer, tiny_text_config, tiny_vae
 
-__all__ = ["TextToImage"]
+__all__ = ["TextToImage", "tiny_sdxl_components"]
 
 logger = logging.getLogger(__name__)
 
@@ -174,3 +177,45 @@ class TextToImage:
         )
         pipe.set_progress_bar_config(disable=True)
         return pipe
+
+
+def tiny_sdxl_components() -> dict[str, Any]:
+    """Keyword arguments for ``StableDiffusionXLPipeline`` with tiny random components (call inside
+    :func:`~lift3d.stages.tiny.seeded`).
+
+    UNet (32, 64) channels with ``addition_embed_type="text_time"`` and cross-attention width 64 = 32 + 32 (the two
+    text encoders' hidden states are concatenated); the second encoder projects its pooled output to 32, and the
+    added-condition width is 6 × 8 (size/crop time ids) + 32 = 80. Default sample size 32 latents → 64 px.
+    """
+    tokenizer = tiny_clip_tokenizer()
+    tokenizer_2 = tiny_clip_tokenizer()
+    unet = UNet2DConditionModel(
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 1),
+        projection_class_embeddings_input_dim=6 * 8 + 32,
+        cross_attention_dim=64,
+        norm_num_groups=32,
+    )
+    vae = tiny_vae()
+    text_encoder = CLIPTextModel(tiny_text_config(tokenizer))
+    text_encoder_2 = CLIPTextModelWithProjection(tiny_text_config(tokenizer_2, projection_dim=32))
+    scheduler = EulerDiscreteScheduler(**SD_SCHEDULE, steps_offset=1, timestep_spacing="leading")
+    return {
+        "unet": unet,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "text_encoder_2": text_encoder_2,
+        "tokenizer": tokenizer,
+        "tokenizer_2": tokenizer_2,
+        "scheduler": scheduler,
+    }

@@ -10,11 +10,11 @@ Weights layout, Hub ids and how to convert the official checkpoint: :mod:`lift3d
 
 Examples:
     >>> model = Zero123.tiny(seed=0)                               # random weights, 32² images
-    >>> cond = model.set_condition(torch.ones(1, 3, 32, 32))       # conditioning view: el 5°, az 0°
-    >>> model.novel_views([5.0], [90.0], num_inference_steps=2, seed=0)[0].size
+    >>> cond = model.encode_condition(torch.ones(1, 3, 32, 32))    # conditioning view: el 5°, az 0°
+    >>> model.novel_views([5.0], [90.0], num_inference_steps=2, seed=0, condition=cond)[0].size
     (32, 32)
     >>> out = model.sds(torch.rand(2, 3, 64, 64), torch.tensor([10.0, 20.0]), torch.tensor([0.0, 90.0]),
-    ...                 torch.tensor([3.8, 3.8]), step=0, generator=torch.Generator().manual_seed(0))
+    ...                 torch.tensor([3.8, 3.8]), step=0, condition=cond, generator=torch.Generator().manual_seed(0))
     >>> out.grad_rgb.shape
     torch.Size([2, 3, 64, 64])
 """
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, replace
 
 import numpy as np
 import PIL.Image
@@ -36,37 +35,18 @@ from transformers import CLIPVisionModelWithProjection
 
 from lift3d.errors import InvalidInputError
 from lift3d.stages.loading import default_dtype
-from lift3d.stages.tiny_components import seeded, tiny_zero123_components
+from lift3d.stages.tiny import seeded
 from lift3d.stages.zero123.camera import CLIPCameraProjection, camera_embedding, clip_preprocess
-from lift3d.stages.zero123.sds import SDSConfig, SDSOutput, anneal, inject_gradient
+from lift3d.stages.zero123.condition import ConditionEmbedding
+from lift3d.stages.zero123.sds import ScoreDistillation, SDSConfig
+from lift3d.stages.zero123.tiny import tiny_zero123_components
 from lift3d.stages.zero123.weights import load_components, save_components
 
-__all__ = ["ConditionEmbedding", "Zero123"]
+__all__ = ["Zero123"]
 
 logger = logging.getLogger(__name__)
 
-@dataclass
-class ConditionEmbedding:
-    """What Zero123 keeps of the conditioning image.
-
-    Attributes:
-        image_embeds: Tensor with shape (1, 1, D), CLIP image embedding (D = 768 for the real model).
-        latents: Tensor with shape (1, 4, h, w), the VAE posterior *mode*, NOT multiplied by ``scaling_factor``
-            (threestudio ``get_img_embeds`` and Zero-1-to-3 both feed the unscaled mode as c_concat).
-        A leading dimension of B instead of 1 (one condition per item, e.g. batched across jobs) is accepted by
-        :meth:`Zero123.sds_latent_grad` and :meth:`Zero123.novel_views`; the pose fields are then shared.
-        elevation_deg, azimuth_deg: the conditioning camera, degrees.
-        camera_distance: scene units; kept for reference, unused by Stable Zero123.
-    """
-
-    image_embeds: Tensor
-    latents: Tensor
-    elevation_deg: float
-    azimuth_deg: float
-    camera_distance: float
-
-
-class Zero123:
+class Zero123(ScoreDistillation):
     """Stable Zero123 novel-view model and SDS guidance.
 
     Args:
@@ -80,9 +60,8 @@ class Zero123:
         sds_config: SDS settings; default :class:`SDSConfig` (threestudio stable-zero123 recipe) with
             ``guidance_resolution`` = :attr:`resolution`.
 
-    Attributes:
-        condition: the last :class:`ConditionEmbedding` from :meth:`set_condition`, or None. Concurrent callers
-            should pass ``condition=`` explicitly instead of relying on it.
+    The conditioning view is encoded by :meth:`encode_condition` and passed to every call (``condition=``): the
+    model keeps no per-job state, so one instance serves concurrent jobs.
 
     Raises:
         ValueError: if the components' channel counts or widths do not fit together.
@@ -104,7 +83,6 @@ class Zero123:
         self.clip_camera_projection, self.scheduler = clip_camera_projection.eval(), scheduler
         self.random_weights, self.source = random_weights, source
         self.sds_config = sds_config or SDSConfig(guidance_resolution=self.resolution)
-        self.condition: ConditionEmbedding | None = None
         self._check_components()
         for module in self._modules():
             module.requires_grad_(False)
@@ -145,7 +123,8 @@ class Zero123:
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
         """Write every component (safetensors) and ``model_index.json``; loadable with :meth:`from_pretrained`."""
-        save_components(self, directory)
+        save_components(directory, unet=self.unet, vae=self.vae, image_encoder=self.image_encoder,
+                        clip_camera_projection=self.clip_camera_projection, scheduler=self.scheduler)
 
     def to(self, device: str | torch.device) -> Zero123:
         """Move every module to ``device`` (dtype unchanged); returns self."""
@@ -190,10 +169,10 @@ class Zero123:
 
     # ------------------------------------------------------------------------------------------ conditioning
     @torch.no_grad()
-    def set_condition(
+    def encode_condition(
         self, image: Tensor, elevation_deg: float = 5.0, azimuth_deg: float = 0.0, camera_distance: float = 3.8,
     ) -> ConditionEmbedding:
-        """Encode the conditioning view, store it as :attr:`condition` and return it.
+        """Encode the conditioning view: CLIP embedding (cross-attention) and unscaled VAE mode (c_concat).
 
         Defaults are threestudio ``configs/stable-zero123.yaml`` (``default_elevation_deg`` 5,
         ``default_azimuth_deg`` 0, ``default_camera_distance`` 3.8).
@@ -202,7 +181,10 @@ class Zero123:
             image: Tensor with shape (1, 3, H, W), RGB in [0, 1], object composited on white; resized to
                 :attr:`resolution` (antialiased bilinear) for the VAE, to the encoder's size for CLIP.
             elevation_deg, azimuth_deg: the camera that saw ``image``, degrees (``nerf/cameras.py`` conventions).
-            camera_distance: scene units; stored only.
+            camera_distance: scene units; kept in the result only.
+
+        Returns:
+            A :class:`ConditionEmbedding` on the model's device (``.cpu()`` it to send it elsewhere).
 
         Raises:
             InvalidInputError: wrong shape, dtype or value range.
@@ -216,9 +198,8 @@ class Zero123:
         pixels = clip_preprocess(image, self.image_encoder.config.image_size).to(self.dtype)
         image_embeds = self.image_encoder(pixel_values=pixels).image_embeds[:, None]
         latents = self.vae.encode((image * 2.0 - 1.0).to(self.dtype)).latent_dist.mode()
-        self.condition = ConditionEmbedding(image_embeds, latents, float(elevation_deg), float(azimuth_deg),
-                                            float(camera_distance))
-        return self.condition
+        return ConditionEmbedding(image_embeds, latents, float(elevation_deg), float(azimuth_deg),
+                                  float(camera_distance))
 
     @staticmethod
     def _check_image(image: Tensor) -> None:
@@ -229,12 +210,6 @@ class Zero123:
             raise InvalidInputError("condition image must be float RGB in [0, 1] and at least 8×8 pixels")
         if float(image.min()) < -1e-3 or float(image.max()) > 1 + 1e-3:
             raise InvalidInputError("condition image values must lie in [0, 1] (divide uint8 images by 255)")
-
-    def _resolve_condition(self, condition: ConditionEmbedding | None) -> ConditionEmbedding:
-        condition = condition if condition is not None else self.condition
-        if condition is None:
-            raise RuntimeError("no conditioning image: call set_condition(image) first or pass condition=")
-        return condition
 
     def _context(
         self, condition: ConditionEmbedding, elevation_deg: Tensor, azimuth_deg: Tensor,
@@ -268,7 +243,7 @@ class Zero123:
         num_inference_steps: int = 50,
         guidance_scale: float = 3.0,
         seed: int,
-        condition: ConditionEmbedding | None = None,
+        condition: ConditionEmbedding,
     ) -> list[PIL.Image.Image]:
         """Sample one image per target camera with DDIM (eta 0) and classifier-free guidance.
 
@@ -278,16 +253,15 @@ class Zero123:
             num_inference_steps: DDIM steps, 1..1000.
             guidance_scale: CFG weight ≥ 0 (threestudio uses 3 for Stable Zero123).
             seed: seeds the initial noise (CPU generator): same seed → identical images.
-            condition: conditioning; default :attr:`condition`.
+            condition: the conditioning view (:meth:`encode_condition`).
 
         Returns:
             B RGB ``PIL.Image`` of side :attr:`resolution` (256 for the real model).
 
         Raises:
-            InvalidInputError: mismatched lists or out-of-range values. RuntimeError: no condition.
+            InvalidInputError: mismatched lists or out-of-range values.
         """
         # 1. check inputs
-        condition = self._resolve_condition(condition)
         elevation, azimuth = self._check_views(elevations_deg, azimuths_deg, num_inference_steps, guidance_scale)
         # 2. conditioning for both CFG branches
         context, concat = self._context(condition, elevation, azimuth)
@@ -331,138 +305,3 @@ class Zero123:
         images = self.vae.decode((latents / self.vae.config.scaling_factor).to(self.dtype)).sample
         images = (images.float() * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
         return [PIL.Image.fromarray(np.round(image * 255).astype(np.uint8), mode="RGB") for image in images]
-
-    # ----------------------------------------------------------------------------------------------- SDS
-    def timestep_range(self, step: int) -> tuple[int, int]:
-        """Inclusive bounds (t_min, t_max) of the SDS timestep at training ``step``.
-
-        ``int(num_train_timesteps × percent)`` of the annealed :attr:`sds_config` percents (threestudio
-        ``set_min_max_steps``); with the defaults, [700, 980] until step 50, [300, 800] from step 200, linear between.
-        """
-        total = self.scheduler.config.num_train_timesteps
-        # 1e-6 absorbs float error in the annealed percent (0.89 × 1000 = 889.9999…)
-        low = int(total * anneal(self.sds_config.min_step_percent, step) + 1e-6)
-        high = int(total * anneal(self.sds_config.max_step_percent, step) + 1e-6)
-        return low, high
-
-    def sample_timesteps(self, step: int, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
-        """Uniform integer timesteps in :meth:`timestep_range`, shape (batch_size,), int64 on :attr:`device`."""
-        low, high = self.timestep_range(step)
-        device = generator.device if generator is not None else "cpu"
-        timesteps = torch.randint(low, high + 1, (batch_size,), generator=generator, device=device)
-        return timesteps.to(self.device)
-
-    def sds(
-        self,
-        rgb: Tensor,
-        elevation_deg: Tensor,
-        azimuth_deg: Tensor,
-        camera_distance: Tensor,
-        step: int,
-        *,
-        guidance_scale: float | None = None,
-        generator: torch.Generator | None = None,
-        condition: ConditionEmbedding | None = None,
-    ) -> SDSOutput:
-        """Score distillation of rendered views (DreamFusion, Poole et al. 2022) with Stable Zero123 guidance.
-
-        Renders are resized to ``sds_config.guidance_resolution`` (bilinear), encoded with the VAE (posterior
-        sample × scaling_factor), noised at t ~ U[:meth:`timestep_range`], and ``grad = w(t) (ε̂ − ε)`` with
-        w(t) = 1 − ᾱ_t (threestudio). ``grad_rgb`` comes from one backward through the VAE encoder of a detached
-        copy of ``rgb``; the returned ``loss`` carries exactly that gradient back to ``rgb``, so either
-        ``out.loss.backward()`` or ``rgb.backward(out.grad_rgb)`` (e.g. in another process) trains the NeRF.
-
-        Args:
-            rgb: Tensor with shape (B, 3, H, W), renders in [0, 1]; may require grad.
-            elevation_deg, azimuth_deg: Tensors with shape (B,), render cameras, degrees.
-            camera_distance: Tensor with shape (B,), scene units; unused by Stable Zero123, checked for shape.
-            step: training step, for timestep annealing.
-            guidance_scale: CFG weight; default ``sds_config.guidance_scale`` (3).
-            generator: draws, in order, the VAE posterior sample, t, then ε. Same generator state → same output.
-            condition: conditioning; default :attr:`condition`.
-
-        Returns:
-            :class:`SDSOutput` (``grad_rgb`` has ``rgb``'s shape and dtype).
-
-        Raises:
-            InvalidInputError: shape mismatches. RuntimeError: no condition.
-        """
-        # 1. check inputs
-        condition = self._resolve_condition(condition)
-        self._check_sds_inputs(rgb, elevation_deg, azimuth_deg, camera_distance)
-        # 2. encode a detached copy of the renders, keeping the encoder graph
-        leaf = rgb.detach().to(self.device, torch.float32).requires_grad_(True)
-        with torch.enable_grad():
-            latents = self._encode_rgb(leaf, generator)
-        # 3. timesteps
-        timesteps = self.sample_timesteps(step, rgb.shape[0], generator)
-        # 4. latent-space SDS
-        with torch.enable_grad():
-            out = self.sds_latent_grad(latents, timesteps, elevation_deg, azimuth_deg, guidance_scale=guidance_scale,
-                                       generator=generator, condition=condition)
-            # 5. back through the VAE encoder to pixels
-            (grad_rgb,) = torch.autograd.grad(out.loss, leaf)
-        grad_rgb = grad_rgb.to(rgb.device, rgb.dtype)
-        return replace(out, loss=inject_gradient(rgb, out.loss.detach().to(rgb.device), grad_rgb), grad_rgb=grad_rgb)
-
-    @staticmethod
-    def _check_sds_inputs(rgb: Tensor, elevation: Tensor, azimuth: Tensor, distance: Tensor) -> None:
-        if rgb.ndim != 4 or rgb.shape[1] != 3:
-            raise InvalidInputError(f"rgb must have shape (B, 3, H, W), got {tuple(rgb.shape)}")
-        for label, value in (("elevation_deg", elevation), ("azimuth_deg", azimuth), ("camera_distance", distance)):
-            if torch.as_tensor(value).reshape(-1).shape[0] != rgb.shape[0]:
-                raise InvalidInputError(f"{label} must have shape (B,) = ({rgb.shape[0]},), got "
-                                        f"{tuple(torch.as_tensor(value).shape)}")
-
-    def _encode_rgb(self, rgb: Tensor, generator: torch.Generator | None) -> Tensor:
-        """(B, 3, H, W) in [0, 1] → scaled latents (B, 4, R/f, R/f), float32, differentiable."""
-        size = (self.sds_config.guidance_resolution,) * 2
-        resized = F.interpolate(rgb, size=size, mode="bilinear", align_corners=False)
-        posterior = self.vae.encode((resized * 2.0 - 1.0).to(self.dtype)).latent_dist
-        return posterior.sample(generator=generator).float() * self.vae.config.scaling_factor
-
-    def sds_latent_grad(
-        self,
-        latents: Tensor,
-        timesteps: Tensor,
-        elevation_deg: Tensor,
-        azimuth_deg: Tensor,
-        *,
-        guidance_scale: float | None = None,
-        noise: Tensor | None = None,
-        generator: torch.Generator | None = None,
-        condition: ConditionEmbedding | None = None,
-    ) -> SDSOutput:
-        """SDS on latents: the part of :meth:`sds` after VAE encoding.
-
-        Args:
-            latents: Tensor with shape (B, 4, h, w), scaled latents z; may require grad.
-            timesteps: Tensor with shape (B,), integer t in [0, num_train_timesteps).
-            elevation_deg, azimuth_deg: Tensors with shape (B,), degrees.
-            guidance_scale: default ``sds_config.guidance_scale``.
-            noise: ε with ``latents``' shape; drawn from ``generator`` when None.
-            generator: for ε.
-            condition: default :attr:`condition`.
-
-        Returns:
-            :class:`SDSOutput` with ``grad_rgb=None``; ``loss`` is differentiable w.r.t. ``latents`` with
-            d loss / d z = grad / B.
-        """
-        condition = self._resolve_condition(condition)
-        scale = self.sds_config.guidance_scale if guidance_scale is None else guidance_scale
-        batch = latents.shape[0]
-        timesteps = timesteps.to(self.device, torch.long)
-        clean = latents.detach().float()
-        if noise is None:
-            noise = randn_tensor(clean.shape, generator=generator, device=self.device, dtype=torch.float32)
-        alpha_bar = self.scheduler.alphas_cumprod.to(self.device)[timesteps].view(batch, 1, 1, 1).float()
-        noisy = alpha_bar.sqrt() * clean + (1.0 - alpha_bar).sqrt() * noise
-        with torch.no_grad():
-            context, concat = self._context(condition, elevation_deg, azimuth_deg)
-            noise_pred = self._guided_noise(noisy, timesteps, context, concat, scale)
-        weights = 1.0 - alpha_bar
-        grad = torch.nan_to_num(weights * (noise_pred - noise))
-        target = (latents.float() - grad).detach()
-        loss = 0.5 * F.mse_loss(latents.float(), target, reduction="sum") / batch
-        return SDSOutput(loss=loss, grad_rgb=None, timesteps=timesteps, latents=clean, noisy_latents=noisy,
-                         noise=noise, noise_pred=noise_pred, grad=grad, weights=weights.flatten())

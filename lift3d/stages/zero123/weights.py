@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import diffusers
 import torch
@@ -45,9 +45,6 @@ from lift3d.stages.loading import (
     transformers_dtype,
 )
 from lift3d.stages.zero123.camera import CLIPCameraProjection
-
-if TYPE_CHECKING:
-    from lift3d.stages.zero123.model import Zero123
 
 __all__ = ["LAYOUT_HINT", "load_components", "save_components"]
 
@@ -87,13 +84,18 @@ def _load_projection(name: str, path: Path, dtype: torch.dtype) -> CLIPCameraPro
     raise model_not_found(name, "neither clip_camera_projection/ nor cc_projection/ found", str(path), LAYOUT_HINT)
 
 
-def save_components(model: Zero123, directory: str | os.PathLike[str]) -> None:
-    """Write ``model``'s components (safetensors) and ``model_index.json`` into ``directory``."""
+def save_components(
+    directory: str | os.PathLike[str], *, unet: UNet2DConditionModel, vae: AutoencoderKL,
+    image_encoder: CLIPVisionModelWithProjection, clip_camera_projection: CLIPCameraProjection,
+    scheduler: DDIMScheduler,
+) -> None:
+    """Write the components (safetensors) and ``model_index.json`` into ``directory`` (the layout that
+    :func:`load_components` reads)."""
     directory = Path(directory)
-    for name in ("unet", "vae", "clip_camera_projection"):
-        getattr(model, name).save_pretrained(directory / name, safe_serialization=True)
-    model.image_encoder.save_pretrained(directory / "image_encoder")
-    model.scheduler.save_pretrained(directory / "scheduler")
+    for name, module in (("unet", unet), ("vae", vae), ("clip_camera_projection", clip_camera_projection)):
+        module.save_pretrained(directory / name, safe_serialization=True)
+    image_encoder.save_pretrained(directory / "image_encoder")
+    scheduler.save_pretrained(directory / "scheduler")
     index = {
         "_class_name": "Zero123",
         "_diffusers_version": diffusers.__version__,
