@@ -21,61 +21,22 @@ Run it:
 import argparse
 import os
 import sys
-from typing import Any
 
-from pydantic import BaseModel, Field
 from ray.serve import Application
 
 from deployments.background import BackgroundRemovalDeployment
+from deployments.consumer import make_job_consumer
 from deployments.ingress import IngressDeployment
 from deployments.multiview import MultiViewDeployment
-from deployments.nerf_trainer import NerfTrainerDeployment, TrainerSettings
-from deployments.tasks import ConsumerSettings, QueueConfig, make_job_consumer
+from deployments.nerf_trainer import NerfTrainerDeployment
 from deployments.text_to_image import TextToImageDeployment
-from lift3d.service.costs import price_per_gpu_hour
 from lift3d.presets import get_preset
+from lift3d.service.config import ServiceConfig
+from lift3d.service.costs import price_per_gpu_hour
 
 __all__ = ["ServiceConfig", "app", "build_app"]
 
 APP_NAME = "lift3d"
-
-
-class ServiceConfig(BaseModel):
-    """Arguments of :func:`build_app` (``args`` in ``serve_config.yaml``)."""
-
-    preset: str = Field("default", description="Model preset: `default` (real weights) or `tiny` (random, CPU).")
-    store_url: str = Field("file:///tmp/lift3d/store", description="Artifact store: a directory, file:///dir, or "
-                           "s3://bucket/prefix?endpoint_url=... (credentials from boto3's standard chain).")
-    queue: QueueConfig = Field(default_factory=QueueConfig, description="Job queue (broker, retries).")
-    device: str = Field("auto", description="Torch device of the model replicas: auto, cpu or cuda.")
-    gpu_type: str = Field("A10G", description="GPU type of the pool; sets the default price per GPU-hour.")
-    price_per_gpu_hour: float | None = Field(None, ge=0, description="USD per GPU-hour; default: the AWS "
-                                             "on-demand price of gpu_type (lift3d.service.costs).")
-    heartbeat_s: float = Field(5.0, gt=0, description="Seconds between job-record writes while a job runs.")
-    stale_after_s: float = Field(300.0, gt=0, description="Requeue running jobs without heartbeat this long.")
-    sweep_interval_s: float = Field(30.0, gt=0, description="Seconds between stale-job sweeps.")
-    sds_max_batch_size: int = Field(8, ge=1, description="Most SDS requests per Zero123 UNet forward.")
-    sds_batch_wait_timeout_s: float = Field(0.01, ge=0, description="Wait for more SDS requests per batch.")
-    max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0, description="Largest accepted image upload.")
-    url_expires_s: int = Field(3600, gt=0, description="Lifetime of presigned artifact URLs.")
-    deployment_options: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="Per deployment name, `.options()` overrides (tests; for `serve "
-        "deploy` prefer the config file's `deployments:` section).")
-
-    @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> "ServiceConfig":
-        """From ``LIFT3D_PRESET``, ``LIFT3D_STORE_URL``, ``LIFT3D_BROKER_URL``, ``LIFT3D_QUEUE_DIR``,
-        ``LIFT3D_GPU_TYPE``, ``LIFT3D_PRICE_PER_GPU_HOUR`` and ``LIFT3D_DEVICE`` (unset: the defaults)."""
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for field, var in (("preset", "LIFT3D_PRESET"), ("store_url", "LIFT3D_STORE_URL"),
-                           ("gpu_type", "LIFT3D_GPU_TYPE"), ("device", "LIFT3D_DEVICE"),
-                           ("price_per_gpu_hour", "LIFT3D_PRICE_PER_GPU_HOUR")):
-            if env.get(var):
-                values[field] = env[var]
-        queue = {k: env[v] for k, v in (("broker_url", "LIFT3D_BROKER_URL"), ("queue_dir", "LIFT3D_QUEUE_DIR"))
-                 if env.get(v)}
-        return cls(**values, queue=QueueConfig(**queue))
 
 
 def build_app(args: ServiceConfig) -> Application:
@@ -93,22 +54,14 @@ def build_app(args: ServiceConfig) -> Application:
         return deployment.options(**config.deployment_options.get(deployment.name, {}))
 
     # 1. model deployments
-    text_to_image = configured(TextToImageDeployment).bind(preset.text_to_image, config.device)
+    text_to_image = configured(TextToImageDeployment).bind(preset.text_to_image, config.device, config.torch_threads)
     background = configured(BackgroundRemovalDeployment).bind(preset.background)
     multiview = configured(MultiViewDeployment).bind(preset.zero123, config.device, config.sds_max_batch_size,
-                                                     config.sds_batch_wait_timeout_s)
+                                                     config.sds_batch_wait_timeout_s, config.torch_threads)
     # 2. the trainer, which runs jobs by calling the model deployments
-    trainer = configured(NerfTrainerDeployment).bind(
-        text_to_image, background, multiview,
-        TrainerSettings(preset=config.preset, store_url=config.store_url, device=config.device,
-                        gpu_type=config.gpu_type, price_per_gpu_hour=config.price_per_gpu_hour,
-                        heartbeat_s=config.heartbeat_s),
-    )
+    trainer = configured(NerfTrainerDeployment).bind(text_to_image, background, multiview, config.trainer_settings())
     # 3. the queue's consumer, which hands jobs to the trainer
-    consumer = configured(make_job_consumer(config.queue)).bind(
-        trainer, ConsumerSettings(store_url=config.store_url, queue=config.queue, stale_after_s=config.stale_after_s,
-                                  sweep_interval_s=config.sweep_interval_s),
-    )
+    consumer = configured(make_job_consumer(config.queue)).bind(trainer, config.consumer_settings())
     # 4. the HTTP ingress; it enqueues jobs and holds the consumer handle only so the graph deploys it
     return configured(IngressDeployment).bind(config.store_url, config.queue, consumer, config.queue.max_attempts,
                                               config.url_expires_s, config.max_upload_bytes)

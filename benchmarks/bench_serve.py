@@ -60,7 +60,7 @@ def start_graph(base: Path):
     import ray
     from ray import serve
 
-    from deployments.tasks import QueueConfig
+    from lift3d.service.config import QueueConfig
     from graph import APP_NAME, ServiceConfig, build_app
 
     one = {"min_replicas": 1, "max_replicas": 1, "initial_replicas": 1}

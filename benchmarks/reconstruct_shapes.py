@@ -62,6 +62,9 @@ def _worker(name: str, args: argparse.Namespace) -> dict:
     import trimesh
 
     sys.path.insert(0, str(ROOT))
+    from lift3d.io.artifacts import ArtifactWriter
+    from lift3d.io.mesh_assets import MeshExportOptions
+    from lift3d.io.storage import LocalStore
     from lift3d.reconstruct import ReconstructOptions, RenderViewsOptions, reconstruct, render_views
     from nerf.datasets.blender import load_views
     from nerf.metrics import mesh_distances, psnr
@@ -78,7 +81,8 @@ def _worker(name: str, args: argparse.Namespace) -> dict:
 
     # 2. reconstruction (timed)
     t0 = time.perf_counter()
-    result = reconstruct(work / "train", work / "out", ReconstructOptions(steps=args.steps, texture=args.texture))
+    options = ReconstructOptions(steps=args.steps, export=MeshExportOptions(texture=args.texture))
+    result = reconstruct(work / "train", ArtifactWriter(LocalStore(work / "out")), options)
     wall_s = time.perf_counter() - t0
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # render_views + reconstruct
 

@@ -1,28 +1,29 @@
-"""Ray Serve deployments: thin wrappers over the ``lift3d`` stage classes, bound together in ``graph.py``.
+"""Ray Serve deployments: each loads one model (or runs jobs) and exposes methods; the work is ``lift3d``'s.
 
 - :mod:`deployments.text_to_image` — ``TextToImage`` (SDXL)
 - :mod:`deployments.background` — ``BackgroundRemoval`` (rembg + recentring)
-- :mod:`deployments.multiview` — ``MultiView`` (Stable Zero123: condition encoding, novel views, batched SDS)
-- :mod:`deployments.nerf_trainer` — ``NerfTrainer`` (runs one job: calls the others, trains, exports, uploads)
-- :mod:`deployments.tasks` — ``JobConsumer`` (Ray Serve asynchronous inference: the job queue's consumer)
-- :mod:`deployments.ingress` — ``Ingress`` (FastAPI: validation, submission, status, results; handle API)
+- :mod:`deployments.multiview` — ``MultiView`` (Stable Zero123: condition, novel views, SDS batched across jobs)
+- :mod:`deployments.nerf_trainer` — ``NerfTrainer`` (runs one job's attempt: the pipeline on remote stages)
+- :mod:`deployments.queue`, :mod:`deployments.consumer` — the job queue and its ``JobConsumer``
+- :mod:`deployments.ingress` — ``Ingress`` (the FastAPI app of :mod:`lift3d.service` and the handle API)
+
+They are bound together in ``graph.py``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import time
+from typing import Callable, TypeVar
 
-__all__ = ["StageResult", "assigned_gpu_fraction", "stage_device"]
+import torch
 
+from lift3d.devices import set_torch_threads
+from lift3d.pipeline.providers import Timed
 
-@dataclass
-class StageResult:
-    """What a model deployment returns: the value, the seconds it computed (excluding queueing) and the GPU
-    fraction its replica holds (for the cost model)."""
+__all__ = ["assigned_gpu_fraction", "replica_device", "run_timed"]
 
-    value: object
-    busy_s: float
-    gpu_fraction: float
+T = TypeVar("T")
 
 
 def assigned_gpu_fraction() -> float:
@@ -34,10 +35,22 @@ def assigned_gpu_fraction() -> float:
     return float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
 
 
-def stage_device(device: str = "auto") -> str:
-    """``auto`` → ``cuda`` when this replica holds a GPU and CUDA works (fake GPU counts give ``cpu``)."""
-    import torch
+def replica_device(device: str = "auto", torch_threads: int | None = None) -> str:
+    """The torch device of this replica, with its CPU thread count set when ``torch_threads`` is given.
 
+    ``auto`` → ``cuda`` when this replica holds a GPU and CUDA works (fake GPU counts give ``cpu``).
+    """
+    set_torch_threads(torch_threads)  # per process: each replica is its own process
     if device != "auto":
         return device
     return "cuda" if assigned_gpu_fraction() > 0 and torch.cuda.is_available() else "cpu"
+
+
+async def run_timed(fn: Callable[..., T], *args, gpu_fraction: float | None = None) -> Timed[T]:
+    """``fn(*args)`` in a worker thread (never on the replica's event loop), with its busy seconds."""
+    def call() -> Timed[T]:
+        start = time.perf_counter()
+        value = fn(*args)
+        return Timed(value, time.perf_counter() - start, gpu_fraction)
+
+    return await asyncio.to_thread(call)

@@ -1,36 +1,23 @@
-"""``TextToImage`` deployment: SDXL text → image, a thin wrapper over
-:class:`lift3d.stages.text_to_image.TextToImage`.
+"""``TextToImage`` deployment: SDXL text → image (:class:`lift3d.stages.text_to_image.TextToImage`).
 
 Examples:
     >>> result = handle.generate.remote(TextToImageRequest("a wooden toy robot", seed=0)).result()
-    >>> Image.open(io.BytesIO(result.value)).size
+    >>> result.value.image.size
     (1024, 1024)
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-from dataclasses import dataclass
-
 from ray import serve
 
-from deployments import StageResult, assigned_gpu_fraction, stage_device
-from lift3d.io.artifacts import png_bytes
-from lift3d.presets import TINY
+from deployments import assigned_gpu_fraction, replica_device, run_timed
+from lift3d.io.encoded import EncodedImage
+from lift3d.pipeline.providers import Timed
+from lift3d.pipeline.remote import TextToImageRequest
+from lift3d.stages.loading import load_stage
+from lift3d.stages.text_to_image import TextToImage
 
-__all__ = ["TextToImageDeployment", "TextToImageRequest"]
-
-
-@dataclass
-class TextToImageRequest:
-    """SDXL arguments (see :meth:`lift3d.stages.text_to_image.TextToImage.__call__`)."""
-
-    prompt: str
-    negative_prompt: str = ""
-    guidance_scale: float = 7.5
-    num_inference_steps: int = 30
-    seed: int = 0
+__all__ = ["TextToImageDeployment"]
 
 
 @serve.deployment(
@@ -41,29 +28,25 @@ class TextToImageRequest:
                         "upscale_delay_s": 5, "downscale_delay_s": 600},
 )
 class TextToImageDeployment:
-    """Loads SDXL once per replica; ``generate`` returns PNG bytes in a :class:`StageResult`.
+    """Loads SDXL once per replica.
 
     Args:
         source: hub id or local diffusers directory, or ``"tiny"`` (random weights).
         device: ``auto`` (the replica's GPU if usable, else CPU), ``cpu`` or ``cuda[:N]``.
+        torch_threads: CPU threads of torch in this replica (None: as Ray sets them).
     """
 
-    def __init__(self, source: str, device: str = "auto") -> None:
-        from lift3d.stages.text_to_image import TextToImage
-
-        self.device = stage_device(device)
-        self.model = TextToImage.tiny(seed=0, device=self.device) if source == TINY else \
-            TextToImage.from_pretrained(source, device=self.device)
+    def __init__(self, source: str, device: str = "auto", torch_threads: int | None = None) -> None:
+        self.model = load_stage(TextToImage, source, replica_device(device, torch_threads))
         self.gpu_fraction = assigned_gpu_fraction()
 
-    def _generate(self, request: TextToImageRequest) -> StageResult:
-        start = time.perf_counter()
+    def _generate(self, request: TextToImageRequest) -> EncodedImage:
         image = self.model(request.prompt, request.negative_prompt, guidance_scale=request.guidance_scale,
                            num_inference_steps=request.num_inference_steps, seed=request.seed)
-        return StageResult(png_bytes(image), time.perf_counter() - start, self.gpu_fraction)
+        return EncodedImage.from_image(image)
 
-    async def generate(self, request: TextToImageRequest) -> StageResult:
-        return await asyncio.to_thread(self._generate, request)
+    async def generate(self, request: TextToImageRequest) -> Timed[EncodedImage]:
+        return await run_timed(self._generate, request, gpu_fraction=self.gpu_fraction)
 
     def describe(self) -> dict:
         return {"source": self.model.source, "random_weights": bool(self.model.random_weights)}

@@ -10,16 +10,50 @@ import secrets
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lift3d.errors import InvalidInputError
+from nerf.texture import TEXTURE_SIZES
 
-__all__ = ["GenerationParams", "MAX_SEED", "parse_params"]
+__all__ = ["GenerationParams", "MAX_SEED", "TextureParams", "check_one_input", "parse_params"]
 
 MAX_SEED = 2**32 - 1
 
 
-class GenerationParams(BaseModel):
-    """Parameters of one generation. The input image travels separately (bytes or a file)."""
+def check_one_input(has_image: bool, has_prompt: bool, image: str = "an image", prompt: str = "a prompt") -> None:
+    """The one rule for a generation's input: exactly one of an image and a prompt.
+
+    ``image`` and ``prompt`` name the two inputs in the message (``--image`` / ``--prompt`` for the CLI).
+
+    Raises:
+        InvalidInputError: both or neither were given.
+    """
+    if has_image == has_prompt:
+        raise InvalidInputError(f"give exactly one of {image} or {prompt}" + (", not both" if has_image else ""))
+
+
+class TextureParams(BaseModel):
+    """How the mesh is exported (``generate`` and ``views-to-3d`` alike); see
+    :class:`lift3d.io.mesh_assets.MeshExportOptions`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    texture: bool = Field(
+        True, description="Also export model_textured.glb: xatlas UVs, albedo baked into a texture, PBR material."
+    )
+    texture_size: int = Field(1024, description="Side of the baked texture in texels: 512, 1024 or 2048.")
+    target_faces: int | None = Field(
+        None, ge=100, description="Decimate the mesh to about this many faces (fast-simplification); omitted: keep "
+        "the marching-cubes mesh.",
+    )
+
+    @field_validator("texture_size")
+    @classmethod
+    def _texture_size_is_supported(cls, value: int) -> int:
+        if value not in TEXTURE_SIZES:
+            raise ValueError(f"must be {', '.join(map(str, TEXTURE_SIZES[:-1]))} or {TEXTURE_SIZES[-1]}")
+        return value
+
+
+class GenerationParams(TextureParams):
+    """Parameters of one generation. The input image travels separately (bytes or a file)."""
 
     prompt: str | None = Field(
         None, min_length=1, max_length=1000, description="SDXL text prompt; used only when no image is given."
@@ -49,21 +83,6 @@ class GenerationParams(BaseModel):
     seed: int | None = Field(
         None, ge=0, le=MAX_SEED, description="Seed of every random draw; random when omitted, echoed back."
     )
-    texture: bool = Field(
-        True, description="Also export model_textured.glb: xatlas UVs, albedo baked into a texture, PBR material."
-    )
-    texture_size: int = Field(1024, description="Side of the baked texture in texels: 512, 1024 or 2048.")
-    target_faces: int | None = Field(
-        None, ge=100, description="Decimate the mesh to about this many faces (fast-simplification); omitted: keep "
-        "the marching-cubes mesh.",
-    )
-
-    @field_validator("texture_size")
-    @classmethod
-    def _texture_size_is_supported(cls, value: int) -> int:
-        if value not in (512, 1024, 2048):
-            raise ValueError("must be 512, 1024 or 2048")
-        return value
 
     def with_seed(self) -> "GenerationParams":
         """A copy whose seed is set (drawn from the OS's entropy when it was None)."""

@@ -57,13 +57,17 @@ def test_validator_reports_errors_in_a_broken_file(tmp_path):
 
 
 def test_reconstruct_and_render_views_outputs_have_no_errors(tmp_path):
+    from lift3d.io.artifacts import ArtifactWriter
+    from lift3d.io.mesh_assets import MeshExportOptions
+    from lift3d.io.storage import LocalStore
     from lift3d.reconstruct import ReconstructOptions, RenderViewsOptions, reconstruct, render_views
     from nerf.trainers.photometric import ReconstructionConfig
 
     trimesh.creation.icosphere(subdivisions=3, radius=0.5).export(tmp_path / "sphere.ply")
     render_views(tmp_path / "sphere.ply", tmp_path / "views", RenderViewsOptions(num_views=8, resolution=48))
-    reconstruct(tmp_path / "views", tmp_path / "out",
-                ReconstructOptions(steps=5, mesh_resolution=48, texture_size=512, target_faces=2000, preview=False),
+    reconstruct(tmp_path / "views", ArtifactWriter(LocalStore(tmp_path / "out")),
+                ReconstructOptions(steps=5, mesh_resolution=48, preview=False,
+                                   export=MeshExportOptions(texture_size=512, target_faces=2000)),
                 config=ReconstructionConfig(batch_rays=512, hull_init_steps=40, hull_resolution=48))
     paths = [tmp_path / "views" / "reference.glb", tmp_path / "out" / "model.glb",
              tmp_path / "out" / "model_textured.glb"]

@@ -10,22 +10,13 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from lift3d.service.costs import GPU_PRICES_USD_PER_HOUR, CostModel, price_per_gpu_hour
-from lift3d.service.jobs import (
-    AttemptResult,
-    InvalidTransition,
-    JobNotFound,
-    JobOutcome,
-    JobRecord,
-    JobStore,
-    RetryJob,
-    consume_job,
-    sweep_stale_jobs,
-)
+from lift3d.errors import InvalidInputError, PayloadTooLargeError
+from lift3d.io.storage import LocalStore
+from lift3d.params import GenerationParams
+from lift3d.service.delivery import AttemptResult, RetryJob, consume_job, sweep_stale_jobs
+from lift3d.service.jobs import InvalidTransition, JobNotFound, JobOutcome, JobRecord, JobStore
 from lift3d.service.metrics import ServiceMetrics, parse_exposition
 from lift3d.service.schemas import BadRequestError, GenerationRequest, decode_image
-from lift3d.errors import InvalidInputError, PayloadTooLargeError
-from lift3d.params import GenerationParams
-from lift3d.io.storage import LocalStore
 
 DRAGON = Path(__file__).resolve().parents[1] / "examples" / "dragon2_rgba.png"
 
@@ -203,7 +194,8 @@ def test_decode_image_limits_and_errors():
 # ------------------------------------------------------------------------------------------------ HTTP, fakes
 @pytest.fixture
 def api(tmp_path):
-    from deployments.ingress import GenerationService, create_api
+    from lift3d.service.app import create_api
+    from lift3d.service.generation import GenerationService
 
     queued: list[str] = []
     jobs = JobStore(LocalStore(tmp_path))
@@ -294,7 +286,8 @@ def test_http_not_found_failed_canceled(api):
 
 
 def test_unexpected_errors_give_500_without_traceback(tmp_path):
-    from deployments.ingress import GenerationService, create_api
+    from lift3d.service.app import create_api
+    from lift3d.service.generation import GenerationService
 
     class BrokenStore(LocalStore):
         def get(self, key):
@@ -309,7 +302,8 @@ def test_unexpected_errors_give_500_without_traceback(tmp_path):
 
 
 def test_queue_failure_fails_the_job_instead_of_losing_it(tmp_path):
-    from deployments.ingress import GenerationService, create_api
+    from lift3d.service.app import create_api
+    from lift3d.service.generation import GenerationService
 
     def enqueue(job_id):
         raise ConnectionError("broker down")

@@ -10,10 +10,14 @@ import pytest
 import torch
 import trimesh
 
+from lift3d.io.artifacts import ArtifactWriter
+from lift3d.io.mesh_assets import MeshExportOptions
+from lift3d.io.storage import LocalStore
 from lift3d.reconstruct import ReconstructOptions, RenderViewsOptions, reconstruct, render_views
 from nerf.datasets.blender import ViewDataset, load_views
 from nerf.mesh_render import MeshRenderConfig, render_mesh, spread_cameras
-from nerf.trainers.photometric import ReconstructionConfig, ReconstructionTrainer, scene_frame
+from nerf.scene_box import scene_frame
+from nerf.trainers.photometric import ReconstructionConfig, ReconstructionTrainer
 
 FAST = dict(batch_rays=1024, hull_init_steps=60, hull_resolution=64)
 
@@ -81,8 +85,8 @@ def test_sphere_round_trip_recovers_the_radius(sphere_views):
 def test_reconstruct_writes_world_frame_glbs_preview_and_metadata(sphere_views, tmp_path):
     from nerf.trainers.photometric import ReconstructionConfig as Config
 
-    result = reconstruct(sphere_views, tmp_path, ReconstructOptions(steps=15, mesh_resolution=64, texture_size=512),
-                         config=Config(**FAST))
+    options = ReconstructOptions(steps=15, mesh_resolution=64, export=MeshExportOptions(texture_size=512))
+    result = reconstruct(sphere_views, ArtifactWriter(LocalStore(tmp_path)), options, config=Config(**FAST))
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["metadata.json", "model.glb", "model_textured.glb", "preview.png"]
     # Not recentred: glTF Y-up (x, z, -y) of the world centre (0.2, 0.1, -0.1).

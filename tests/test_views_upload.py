@@ -64,7 +64,8 @@ def test_size_member_count_and_zip_bombs_are_rejected_before_extraction(tmp_path
 # ------------------------------------------------------------------------------------------------ HTTP, fakes
 @pytest.fixture
 def api(tmp_path):
-    from deployments.ingress import GenerationService, create_api
+    from lift3d.service.app import create_api
+    from lift3d.service.generation import GenerationService
 
     queued: list[str] = []
     jobs = JobStore(LocalStore(tmp_path))

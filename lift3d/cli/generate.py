@@ -13,7 +13,6 @@ import typer
 from rich.console import Console
 
 from lift3d.cli.progress import configure_logging
-from lift3d.errors import InvalidInputError
 
 if TYPE_CHECKING:  # the diffusion stages are imported only when a generation runs, so `--help` stays fast
     import torch
@@ -58,6 +57,9 @@ def generate(
     zero123_model: Optional[str] = typer.Option(None, "--zero123-model", help="Stable Zero123 hub id or directory."),
     rembg_model: Optional[str] = typer.Option(None, "--rembg-model", help="rembg model name (files in REMBG_HOME)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", help="Torch CPU threads (default: torch's). Same seed + device + threads → same files."
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more."),
 ) -> None:
     """Generate novel views and a GLB from an image or a prompt."""
@@ -67,9 +69,9 @@ def generate(
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     # Imported here so that `lift3d --help` stays fast.
     from lift3d.cli.progress import RichProgress
-    from lift3d.devices import resolve_device
+    from lift3d.devices import resolve_device, set_torch_threads
     from lift3d.io.images import load_image
-    from lift3d.params import parse_params
+    from lift3d.params import check_one_input, parse_params
     from lift3d.presets import resolve_preset
 
     params = parse_params(
@@ -82,10 +84,10 @@ def generate(
             "target_faces": target_faces,
         }
     )
-    if (image is None) == (prompt is None):
-        raise InvalidInputError("give exactly one of --image or --prompt")
+    check_one_input(image is not None, prompt is not None, "--image", "--prompt")
     loaded = load_image(image) if image is not None else None
     torch_device = resolve_device(device)
+    set_torch_threads(threads)
     model_preset = resolve_preset(
         preset, text_to_image=sdxl_model, zero123=zero123_model, background=rembg_model,
         needs_text_to_image=loaded is None,

@@ -1,4 +1,5 @@
-"""Rich progress bars for the pipeline's stages, and the CLI's log set-up."""
+"""Rich progress bars for the pipeline's stages (a :class:`lift3d.progress.ProgressReporter`), and the CLI's log
+set-up."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+from nerf.trainers.stats import StepStats
 
 
 class RichProgress:
@@ -46,9 +49,8 @@ class RichProgress:
     def start(self, stage: str, total: int | None = None) -> None:
         self._tasks[stage] = self._progress.add_task(stage.replace("_", " "), total=total, info="")
 
-    def update(self, stage: str, completed: int, total: int, info: dict[str, float]) -> None:
-        text = " ".join(f"{k} {v:.4g}" for k, v in info.items())
-        self._progress.update(self._tasks[stage], completed=completed, total=total, info=text)
+    def step(self, stage: str, stats: StepStats) -> None:
+        self._progress.update(self._tasks[stage], completed=stats.step, total=stats.total, info=f"loss {stats.loss:.4g}")
 
     def finish(self, stage: str, seconds: float) -> None:
         task = self._tasks[stage]

@@ -35,17 +35,21 @@ def reconstruct(
 ) -> None:
     """Reconstruct a textured GLB from posed views (NeRF-synthetic transforms.json), in the views' world frame."""
     from lift3d.cli.progress import RichProgress
+    from lift3d.io.artifacts import ArtifactWriter
+    from lift3d.io.mesh_assets import MeshExportOptions
+    from lift3d.io.storage import LocalStore
     from lift3d.reconstruct import ReconstructOptions, reconstruct as run
 
     configure_logging(verbose)
     if not views.exists():
         raise InvalidInputError(f"--views {views} does not exist")
     options = ReconstructOptions(
-        steps=steps, seed=seed, mesh_resolution=mesh_resolution, texture=texture, texture_size=texture_size,
-        target_faces=target_faces, downscale=downscale, device=str(resolve_device(device)),
+        steps=steps, seed=seed, mesh_resolution=mesh_resolution, downscale=downscale,
+        export=MeshExportOptions(texture=texture, texture_size=texture_size, target_faces=target_faces),
+        device=str(resolve_device(device)),
     )
     with RichProgress(stderr) as progress:
-        result = run(views, out, options, progress=progress)
+        result = run(views, ArtifactWriter(LocalStore(out)), options, progress=progress)
     stderr.print(f"[green]done[/green] {len(result.mesh.faces)} faces → {out}")
 
 

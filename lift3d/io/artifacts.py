@@ -1,43 +1,51 @@
-"""Encoding a generation's outputs and writing them to an artifact store as soon as each is ready.
+"""Writing a generation's outputs to an artifact store as soon as each is ready.
 
 Layout under ``prefix`` (``""`` for the CLI's ``--out DIR``, ``generations/{id}/`` for the service):
 ``input.png``, ``views/NNN_az{azimuth}_el{elevation}.png``, ``views.png`` (contact sheet), ``model.glb``,
-``metadata.json``.
+``model_textured.glb``, ``metadata.json`` (``reconstruct`` adds ``preview.png``).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import math
-import tempfile
-from pathlib import Path
+import platform
+from importlib import metadata as importlib_metadata
 
 import trimesh
 from PIL import Image
 
+from lift3d.io.encoded import EncodedImage, png_bytes
 from lift3d.io.storage.base import ArtifactStore
-from nerf.export import export_glb
+from nerf.export import glb_bytes
 
-__all__ = ["ArtifactWriter", "contact_sheet", "glb_bytes", "png_bytes"]
+__all__ = ["ArtifactWriter", "GLB", "PNG", "contact_sheet", "package_versions"]
+
+PNG = "image/png"
+GLB = "model/gltf-binary"
+
+VERSIONED_PACKAGES = ("lift3d", "torch", "numpy", "diffusers", "transformers", "rembg", "onnxruntime", "trimesh",
+                      "xatlas", "fast-simplification", "PyMCubes")
+"""The packages whose versions shape an asset (recorded in every ``metadata.json``)."""
 
 
-def png_bytes(image: Image.Image) -> bytes:
-    """PNG-encoded ``image``."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def glb_bytes(mesh: trimesh.Trimesh, *, recenter: bool = True) -> bytes:
-    """Binary glTF of a z-up ``mesh`` (converted to glTF's Y-up axes)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = export_glb(mesh, Path(tmp) / "model.glb", z_up_to_y_up=True, recenter=recenter)
-        return Path(path).read_bytes()
+def package_versions() -> dict[str, str]:
+    """Python's and the installed versions of :data:`VERSIONED_PACKAGES` ("not installed" when absent)."""
+    versions = {"python": platform.python_version()}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
 
 
 def contact_sheet(images: list[Image.Image], columns: int | None = None, background=(255, 255, 255)) -> Image.Image:
-    """All ``images`` (same size) on one RGB grid, row-major; ``columns`` defaults to ceil(sqrt(n))."""
+    """All ``images`` (same size) on one RGB grid, row-major; ``columns`` defaults to ceil(sqrt(n)).
+
+    Raises:
+        ValueError: no images.
+    """
     if not images:
         raise ValueError("contact_sheet needs at least one image")
     columns = columns or math.ceil(math.sqrt(len(images)))
@@ -51,34 +59,44 @@ def contact_sheet(images: list[Image.Image], columns: int | None = None, backgro
 
 
 class ArtifactWriter:
-    """Writes one generation's artifacts under ``prefix`` in ``store``; remembers the keys it wrote."""
+    """Writes one generation's artifacts under ``prefix`` in ``store``; remembers the keys it wrote, in order."""
 
     def __init__(self, store: ArtifactStore, prefix: str = "") -> None:
         self.store = store
         self.prefix = prefix
         self.keys: list[str] = []
 
+    @property
+    def names(self) -> list[str]:
+        """The written keys relative to ``prefix`` (``model.glb``, ``views/000_az000_el0.png``, …)."""
+        return [key[len(self.prefix):] for key in self.keys]
+
     def put(self, name: str, data: bytes, content_type: str) -> str:
+        """Store ``data`` as ``{prefix}{name}``; returns the key."""
         key = f"{self.prefix}{name}"
         self.store.put(key, data, content_type)
         self.keys.append(key)
         return key
 
-    def input_image(self, rgba: Image.Image) -> str:
-        return self.put("input.png", png_bytes(rgba), "image/png")
+    def png(self, name: str, image: EncodedImage | Image.Image) -> str:
+        """Store a PNG: an :class:`EncodedImage` PNG as its bytes, anything else encoded once."""
+        if isinstance(image, EncodedImage):
+            data = image.data if image.kind == "PNG" else png_bytes(image.image)
+        else:
+            data = png_bytes(image)
+        return self.put(name, data, PNG)
 
-    def views(self, named_images: list[tuple[str, Image.Image]]) -> list[str]:
+    def views(self, named_images: list[tuple[str, EncodedImage]]) -> list[str]:
         """Each view as ``views/{NNN}_{name}`` plus the ``views.png`` contact sheet."""
-        keys = [
-            self.put(f"views/{index:03d}_{name}", png_bytes(image), "image/png")
-            for index, (name, image) in enumerate(named_images)
-        ]
-        keys.append(self.put("views.png", png_bytes(contact_sheet([im for _, im in named_images])), "image/png"))
+        keys = [self.png(f"views/{index:03d}_{name}", image) for index, (name, image) in enumerate(named_images)]
+        keys.append(self.png("views.png", contact_sheet([image.image for _, image in named_images])))
         return keys
 
-    def model(self, mesh: trimesh.Trimesh, *, recenter: bool = True) -> str:
-        return self.put("model.glb", glb_bytes(mesh, recenter=recenter), "model/gltf-binary")
+    def model(self, mesh: trimesh.Trimesh, *, recenter: bool = True, name: str = "model.glb") -> str:
+        """Store a z-up ``mesh`` as GLB (glTF's Y-up axes), optionally with its bounding box centred."""
+        return self.put(name, glb_bytes(mesh, z_up_to_y_up=True, recenter=recenter), GLB)
 
     def metadata(self, metadata: dict) -> str:
+        """Store ``metadata.json`` (sorted keys, indented)."""
         data = json.dumps(metadata, indent=2, sort_keys=True, default=str).encode()
         return self.put("metadata.json", data, "application/json")

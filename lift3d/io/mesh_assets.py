@@ -3,18 +3,17 @@
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 import trimesh
 
-from lift3d.io.artifacts import ArtifactWriter
 from lift3d.errors import InvalidInputError
-from nerf.texture import TEXTURE_SIZES, bake_texture, decimate, export_textured_glb, unwrap
+from lift3d.io.artifacts import GLB, ArtifactWriter
+from lift3d.params import TextureParams
+from nerf.texture import TEXTURE_SIZES, bake_texture, decimate, textured_glb_bytes, unwrap
 
 __all__ = ["AlbedoFn", "MeshExportOptions", "write_mesh_assets"]
 
@@ -24,7 +23,8 @@ AlbedoFn = Callable[[torch.Tensor], torch.Tensor]
 
 @dataclass
 class MeshExportOptions:
-    """How a mesh is written (``lift3d reconstruct``; meant for ``lift3d generate`` too)."""
+    """How a mesh is written, for ``lift3d generate``, ``lift3d reconstruct`` and their HTTP jobs (the user-facing
+    fields come from :class:`~lift3d.params.TextureParams`)."""
 
     texture: bool = True
     """Also write ``model_textured.glb`` (xatlas UVs, baked albedo, PBR material)."""
@@ -36,6 +36,11 @@ class MeshExportOptions:
     """The textured mesh is decimated to at most this many faces (xatlas time grows quickly with faces:
     about 12 s at 50k faces, 80 s at 160k on one core)."""
 
+    @classmethod
+    def from_params(cls, params: TextureParams) -> MeshExportOptions:
+        """The options a user asked for (``texture``, ``texture_size``, ``target_faces``); other fields default."""
+        return cls(texture=params.texture, texture_size=params.texture_size, target_faces=params.target_faces)
+
     def check(self) -> None:
         """Raise :class:`InvalidInputError` naming the first out-of-range option."""
         if self.texture_size not in TEXTURE_SIZES:
@@ -44,7 +49,6 @@ class MeshExportOptions:
             raise InvalidInputError(f"target faces must be >= 100, got {self.target_faces}")
         if self.texture_max_faces < 100:
             raise InvalidInputError(f"texture max faces must be >= 100, got {self.texture_max_faces}")
-
 
 
 def write_mesh_assets(writer: ArtifactWriter, mesh: trimesh.Trimesh, albedo_fn: AlbedoFn | None,
@@ -74,8 +78,6 @@ def write_mesh_assets(writer: ArtifactWriter, mesh: trimesh.Trimesh, albedo_fn: 
         textured_source = decimate(mesh, options.texture_max_faces)
         uv_mesh = unwrap(textured_source, size=options.texture_size)
         baked = bake_texture(uv_mesh, albedo_fn, size=options.texture_size)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = export_textured_glb(baked.mesh, baked.image, baked.uv, Path(tmp) / "model_textured.glb",
-                                       z_up_to_y_up=True, recenter=recenter)
-            writer.put("model_textured.glb", path.read_bytes(), "model/gltf-binary")
+        data = textured_glb_bytes(baked.mesh, baked.image, baked.uv, z_up_to_y_up=True, recenter=recenter)
+        writer.put("model_textured.glb", data, GLB)
     return mesh

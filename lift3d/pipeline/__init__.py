@@ -1,5 +1,8 @@
-"""Image or prompt → GLB: :class:`Lift3DPipeline`, its steps and where its model stages run."""
+"""Image or prompt → GLB: :class:`Lift3DPipeline`, its steps, and where its model stages run (in this process,
+or on Serve replicas through handles)."""
 
-from lift3d.pipeline.pipeline import GenerationResult, Lift3DPipeline, ProgressReporter, package_versions
+from lift3d.pipeline.pipeline import RANDOM_WEIGHTS_WARNING, Lift3DPipeline, Lift3DPipelineOutput
+from lift3d.pipeline.providers import InProcessStages, StageProvider, Timed
 
-__all__ = ["GenerationResult", "Lift3DPipeline", "ProgressReporter", "package_versions"]
+__all__ = ["InProcessStages", "Lift3DPipeline", "Lift3DPipelineOutput", "RANDOM_WEIGHTS_WARNING", "StageProvider",
+           "Timed"]

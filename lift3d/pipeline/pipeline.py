@@ -1,81 +1,47 @@
-"""Image or prompt → novel views → NeRF with SDS → GLB, in one process.
+"""Image or prompt → novel views → NeRF with SDS → GLB: :class:`Lift3DPipeline`.
 
-``Lift3DPipeline.__call__`` runs the numbered steps of :mod:`lift3d.pipeline.steps`; the Ray Serve graph runs the same
-steps in separate deployments.
+``__call__`` runs numbered steps, each handing off to its :class:`~lift3d.pipeline.providers.StageProvider`
+(models in this process, or Serve replicas) or to :mod:`lift3d.pipeline.steps`.
 """
 
 from __future__ import annotations
 
 import logging
-import platform
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from importlib import metadata as importlib_metadata
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import trimesh
 from PIL import Image
 
-from lift3d.io.artifacts import ArtifactWriter
-from lift3d.errors import InvalidInputError
+from lift3d.io.artifacts import ArtifactWriter, package_versions
+from lift3d.io.encoded import EncodedImage
 from lift3d.io.mesh_assets import MeshExportOptions, write_mesh_assets
-from lift3d.params import GenerationParams
-from lift3d.presets import ModelPreset
+from lift3d.params import GenerationParams, check_one_input
 from lift3d.pipeline.providers import InProcessStages, StageProvider, Timed
-from lift3d.pipeline.steps import NovelView, PreparedInput, train_mesh
-from nerf.trainers.sds import StepStats
+from lift3d.pipeline.steps import NovelView, PreparedInput, albedo_fn, train_mesh
+from lift3d.presets import ModelPreset
+from lift3d.progress import NoProgress, ProgressReporter
+from nerf.trainers.stats import StepStats
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GenerationResult", "Lift3DPipeline", "ProgressReporter", "package_versions"]
+__all__ = ["Lift3DPipeline", "Lift3DPipelineOutput", "RANDOM_WEIGHTS_WARNING"]
 
 RANDOM_WEIGHTS_WARNING = "RANDOM WEIGHTS: the models are untrained; images and shapes are meaningless."
-_VERSIONED_PACKAGES = ("lift3d", "torch", "diffusers", "transformers", "rembg", "onnxruntime", "trimesh", "numpy")
-
-
-def package_versions() -> dict[str, str]:
-    """Installed versions of the packages that shape the output."""
-    versions = {"python": platform.python_version()}
-    for name in _VERSIONED_PACKAGES:
-        try:
-            versions[name] = importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
-class ProgressReporter(Protocol):
-    """Receives stage progress (the CLI draws rich progress bars; the service updates job status)."""
-
-    def start(self, stage: str, total: int | None = None) -> None: ...
-
-    def update(self, stage: str, completed: int, total: int, info: dict[str, float]) -> None: ...
-
-    def finish(self, stage: str, seconds: float) -> None: ...
-
-
-class _NoProgress:
-    def start(self, stage: str, total: int | None = None) -> None:
-        pass
-
-    def update(self, stage: str, completed: int, total: int, info: dict[str, float]) -> None:
-        pass
-
-    def finish(self, stage: str, seconds: float) -> None:
-        pass
 
 
 @dataclass
-class GenerationResult:
+class Lift3DPipelineOutput:
     """What one generation produced.
 
     Attributes:
         seed: the seed actually used.
-        input_image: the preprocessed RGBA conditioning image (256², object centred).
+        prepared: the preprocessed RGBA conditioning image (256², object centred) and how its mask was made.
         views: the Zero123 novel views.
-        mesh: the extracted mesh in the z-up world frame, or None for views-only requests.
+        mesh: the exported mesh in the z-up world frame, or None for views-only requests.
         metadata: the content of ``metadata.json``.
         history: per-step SDS training stats (empty for views-only requests).
         timings_s: wall seconds per stage, as seen by the caller.
@@ -84,7 +50,7 @@ class GenerationResult:
     """
 
     seed: int
-    input_image: Image.Image
+    prepared: PreparedInput
     views: list[NovelView]
     mesh: trimesh.Trimesh | None
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -99,8 +65,8 @@ class Lift3DPipeline:
 
     Examples:
         >>> pipe = Lift3DPipeline(get_preset("tiny"))
-        >>> result = pipe(GenerationParams(seed=0), image=Image.open("examples/dragon2_rgba.png"))
-        >>> result.mesh.vertices.shape[1]
+        >>> out = pipe(GenerationParams(seed=0), image=Image.open("examples/dragon2_rgba.png"))
+        >>> out.mesh.vertices.shape[1]
         3
     """
 
@@ -111,73 +77,60 @@ class Lift3DPipeline:
         self.device = torch.device(device)
         self.stages = stages if stages is not None else InProcessStages(preset, self.device)
 
-    @staticmethod
-    def check_inputs(params: GenerationParams, image: Image.Image | None) -> None:
-        """Raises InvalidInputError unless exactly one of image and prompt is given."""
-        if image is None and params.prompt is None:
-            raise InvalidInputError("give either an image or a prompt")
-        if image is not None and params.prompt is not None:
-            raise InvalidInputError("give either an image or a prompt, not both")
-
     def __call__(
         self,
         params: GenerationParams,
-        image: Image.Image | None = None,
+        image: Image.Image | EncodedImage | None = None,
         writer: ArtifactWriter | None = None,
         progress: ProgressReporter | None = None,
-    ) -> GenerationResult:
+    ) -> Lift3DPipelineOutput:
         """Run the generation; artifacts, then ``metadata.json``, go to ``writer`` as each is ready."""
-        result = self.run(params, image, writer, progress)
+        output = self.run(params, image, writer, progress)
         if writer:
-            writer.metadata(result.metadata)
-        return result
+            writer.metadata(output.metadata)
+        return output
 
     def run(
         self,
         params: GenerationParams,
-        image: Image.Image | None = None,
+        image: Image.Image | EncodedImage | None = None,
         writer: ArtifactWriter | None = None,
         progress: ProgressReporter | None = None,
-    ) -> GenerationResult:
-        """Like ``__call__`` but leaves ``metadata.json`` to the caller (the service adds job and cost fields)."""
-        progress = progress or _NoProgress()
-        timings: dict[str, float] = {}
-        busy: dict[str, float] = {}
-        fractions: dict[str, float] = {}
+    ) -> Lift3DPipelineOutput:
+        """Like ``__call__`` but leaves ``metadata.json`` to the caller (the service adds job and cost fields).
 
-        def timed(stage: str, total: int | None = None) -> _StageTimer:
-            return _StageTimer(stage, total, progress, timings)
-
-        def measured(stage: str, out: Timed) -> Any:
-            busy[stage] = out.busy_s
-            if out.gpu_fraction is not None:
-                fractions[stage] = out.gpu_fraction
-            return out.value
+        Raises:
+            InvalidInputError: both or neither of image and prompt, or an unusable input (from the stages).
+            nerf.mesh.EmptyIsosurfaceError: the optimisation produced no surface.
+        """
+        stage = _Stages(progress or NoProgress())
 
         # 1. Check inputs and fix the seed.
-        self.check_inputs(params, image)
+        check_one_input(image is not None, params.prompt is not None)
         params = params.with_seed()
         seed = int(params.seed)
+        source = EncodedImage.from_image(image) if isinstance(image, Image.Image) else image
 
         # 2. Text → image (SDXL), only for prompts.
-        if image is None:
-            with timed("text_to_image", params.num_inference_steps):
-                image = measured("text_to_image", self.stages.text_to_image(params, seed))
+        if source is None:
+            with stage.timed("text_to_image", params.num_inference_steps):
+                source = stage.measured("text_to_image", self.stages.text_to_image(params, seed))
 
         # 3. Background removal and recentring.
-        with timed("background_removal"):
-            prepared: PreparedInput = measured(
+        with stage.timed("background_removal"):
+            prepared: PreparedInput = stage.measured(
                 "background_removal",
-                self.stages.prepare_input(image, params.remove_background, self.preset.input_size),
+                self.stages.prepare_input(source, params.remove_background, self.preset.input_size),
             )
         if writer:
-            writer.input_image(prepared.rgba)
+            writer.png("input.png", prepared.png)
 
-        # 4. Novel views (Stable Zero123, DDIM).
-        with timed("novel_views", params.num_views):
-            views = measured("novel_views", self.stages.novel_views(prepared, params, seed))
+        # 4. Novel views (Stable Zero123, DDIM), conditioned on the input encoded once for the whole job.
+        with stage.timed("novel_views", params.num_views):
+            condition = stage.measured("novel_views", self.stages.encode_condition(prepared))
+            views = stage.measured("novel_views", self.stages.novel_views(condition, params, seed))
         if writer:
-            writer.views([(v.filename, v.image) for v in views])
+            writer.views([(v.filename, v.png) for v in views])
 
         # 5. NeRF optimisation with SDS guidance, then marching cubes.
         mesh, history = None, []
@@ -185,47 +138,46 @@ class Lift3DPipeline:
             nerf = self.preset.nerf
             if params.num_3d_max_steps is not None:
                 nerf = nerf.with_max_steps(params.num_3d_max_steps)
-            guidance = self.stages.guidance(prepared, params, seed)
-            with timed("sds_training", nerf.training.max_steps) as stage:
-                mesh, history, field = train_mesh(
-                    prepared, guidance, nerf, seed=seed, device=self.device, callback=stage.step_callback
+            guidance = self.stages.guidance(condition, params, seed)
+            with stage.timed("sds_training", nerf.training.max_steps) as timer:
+                mesh, history, field_ = train_mesh(
+                    prepared, guidance, nerf, seed=seed, device=self.device, callback=timer.step
                 )
-            measured("sds_guidance", Timed(None, guidance.busy_s, guidance.gpu_fraction))
-            busy["sds_training"] = timings["sds_training"]
+            stage.measured("sds_guidance", Timed(None, guidance.busy_s, guidance.gpu_fraction))
+            stage.busy["sds_training"] = stage.timings["sds_training"]
+
             # 6. Export: model.glb (vertex colours) and, unless disabled, model_textured.glb.
             if writer:
-                options = MeshExportOptions(
-                    texture=params.texture, texture_size=params.texture_size, target_faces=params.target_faces
-                )
-                with timed("mesh_export"):
-                    mesh = write_mesh_assets(writer, mesh, lambda p: field(p).albedo, options, recenter=True)
-                busy["mesh_export"] = timings["mesh_export"]
+                with stage.timed("mesh_export"):
+                    mesh = write_mesh_assets(writer, mesh, albedo_fn(field_), MeshExportOptions.from_params(params),
+                                             recenter=True)
+                stage.busy["mesh_export"] = stage.timings["mesh_export"]
 
-        result = GenerationResult(
-            seed=seed, input_image=prepared.rgba, views=views, mesh=mesh, history=history,
-            timings_s=timings, busy_s=busy, gpu_fractions=fractions,
+        output = Lift3DPipelineOutput(
+            seed=seed, prepared=prepared, views=views, mesh=mesh, history=history, timings_s=stage.timings,
+            busy_s=stage.busy, gpu_fractions=stage.fractions,
         )
-        result.metadata = self._metadata(params, prepared, result)
-        return result
+        output.metadata = self._metadata(params, output)
+        return output
 
-    def _metadata(self, params: GenerationParams, prepared: PreparedInput, result: GenerationResult) -> dict[str, Any]:
+    def _metadata(self, params: GenerationParams, output: Lift3DPipelineOutput) -> dict[str, Any]:
         models = self.stages.describe()
         random_weights = any(m.get("random_weights") for m in models.values())
         if random_weights:
             logger.warning(RANDOM_WEIGHTS_WARNING)
-        mesh, history = result.mesh, result.history
+        mesh, history = output.mesh, output.history
         return {
             "created_at": datetime.now(timezone.utc).isoformat(),
             "params": params.model_dump(),
-            "seed": result.seed,
+            "seed": output.seed,
             "preset": self.preset.name,
             "models": models,
             "random_weights": random_weights,
             "warning": RANDOM_WEIGHTS_WARNING if random_weights else None,
-            "background_removal": prepared.background_removal,
+            "background_removal": output.prepared.background_removal,
             "views": [
                 {"file": f"views/{i:03d}_{v.filename}", "elevation_deg": v.elevation_deg, "azimuth_deg": v.azimuth_deg}
-                for i, v in enumerate(result.views)
+                for i, v in enumerate(output.views)
             ],
             "mesh": None if mesh is None else {
                 "vertices": len(mesh.vertices),
@@ -238,11 +190,31 @@ class Lift3DPipeline:
                 "final_losses": history[-1].losses,
                 "mean_step_seconds": sum(h.seconds for h in history) / len(history),
             },
-            "timings_s": {k: round(v, 3) for k, v in result.timings_s.items()},
-            "busy_s": {k: round(v, 3) for k, v in result.busy_s.items()},
+            "timings_s": {k: round(v, 3) for k, v in output.timings_s.items()},
+            "busy_s": {k: round(v, 3) for k, v in output.busy_s.items()},
             "device": str(self.device),
             "versions": package_versions(),
         }
+
+
+class _Stages:
+    """Per-run bookkeeping: wall time per stage (reported to ``progress``), busy time and GPU fraction per stage."""
+
+    def __init__(self, progress: ProgressReporter) -> None:
+        self.progress = progress
+        self.timings: dict[str, float] = {}
+        self.busy: dict[str, float] = {}
+        self.fractions: dict[str, float] = {}
+
+    def timed(self, stage: str, total: int | None = None) -> _StageTimer:
+        return _StageTimer(stage, total, self.progress, self.timings)
+
+    def measured(self, stage: str, out: Timed) -> Any:
+        """``out.value``; its busy seconds are added to ``stage``'s and its GPU fraction kept."""
+        self.busy[stage] = self.busy.get(stage, 0.0) + out.busy_s
+        if out.gpu_fraction is not None:
+            self.fractions[stage] = out.gpu_fraction
+        return out.value
 
 
 class _StageTimer:
@@ -251,13 +223,13 @@ class _StageTimer:
     def __init__(self, stage: str, total: int | None, progress: ProgressReporter, timings: dict[str, float]):
         self.stage, self.total, self.progress, self.timings = stage, total, progress, timings
 
-    def __enter__(self) -> "_StageTimer":
+    def __enter__(self) -> _StageTimer:
         self.started = time.perf_counter()
         self.progress.start(self.stage, self.total)
         return self
 
-    def step_callback(self, stats: StepStats) -> None:
-        self.progress.update(self.stage, stats.step, stats.total, {"loss": stats.loss})
+    def step(self, stats: StepStats) -> None:
+        self.progress.step(self.stage, stats)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         seconds = time.perf_counter() - self.started

@@ -1,8 +1,9 @@
-"""Where the pipeline's model stages run: in this process, or (in the Serve graph) behind Ray handles.
+"""Where the pipeline's model stages run: :class:`InProcessStages` loads the models in this process; the Serve
+graph passes :class:`~lift3d.pipeline.remote.RemoteStages` (Ray handles).
 
-:class:`~lift3d.pipeline.Lift3DPipeline` calls its stages only through a :class:`StageProvider`, so the CLI, the
-batch job and the Serve graph share one orchestration. ``deployments/nerf_trainer.py`` provides the handle-based
-implementation; :class:`InProcessStages` loads the models here.
+:class:`~lift3d.pipeline.pipeline.Lift3DPipeline` calls its stages only through a :class:`StageProvider`, so the
+CLI, the batch job and the Serve graph share one orchestration, and the same seed gives the same result through
+each of them.
 """
 
 from __future__ import annotations
@@ -12,17 +13,25 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 import torch
-from PIL import Image
 
 from lift3d.params import GenerationParams
-from lift3d.presets import TINY, ModelPreset
+from lift3d.io.encoded import EncodedImage
+from lift3d.pipeline.steps import (
+    NovelView,
+    PreparedInput,
+    Zero123Guidance,
+    encode_condition,
+    generate_views,
+    prepare_input,
+)
+from lift3d.presets import ModelPreset
 from lift3d.stages.background import BackgroundRemover
+from lift3d.stages.loading import load_stage
 from lift3d.stages.text_to_image import TextToImage
-from lift3d.stages.zero123 import Zero123
-from lift3d.pipeline.steps import NovelView, PreparedInput, Zero123Guidance, condition_zero123, generate_views, prepare_input
+from lift3d.stages.zero123 import ConditionEmbedding, Zero123
 from nerf.trainers.sds import Guidance, GuidanceResult
 
-__all__ = ["InProcessStages", "MeteredGuidance", "StageModels", "StageProvider", "Timed"]
+__all__ = ["InProcessStages", "MeteredGuidance", "StageModels", "StageProvider", "Timed", "TimedGuidance"]
 
 T = TypeVar("T")
 
@@ -48,13 +57,16 @@ class MeteredGuidance(Guidance, Protocol):
 class StageProvider(Protocol):
     """The model stages a generation calls."""
 
-    def text_to_image(self, params: GenerationParams, seed: int) -> Timed[Image.Image]: ...
+    def text_to_image(self, params: GenerationParams, seed: int) -> Timed[EncodedImage]: ...
 
-    def prepare_input(self, image: Image.Image, remove_background: bool, size: int) -> Timed[PreparedInput]: ...
+    def prepare_input(self, image: EncodedImage, remove_background: bool, size: int) -> Timed[PreparedInput]: ...
 
-    def novel_views(self, prepared: PreparedInput, params: GenerationParams, seed: int) -> Timed[list[NovelView]]: ...
+    def encode_condition(self, prepared: PreparedInput) -> Timed[ConditionEmbedding]: ...
 
-    def guidance(self, prepared: PreparedInput, params: GenerationParams, seed: int) -> MeteredGuidance: ...
+    def novel_views(self, condition: ConditionEmbedding, params: GenerationParams, seed: int
+                    ) -> Timed[list[NovelView]]: ...
+
+    def guidance(self, condition: ConditionEmbedding, params: GenerationParams, seed: int) -> MeteredGuidance: ...
 
     def describe(self) -> dict[str, dict[str, Any]]:
         """``{stage: {"source": ..., "random_weights": ...}}`` of the models used so far."""
@@ -62,30 +74,27 @@ class StageProvider(Protocol):
 
 
 class StageModels:
-    """Loads each stage's model from a preset on first use and keeps it for this instance."""
+    """Loads each stage's model from a preset on first use (:func:`~lift3d.stages.loading.load_stage`) and keeps
+    it for this instance."""
 
     def __init__(self, preset: ModelPreset, device: torch.device | str = "cpu") -> None:
         self.preset = preset
         self.device = torch.device(device)
         self._loaded: dict[str, Any] = {}
 
-    def _load(self, name: str, cls: Any, source: str, device: Any) -> Any:
+    def _load(self, name: str, cls: Any, source: str) -> Any:
         if name not in self._loaded:
-            if source == TINY:
-                self._loaded[name] = cls.tiny(seed=0, device=device)
-            else:
-                self._loaded[name] = cls.from_pretrained(source, device=device)
+            self._loaded[name] = load_stage(cls, source, self.device)
         return self._loaded[name]
 
     def text_to_image(self) -> TextToImage:
-        return self._load("text_to_image", TextToImage, self.preset.text_to_image, self.device)
+        return self._load("text_to_image", TextToImage, self.preset.text_to_image)
 
     def background_remover(self) -> BackgroundRemover:
-        # onnxruntime takes the device as a string ("cpu", "cuda").
-        return self._load("background", BackgroundRemover, self.preset.background, self.device.type)
+        return self._load("background", BackgroundRemover, self.preset.background)
 
     def zero123(self) -> Zero123:
-        return self._load("zero123", Zero123, self.preset.zero123, self.device)
+        return self._load("zero123", Zero123, self.preset.zero123)
 
     def describe(self) -> dict[str, dict[str, Any]]:
         """Source and ``random_weights`` of every stage loaded so far."""
@@ -95,7 +104,9 @@ class StageModels:
         }
 
 
-class _TimedGuidance:
+class TimedGuidance:
+    """Wraps a :class:`~nerf.trainers.sds.Guidance` and sums the seconds its calls take (a :class:`MeteredGuidance`)."""
+
     def __init__(self, guidance: Guidance) -> None:
         self.inner, self.busy_s, self.gpu_fraction = guidance, 0.0, None
 
@@ -107,36 +118,44 @@ class _TimedGuidance:
             self.busy_s += time.perf_counter() - start
 
 
+def _timed(start: float, value: T) -> Timed[T]:
+    return Timed(value, time.perf_counter() - start)
+
+
 class InProcessStages:
     """Every stage on models loaded in this process (one :class:`StageModels`)."""
 
     def __init__(self, preset: ModelPreset, device: torch.device | str = "cpu") -> None:
         self.models = StageModels(preset, device)
 
-    def text_to_image(self, params: GenerationParams, seed: int) -> Timed[Image.Image]:
+    def text_to_image(self, params: GenerationParams, seed: int) -> Timed[EncodedImage]:
         start = time.perf_counter()
         image = self.models.text_to_image()(
             params.prompt, params.negative_prompt, guidance_scale=params.guidance_scale,
             num_inference_steps=params.num_inference_steps, seed=seed,
         )
-        return Timed(image, time.perf_counter() - start)
+        return _timed(start, EncodedImage.from_image(image))
 
-    def prepare_input(self, image: Image.Image, remove_background: bool, size: int) -> Timed[PreparedInput]:
+    def prepare_input(self, image: EncodedImage, remove_background: bool, size: int) -> Timed[PreparedInput]:
         start = time.perf_counter()
-        prepared = prepare_input(image, remove_background, self.models.background_remover, size=size)
-        return Timed(prepared, time.perf_counter() - start)
+        return _timed(start, prepare_input(image.image, remove_background, self.models.background_remover, size))
 
-    def novel_views(self, prepared: PreparedInput, params: GenerationParams, seed: int) -> Timed[list[NovelView]]:
+    def encode_condition(self, prepared: PreparedInput) -> Timed[ConditionEmbedding]:
         start = time.perf_counter()
-        views = generate_views(self.models.zero123(), prepared, params.view_azimuths(),
+        rgb, _ = prepared.tensors()
+        return _timed(start, encode_condition(self.models.zero123(), rgb))
+
+    def novel_views(self, condition: ConditionEmbedding, params: GenerationParams, seed: int
+                    ) -> Timed[list[NovelView]]:
+        start = time.perf_counter()
+        views = generate_views(self.models.zero123(), condition, params.view_azimuths(),
                                num_inference_steps=params.num_multiview_steps,
                                guidance_scale=params.multiview_guidance_scale, seed=seed)
-        return Timed(views, time.perf_counter() - start)
+        return _timed(start, views)
 
-    def guidance(self, prepared: PreparedInput, params: GenerationParams, seed: int) -> MeteredGuidance:
+    def guidance(self, condition: ConditionEmbedding, params: GenerationParams, seed: int) -> MeteredGuidance:
         zero123 = self.models.zero123()
-        condition_zero123(zero123, prepared)
-        return _TimedGuidance(Zero123Guidance(zero123, params.multiview_guidance_scale, seed=seed))
+        return TimedGuidance(Zero123Guidance(zero123, condition, params.multiview_guidance_scale, seed=seed))
 
     def describe(self) -> dict[str, dict[str, Any]]:
         return self.models.describe()

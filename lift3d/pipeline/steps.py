@@ -1,6 +1,8 @@
-"""The pipeline's steps as plain functions, so the one-process pipeline and the Ray Serve graph share them.
+"""The pipeline's steps as plain functions and values, shared by every place the stages run (this process, a
+Serve replica, a batch worker).
 
-Each function takes the stage objects it needs explicitly and returns plain data.
+Each function takes the stage objects it needs explicitly and returns plain data; images travel as PNG bytes
+(:class:`~lift3d.io.encoded.EncodedImage`), encoded once where they are made.
 """
 
 from __future__ import annotations
@@ -14,23 +16,30 @@ import trimesh
 from PIL import Image
 
 from lift3d.io.images import has_meaningful_alpha
+from lift3d.io.encoded import EncodedImage
 from lift3d.io.preprocess import recenter_rgba, rgba_to_tensors
 from lift3d.presets import NerfPreset
 from lift3d.stages.background import BackgroundRemover
-from lift3d.stages.zero123 import Zero123
+from lift3d.stages.zero123 import ConditionEmbedding, SDSRequest, Zero123, step_seed
 from nerf.field import ImplicitVolume
 from nerf.mesh import EmptyIsosurfaceError, extract_mesh
 from nerf.renderer import VolumeRenderer
-from nerf.trainers.sds import Guidance, GuidanceResult, ReferenceView, SDSTrainer, StepStats
+from nerf.trainers.sds import Guidance, GuidanceResult, ReferenceView, SDSTrainer
+from nerf.trainers.stats import StepStats
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "NovelView",
     "PreparedInput",
+    "REFERENCE_AZIMUTH_DEG",
+    "REFERENCE_CAMERA_DISTANCE",
     "REFERENCE_ELEVATION_DEG",
+    "REFERENCE_FOVY_DEG",
     "Zero123Guidance",
-    "condition_zero123",
+    "albedo_fn",
+    "encode_condition",
+    "extract_field_mesh",
     "generate_views",
     "prepare_input",
     "train_mesh",
@@ -49,25 +58,35 @@ class PreparedInput:
     """The conditioning image.
 
     Attributes:
-        rgba: square RGBA image (preset input size, 256² for Stable Zero123), object centred.
+        png: square RGBA image (preset input size, 256² for Stable Zero123), object centred, as PNG.
         background_removal: how the mask was obtained: ``"rembg:<model>"``, ``"input_alpha"`` or ``"none"``.
     """
 
-    rgba: Image.Image
+    png: EncodedImage
     background_removal: str
 
+    @property
+    def rgba(self) -> Image.Image:
+        """The decoded RGBA image."""
+        return self.png.image
+
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """rgb (3, H, W) in [0, 1] composited on white, and mask (1, H, W) in [0, 1]."""
+        """rgb (3, H, W) float32 in [0, 1] composited on white, and mask (1, H, W) float32 in [0, 1], on the CPU."""
         return rgba_to_tensors(self.rgba)
 
 
 @dataclass
 class NovelView:
-    """One generated view. Angles in degrees, relative to the world frame of the reference view."""
+    """One generated view (PNG). Angles in degrees, relative to the world frame of the reference view."""
 
     elevation_deg: float
     azimuth_deg: float
-    image: Image.Image
+    png: EncodedImage
+
+    @property
+    def image(self) -> Image.Image:
+        """The decoded RGB image."""
+        return self.png.image
 
     @property
     def filename(self) -> str:
@@ -96,12 +115,18 @@ def prepare_input(
         rgba, method = remover(image.convert("RGB")), f"rembg:{remover.model_name}"
     else:
         rgba, method = image.convert("RGBA"), "none"
-    return PreparedInput(recenter_rgba(rgba, size=size), method)
+    return PreparedInput(EncodedImage.from_image(recenter_rgba(rgba, size=size)), method)
+
+
+def encode_condition(zero123: Zero123, rgb: torch.Tensor) -> ConditionEmbedding:
+    """Zero123's condition for a prepared input's ``rgb`` (3, H, W) in [0, 1], seen from the reference camera."""
+    return zero123.encode_condition(rgb[None], elevation_deg=REFERENCE_ELEVATION_DEG,
+                                    azimuth_deg=REFERENCE_AZIMUTH_DEG, camera_distance=REFERENCE_CAMERA_DISTANCE)
 
 
 def generate_views(
     zero123: Zero123,
-    prepared: PreparedInput,
+    condition: ConditionEmbedding,
     azimuths_deg: list[float],
     *,
     elevation_deg: float = 0.0,
@@ -109,39 +134,43 @@ def generate_views(
     guidance_scale: float,
     seed: int,
 ) -> list[NovelView]:
-    """Novel views at ``elevation_deg`` and each azimuth, conditioned on the prepared image."""
-    condition_zero123(zero123, prepared)
+    """Novel views at ``elevation_deg`` and each azimuth (degrees), each encoded once as PNG."""
     images = zero123.novel_views(
-        [elevation_deg] * len(azimuths_deg),
-        list(azimuths_deg),
-        num_inference_steps=num_inference_steps,
-        guidance_scale=guidance_scale,
-        seed=seed,
+        [elevation_deg] * len(azimuths_deg), list(azimuths_deg), num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale, seed=seed, condition=condition.to(zero123.device),
     )
-    return [NovelView(elevation_deg, az, img) for az, img in zip(azimuths_deg, images)]
+    return [NovelView(elevation_deg, az, EncodedImage.from_image(img)) for az, img in zip(azimuths_deg, images)]
 
 
 class Zero123Guidance:
-    """Adapts :meth:`Zero123.sds` to the ``nerf`` :class:`~nerf.trainers.sds.Guidance` callback."""
+    """The ``nerf`` :class:`~nerf.trainers.sds.Guidance` callback on a Zero123 in this process.
 
-    def __init__(self, zero123: Zero123, guidance_scale: float, seed: int) -> None:
-        self.zero123 = zero123
-        self.guidance_scale = guidance_scale
-        self.generator = torch.Generator(device=getattr(zero123, "device", "cpu")).manual_seed(seed)
+    Each call is one :class:`~lift3d.stages.zero123.SDSRequest` seeded by :func:`~lift3d.stages.zero123.step_seed`
+    and served by :meth:`Zero123.sds_batch`, exactly as a Zero123 replica serves it for a remote trainer.
+    """
+
+    def __init__(self, zero123: Zero123, condition: ConditionEmbedding, guidance_scale: float, seed: int) -> None:
+        self.zero123, self.condition = zero123, condition
+        self.guidance_scale, self.seed = guidance_scale, seed
 
     def __call__(self, rgb, elevation_deg, azimuth_deg, camera_distance, step) -> GuidanceResult:
-        out = self.zero123.sds(
-            rgb, elevation_deg, azimuth_deg, camera_distance, step,
-            guidance_scale=self.guidance_scale, generator=self.generator,
-        )
-        return GuidanceResult(loss=float(out.loss.detach()), grad_rgb=out.grad_rgb)
+        request = SDSRequest(rgb, torch.as_tensor(elevation_deg), torch.as_tensor(azimuth_deg), int(step),
+                             step_seed(self.seed, step), self.guidance_scale, self.condition)
+        (result,) = self.zero123.sds_batch([request])
+        return GuidanceResult(loss=result.loss, grad_rgb=result.grad_rgb)
 
 
-def condition_zero123(zero123: Zero123, prepared: PreparedInput) -> None:
-    """Set the reference image and pose on ``zero123`` (needed before :meth:`Zero123.sds`)."""
-    rgb, _ = prepared.tensors()
-    zero123.set_condition(rgb[None], elevation_deg=REFERENCE_ELEVATION_DEG, azimuth_deg=REFERENCE_AZIMUTH_DEG,
-                          camera_distance=REFERENCE_CAMERA_DISTANCE)
+def albedo_fn(field: ImplicitVolume) -> Callable[[torch.Tensor], torch.Tensor]:
+    """World points (M, 3) on any device → the field's albedo (M, 3) in [0, 1], computed on the field's device.
+
+    Mesh export and texture baking build their points on the CPU; the field may live on a GPU.
+    """
+    parameter = next(field.parameters())
+
+    def albedo(points: torch.Tensor) -> torch.Tensor:
+        return field(points.to(parameter.device, parameter.dtype)).albedo
+
+    return albedo
 
 
 def train_mesh(
@@ -181,10 +210,8 @@ def extract_field_mesh(field: ImplicitVolume, nerf: NerfPreset, device: torch.de
         nerf.mesh.EmptyIsosurfaceError: when even the automatic threshold finds no surface (a flat field).
     """
     def extract(config):
-        return extract_mesh(
-            field.density, nerf.field.radius, config,
-            color_fn=lambda points: field(points).albedo, device=torch.device(device),
-        )
+        return extract_mesh(field.density, nerf.field.radius, config, color_fn=albedo_fn(field),
+                            device=torch.device(device))
 
     try:
         mesh = extract(nerf.isosurface)

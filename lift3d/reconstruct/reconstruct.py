@@ -1,47 +1,36 @@
-"""Application functions behind ``lift3d reconstruct`` and ``lift3d render-views``.
+"""Posed views → NeRF fit → mesh: the application function behind ``lift3d reconstruct`` and ``views-to-3d`` jobs.
 
-``reconstruct``: posed views (``transforms.json``, NeRF-synthetic convention) → NeRF fit → mesh → ``model.glb``
-(vertex colours), optionally ``model_textured.glb`` (UV atlas + baked albedo), ``preview.png`` (turntable strip)
-and ``metadata.json``. The mesh stays in the world frame of ``transforms.json`` — no recentring, no rescaling —
-and is only turned to glTF's Y-up axes by (x, y, z) → (x, z, −y), so it can be compared with the source mesh.
-
-``render_views``: a mesh file → RGBA views on a sphere + ``transforms.json`` (+ ``reference.glb``, the mesh in the
-world frame of the views, written the same way as ``model.glb``), i.e. test data for ``reconstruct``.
-
-Every file is written atomically (temporary file, then rename) into the output directory, each as soon as it is
-ready.
+``reconstruct`` fits the views (``transforms.json``, NeRF-synthetic convention) and writes, through an
+:class:`~lift3d.io.artifacts.ArtifactWriter`, ``model.glb`` (vertex colours), optionally ``model_textured.glb``
+(UV atlas + baked albedo), ``preview.png`` (turntable strip) and ``metadata.json``, each as soon as it is ready.
+The mesh stays in the world frame of ``transforms.json`` — no recentring, no rescaling — and is only turned to
+glTF's Y-up axes by (x, y, z) → (x, z, −y), so it can be compared with the source mesh.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field, replace
-from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 import trimesh
 from PIL import Image
 
-from lift3d.io.artifacts import ArtifactWriter, glb_bytes, png_bytes
 from lift3d.errors import InvalidInputError
+from lift3d.io.artifacts import ArtifactWriter, package_versions
 from lift3d.io.mesh_assets import MeshExportOptions, write_mesh_assets
-from lift3d.io.storage import LocalStore
+from lift3d.progress import ProgressReporter
 from nerf.cameras import look_at
-from nerf.datasets.blender import TransformsError, ViewDataset, load_views, write_transforms
-from nerf.export import Z_UP_TO_Y_UP
+from nerf.datasets.blender import TransformsError, ViewDataset, load_views
 from nerf.mesh import EmptyIsosurfaceError
-from nerf.mesh_render import MeshRenderConfig, render_mesh, spread_cameras
-from nerf.trainers.photometric import ReconstructionConfig, ReconstructionTrainer, StepStats
+from nerf.mesh_render import MeshRenderConfig, render_mesh
+from nerf.trainers.photometric import ReconstructionConfig, ReconstructionTrainer
+from nerf.trainers.stats import StepStats
 
-if TYPE_CHECKING:  # lift3d.pipeline imports the diffusion stages; keep this module light
-    from lift3d.pipeline import ProgressReporter
-
-__all__ = ["ReconstructOptions", "ReconstructResult", "RenderViewsOptions", "load_mesh", "reconstruct",
-           "render_views", "to_world", "turntable"]
+__all__ = ["ReconstructOptions", "ReconstructResult", "reconstruct", "turntable"]
 
 
 @dataclass
@@ -54,14 +43,8 @@ class ReconstructOptions:
     """Seeds field initialisation, ray batches and jitter."""
     mesh_resolution: int = 128
     """Marching-cubes grid points per axis over the scene box (32–512)."""
-    texture: bool = True
-    """Also write ``model_textured.glb`` (xatlas UVs, baked albedo, PBR material)."""
-    texture_size: int = 1024
-    """Texture side in texels: 512, 1024 or 2048."""
-    target_faces: int | None = None
-    """Decimate the mesh to about this many faces before export (>= 100); None keeps marching cubes' mesh."""
-    texture_max_faces: int = 50_000
-    """See :class:`MeshExportOptions`."""
+    export: MeshExportOptions = field(default_factory=MeshExportOptions)
+    """Decimation and texture of the exported mesh."""
     downscale: int = 1
     """Integer factor by which input images are reduced before training (>= 1)."""
     preview: bool = True
@@ -77,12 +60,7 @@ class ReconstructOptions:
             raise InvalidInputError(f"mesh resolution must be in 32..512, got {self.mesh_resolution}")
         if self.downscale < 1:
             raise InvalidInputError(f"downscale must be >= 1, got {self.downscale}")
-        self.export_options().check()
-
-    def export_options(self) -> MeshExportOptions:
-        """The mesh-export subset of these options."""
-        return MeshExportOptions(texture=self.texture, texture_size=self.texture_size,
-                                 target_faces=self.target_faces, texture_max_faces=self.texture_max_faces)
+        self.export.check()
 
 
 @dataclass
@@ -90,79 +68,33 @@ class ReconstructResult:
     """What :func:`reconstruct` produced.
 
     Attributes:
-        files: name → path of every file written.
+        artifacts: names of the artifacts written, relative to the writer's prefix, in order.
         mesh: the exported mesh in the views' world frame (z-up).
         trainer: the fitted trainer (field, renderer, scene frame), e.g. to render held-out views.
         metadata: the content of ``metadata.json``.
     """
 
-    files: dict[str, Path]
+    artifacts: list[str]
     mesh: trimesh.Trimesh
     trainer: ReconstructionTrainer
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class RenderViewsOptions:
-    """User options of :func:`render_views`."""
-
-    num_views: int = 32
-    """Number of views (1–1000)."""
-    resolution: int = 128
-    """Square image side in pixels (16–2048)."""
-    layout: Literal["even", "random"] = "even"
-    """Cameras on a Fibonacci lattice of the elevation band ("even") or area-uniform random ("random")."""
-    elevation_range_deg: tuple[float, float] = (-10.0, 60.0)
-    """Elevation band in degrees."""
-    fovy_deg: float = 40.0
-    """Vertical field of view in degrees (0–120)."""
-    distance: float | None = None
-    """Camera distance from the origin; None: the bounding sphere fills the view with a 5 % margin."""
-    shading: Literal["lambert", "color"] = "lambert"
-    """"lambert" (grey, fixed world lights) or "color" (unlit vertex/texture/material colour)."""
-    normalize: bool = True
-    """Centre the mesh's bounding box at the origin and scale its diagonal to 1 before rendering."""
-    y_up: bool = True
-    """The mesh file is Y-up (OBJ, glTF convention): rotate (x, y, z) → (x, −z, y) into the z-up world."""
-    seed: int = 0
-    """For the "random" layout."""
-    supersample: int = 2
-    """Anti-aliasing rays per pixel along each axis (1–4)."""
-
-    def check(self) -> None:
-        """Raise :class:`InvalidInputError` naming the first out-of-range option."""
-        if not 1 <= self.num_views <= 1000:
-            raise InvalidInputError(f"num views must be in 1..1000, got {self.num_views}")
-        if not 16 <= self.resolution <= 2048:
-            raise InvalidInputError(f"resolution must be in 16..2048, got {self.resolution}")
-        if self.layout not in ("even", "random"):
-            raise InvalidInputError(f"layout must be 'even' or 'random', got {self.layout!r}")
-        if self.shading not in ("lambert", "color"):
-            raise InvalidInputError(f"shading must be 'lambert' or 'color', got {self.shading!r}")
-        low, high = self.elevation_range_deg
-        if not -89.0 <= low <= high <= 89.0:
-            raise InvalidInputError(f"elevation range must satisfy -89 <= low <= high <= 89, got {low}, {high}")
-        if not 0.0 < self.fovy_deg < 120.0:
-            raise InvalidInputError(f"fovy must be in (0, 120) degrees, got {self.fovy_deg}")
-        if self.distance is not None and not self.distance > 0:
-            raise InvalidInputError(f"distance must be > 0, got {self.distance}")
-        if not 1 <= self.supersample <= 4:
-            raise InvalidInputError(f"supersample must be in 1..4, got {self.supersample}")
-
-
-# ---------------------------------------------------------------------------------------------- reconstruct
-def reconstruct(views_dir: str | Path, out_dir: str | Path, options: ReconstructOptions | None = None,
-                config: ReconstructionConfig | None = None, progress: ProgressReporter | None = None
-                ) -> ReconstructResult:
+def reconstruct(views_dir: str | Path, writer: ArtifactWriter, options: ReconstructOptions | None = None,
+                config: ReconstructionConfig | None = None, progress: ProgressReporter | None = None,
+                source: str | None = None, write_metadata: bool = True) -> ReconstructResult:
     """Fit a NeRF to posed views and export the mesh.
 
     Args:
         views_dir: directory holding ``transforms.json`` (or the file itself) and the images it lists.
-        out_dir: output directory (created if missing).
+        writer: where ``model.glb``, ``model_textured.glb``, ``preview.png`` and ``metadata.json`` go.
         options: user options; defaults to :class:`ReconstructOptions`.
         config: full trainer configuration; its ``max_steps``, ``seed`` and isosurface resolution are replaced by
             the options. Defaults to :class:`ReconstructionConfig`.
         progress: receives stage progress ("load_views", "nerf_training", "mesh_export").
+        source: how ``metadata.json`` names the views (default: the resolved ``views_dir``; the service passes
+            the upload's name so that no server path reaches a user).
+        write_metadata: write ``metadata.json`` (False: the caller adds fields and writes it, as the service does).
 
     Returns:
         :class:`ReconstructResult`.
@@ -177,7 +109,6 @@ def reconstruct(views_dir: str | Path, out_dir: str | Path, options: Reconstruct
     base = config or ReconstructionConfig()
     config = replace(base, max_steps=options.steps, seed=options.seed,
                      isosurface=replace(base.isosurface, resolution=options.mesh_resolution))
-    writer = ArtifactWriter(LocalStore(Path(out_dir)))
     timings: dict[str, float] = {}
 
     # 2. load views
@@ -203,17 +134,17 @@ def reconstruct(views_dir: str | Path, out_dir: str | Path, options: Reconstruct
         mesh = trainer.extract_mesh()
     except EmptyIsosurfaceError as exc:
         raise InvalidInputError(f"the fitted volume has no surface: {exc}") from None
-    mesh = write_mesh_assets(writer, mesh, trainer.albedo_fn, options.export_options(), recenter=False)
+    mesh = write_mesh_assets(writer, mesh, trainer.albedo_fn, options.export, recenter=False)
     timings["mesh_export"] = time.perf_counter() - t0
     if options.preview:
-        writer.put("preview.png", png_bytes(turntable(mesh, views)), "image/png")
+        writer.png("preview.png", turntable(mesh, views))
 
     # 5. metadata
-    metadata = _metadata(views_dir, views, trainer, history, mesh, options, timings)
-    writer.metadata(metadata)
-    out = Path(out_dir).resolve()
-    paths = {Path(k).name: out / k for k in writer.keys}
-    return ReconstructResult(files=paths, mesh=mesh, trainer=trainer, metadata=metadata)
+    label = source if source is not None else str(Path(views_dir).resolve())
+    metadata = _metadata(label, views, trainer, history, mesh, options, timings)
+    if write_metadata:
+        writer.metadata(metadata)
+    return ReconstructResult(artifacts=writer.names, mesh=mesh, trainer=trainer, metadata=metadata)
 
 
 def turntable(mesh: trimesh.Trimesh, views: ViewDataset, n_frames: int = 8, size: int = 128) -> Image.Image:
@@ -236,95 +167,6 @@ def turntable(mesh: trimesh.Trimesh, views: ViewDataset, n_frames: int = 8, size
     return Image.fromarray((strip.numpy() * 255.0).round().astype(np.uint8), mode="RGB")
 
 
-# -------------------------------------------------------------------------------------------- render-views
-def load_mesh(path: str | Path) -> trimesh.Trimesh:
-    """Read a mesh file (OBJ, PLY, STL, GLB, ...) as one triangle mesh.
-
-    Raises:
-        InvalidInputError: the file is missing, unreadable or has no triangles.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InvalidInputError(f"mesh file not found: {path}")
-    try:
-        mesh = trimesh.load(path, force="mesh")
-    except Exception as exc:  # trimesh raises many types for malformed files
-        raise InvalidInputError(f"cannot read mesh {path}: {exc}") from None
-    if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
-        raise InvalidInputError(f"mesh {path} has no triangles")
-    return mesh
-
-
-def render_views(mesh_path: str | Path, out_dir: str | Path, options: RenderViewsOptions | None = None
-                 ) -> dict[str, Path]:
-    """Render RGBA views of a mesh and write ``transforms.json``, ``images/NNN.png`` and ``reference.glb``.
-
-    Args:
-        mesh_path: the mesh file.
-        out_dir: output directory (created if missing).
-        options: see :class:`RenderViewsOptions`.
-
-    Returns:
-        name → path of the files written (``transforms.json``, ``reference.glb``, ``images/000.png``, ...).
-
-    Raises:
-        InvalidInputError: bad options or an unreadable mesh.
-    """
-    # 1. check inputs
-    options = options or RenderViewsOptions()
-    options.check()
-    mesh = load_mesh(mesh_path)
-    out = Path(out_dir).resolve()
-    writer = ArtifactWriter(LocalStore(out))
-
-    # 2. the mesh in the z-up world of the views
-    mesh = to_world(mesh, y_up=options.y_up, normalize=options.normalize)
-    radius = float(np.linalg.norm(mesh.vertices, axis=1).max())
-    distance = options.distance or 1.05 * radius / math.sin(math.radians(0.5 * options.fovy_deg))
-
-    # 3. cameras and images
-    cameras = spread_cameras(options.num_views, distance, options.fovy_deg, options.elevation_range_deg,
-                             options.layout, options.seed)
-    config = MeshRenderConfig(shading=options.shading, supersample=options.supersample)
-    names = []
-    for start in range(0, len(cameras), 8):  # bounded memory at large resolutions
-        rgba = render_mesh(mesh, cameras.c2w[start : start + 8], options.fovy_deg, options.resolution,
-                           options.resolution, config)
-        for i, image in enumerate(rgba):
-            name = f"images/{start + i:03d}.png"
-            pixels = (image.numpy() * 255.0).round().astype(np.uint8)
-            writer.put(name, png_bytes(Image.fromarray(pixels, mode="RGBA")), "image/png")
-            names.append(name)
-
-    # 4. transforms.json and the reference mesh
-    write_transforms(out / "transforms.json", math.radians(options.fovy_deg), names, cameras.c2w, extra={
-        "lift3d": {"source_mesh": str(Path(mesh_path).resolve()), "camera_distance": distance,
-                   "elevation_deg": cameras.elevation_deg.tolist(), "azimuth_deg": cameras.azimuth_deg.tolist(),
-                   **asdict(options)},
-    })
-    writer.put("reference.glb", glb_bytes(mesh, recenter=False), "model/gltf-binary")
-    return {**{key: out / key for key in writer.keys}, "transforms.json": out / "transforms.json"}
-
-
-def to_world(mesh: trimesh.Trimesh, *, y_up: bool, normalize: bool) -> trimesh.Trimesh:
-    """A copy of ``mesh`` in the z-up world: rotated from Y-up if asked, then optionally unit-diagonal centred.
-
-    The Y-up → z-up rotation is the inverse of :data:`nerf.export.Z_UP_TO_Y_UP`, so exporting the result to GLB
-    gives back the file's orientation.
-    """
-    mesh = mesh.copy()
-    if y_up:
-        transform = np.eye(4)
-        transform[:3, :3] = Z_UP_TO_Y_UP.T
-        mesh.apply_transform(transform)
-    if normalize:
-        lo, hi = mesh.bounds
-        mesh.apply_translation(-0.5 * (lo + hi))
-        mesh.apply_scale(1.0 / float(np.linalg.norm(hi - lo)))
-    return mesh
-
-
-# --------------------------------------------------------------------------------------------------- helpers
 def _train(trainer: ReconstructionTrainer, progress: ProgressReporter | None) -> list[StepStats]:
     total = trainer.config.max_steps
     if progress is not None:
@@ -333,7 +175,7 @@ def _train(trainer: ReconstructionTrainer, progress: ProgressReporter | None) ->
 
     def callback(stats: StepStats) -> None:
         if progress is not None and (stats.step % 10 == 0 or stats.step == total):
-            progress.update("nerf_training", stats.step, total, {"loss": stats.loss})
+            progress.step("nerf_training", stats)
 
     history = trainer.train(callback)
     if progress is not None:
@@ -341,12 +183,12 @@ def _train(trainer: ReconstructionTrainer, progress: ProgressReporter | None) ->
     return history
 
 
-def _metadata(views_dir, views: ViewDataset, trainer: ReconstructionTrainer, history: list[StepStats],
+def _metadata(source: str, views: ViewDataset, trainer: ReconstructionTrainer, history: list[StepStats],
               mesh: trimesh.Trimesh, options: ReconstructOptions, timings: dict[str, float]) -> dict[str, Any]:
     frame = trainer.frame
     return {
         "mode": "reconstruct",
-        "views": {"source": str(Path(views_dir).resolve()), "count": views.num_views,
+        "views": {"source": source, "count": views.num_views,
                   "height": views.height, "width": views.width, "fovy_deg": views.fovy_deg,
                   "with_alpha": int(views.has_alpha.sum())},
         "options": asdict(options),
@@ -359,16 +201,5 @@ def _metadata(views_dir, views: ViewDataset, trainer: ReconstructionTrainer, his
                  "frame": "world frame of transforms.json, converted to glTF Y-up by (x, y, z) -> (x, z, -y)",
                  "isosurface_threshold": trainer.isosurface_threshold},
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
-        "versions": _versions(),
+        "versions": package_versions(),
     }
-
-
-def _versions() -> dict[str, str]:
-    """Installed versions of the packages that shape a reconstruction."""
-    versions = {}
-    for name in ("lift3d", "torch", "numpy", "trimesh", "xatlas", "fast-simplification", "PyMCubes"):
-        try:
-            versions[name] = importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions

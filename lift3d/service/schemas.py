@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from lift3d.errors import InvalidInputError
-from lift3d.params import GenerationParams
+from lift3d.params import GenerationParams, check_one_input
 
 __all__ = [
     "ERROR_STATUS",
@@ -93,8 +93,7 @@ class GenerationRequest(GenerationParams):
         if self.kind == "views-to-3d":
             raise InvalidInputError("views-to-3d takes a views ZIP: POST /v1/generation/views-to-3d (multipart)")
         if self.kind == "multiview":
-            if (self.image is None) == (self.prompt is None):
-                raise InvalidInputError("multiview needs either an image or a prompt, not both")
+            check_one_input(self.image is not None, self.prompt is not None)
             if "return_3d" in self.model_fields_set and self.return_3d:
                 raise InvalidInputError("return_3d: multiview returns views only; leave return_3d unset or false")
 

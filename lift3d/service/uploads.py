@@ -18,34 +18,23 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field
 
-from lift3d.service.schemas import BadRequestError
 from lift3d.errors import InvalidInputError, PayloadTooLargeError
+from lift3d.params import TextureParams
+from lift3d.service.schemas import BadRequestError
 
 __all__ = ["ReconstructParams", "ViewsZipLimits", "check_views_zip", "extract_views_zip"]
 
 _MiB = 1024 * 1024
 
 
-class ReconstructParams(BaseModel):
+class ReconstructParams(TextureParams):
     """User options of a ``views-to-3d`` job (a subset of :class:`lift3d.reconstruct.ReconstructOptions`; the seed
     is the job's ``params.seed``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     steps: int = Field(400, ge=1, le=20000, description="Photometric NeRF training steps.")
     mesh_resolution: int = Field(128, ge=32, le=512, description="Marching-cubes grid points per axis.")
-    texture: bool = Field(True, description="Also write `model_textured.glb` (UV atlas, baked albedo).")
-    texture_size: int = Field(1024, description="Texture side in texels: 512, 1024 or 2048.")
-    target_faces: int | None = Field(None, ge=100, description="Decimate the mesh to about this many faces.")
-
-    @field_validator("texture_size")
-    @classmethod
-    def _texture_size(cls, value: int) -> int:
-        if value not in (512, 1024, 2048):
-            raise ValueError(f"must be 512, 1024 or 2048, got {value}")
-        return value
 
 
 @dataclass(frozen=True)

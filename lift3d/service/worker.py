@@ -2,15 +2,15 @@
 
 The job runs :class:`~lift3d.pipeline.Lift3DPipeline` on a :class:`~lift3d.pipeline.providers.StageProvider`:
 :class:`~lift3d.pipeline.providers.InProcessStages` loads the models in this process (tests, batch jobs); the Ray
-Serve graph passes stages that call other deployments (``deployments/nerf_trainer.py``). The NeRF itself is
-trained here, in the caller's process.
+Serve graph passes :class:`~lift3d.pipeline.remote.RemoteStages` (handles to other deployments). The NeRF itself
+is trained here, in the caller's process.
 
-Two layers, each usable alone (the queue side, :func:`lift3d.service.jobs.consume_job`, needs no torch):
+Two layers, each usable alone (the queue side, :func:`lift3d.service.delivery.consume_job`, needs no torch):
 
 - :func:`run_job` — the pipeline plus the job's extras (views ZIP, cost); writes artifacts under ``generations/{id}/``; raises on failure.
   ``views-to-3d`` jobs go to :func:`run_views_job` (:func:`lift3d.reconstruct.reconstruct` on the uploaded views).
 - :meth:`JobRunner.attempt` — one attempt of a running job: heartbeats, progress, cancellation, error triage;
-  returns an :class:`~lift3d.service.jobs.AttemptResult` and never raises for job errors.
+  returns an :class:`~lift3d.service.delivery.AttemptResult` and never raises for job errors.
 
 Examples:
     >>> jobs = JobStore(LocalStore("/tmp/lift3d"))
@@ -34,20 +34,22 @@ from typing import Callable
 
 import torch
 
-from lift3d.service.costs import CostModel
-from lift3d.service.jobs import AttemptResult, InvalidTransition, JobOutcome, JobRecord, JobStore, describe_error
-from lift3d.service.uploads import ReconstructParams, extract_views_zip
-from lift3d.io.artifacts import ArtifactWriter
 from lift3d.errors import InvalidInputError, Lift3DError
-from lift3d.io.images import load_image
+from lift3d.io.artifacts import ArtifactWriter
+from lift3d.io.encoded import EncodedImage
+from lift3d.io.mesh_assets import MeshExportOptions
 from lift3d.pipeline import Lift3DPipeline
-from lift3d.presets import ModelPreset
-from lift3d.reconstruct import ReconstructOptions, reconstruct
 from lift3d.pipeline.providers import StageProvider
 from lift3d.pipeline.steps import NovelView
+from lift3d.presets import ModelPreset
+from lift3d.reconstruct import ReconstructOptions, reconstruct
+from lift3d.service.costs import CostModel
+from lift3d.service.delivery import AttemptResult, describe_error
+from lift3d.service.jobs import InvalidTransition, JobOutcome, JobRecord, JobStore
+from lift3d.service.uploads import ReconstructParams, extract_views_zip
 from nerf.mesh import EmptyIsosurfaceError
 from nerf.trainers.photometric import ReconstructionConfig
-from nerf.trainers.sds import StepStats
+from nerf.trainers.stats import StepStats
 
 logger = logging.getLogger(__name__)
 
@@ -63,9 +65,7 @@ def views_zip(views: list[NovelView]) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
         for index, view in enumerate(views):
-            png = io.BytesIO()
-            view.image.save(png, format="PNG")
-            archive.writestr(f"views/{index:03d}_{view.filename}", png.getvalue())
+            archive.writestr(f"views/{index:03d}_{view.filename}", view.png.data)
     return buffer.getvalue()
 
 
@@ -107,24 +107,24 @@ def run_job(
                              on_stage=on_stage, on_step=on_step)
     params = record.params
     writer = ArtifactWriter(jobs.store, record.prefix)
-    image = load_image(jobs.store.get(record.input_key)) if record.input_key is not None else None
+    image = EncodedImage(jobs.store.get(record.input_key)) if record.input_key is not None else None
     pipeline = Lift3DPipeline(preset, device=device, stages=stages)
-    result = pipeline.run(params, image, writer, progress=_CallbackProgress(on_stage, on_step))
+    output = pipeline.run(params, image, writer, progress=_CallbackProgress(on_stage, on_step))
 
-    busy = dict(result.busy_s)
+    busy = dict(output.busy_s)
     if params.return_3d:
         main_key, content_type = "model.glb", "model/gltf-binary"
     else:
         started = time.perf_counter()
-        writer.put("views.zip", views_zip(result.views), "application/zip")
+        writer.put("views.zip", views_zip(output.views), "application/zip")
         busy["views_zip"] = time.perf_counter() - started
         main_key, content_type = "views.zip", "application/zip"
 
-    cost_model = replace(cost_model, gpu_fractions={**cost_model.gpu_fractions, **result.gpu_fractions})
+    cost_model = replace(cost_model, gpu_fractions={**cost_model.gpu_fractions, **output.gpu_fractions})
     gpu_seconds = cost_model.gpu_seconds(busy)
     cost = cost_model.cost_usd(busy)
     metadata = {
-        **result.metadata,
+        **output.metadata,
         "id": record.id,
         "kind": record.kind,
         "busy_s": {k: round(v, 3) for k, v in busy.items()},
@@ -132,8 +132,7 @@ def run_job(
         "attempt": record.attempts,
     }
     writer.metadata(metadata)
-    names = [key[len(record.prefix):] for key in writer.keys]
-    return JobOutcome(main_key=main_key, content_type=content_type, artifacts=names,
+    return JobOutcome(main_key=main_key, content_type=content_type, artifacts=writer.names,
                       timings_s=metadata["timings_s"], busy_s=busy, gpu_seconds=gpu_seconds, cost_usd=cost,
                       random_weights=bool(metadata["random_weights"]))
 
@@ -148,50 +147,42 @@ def run_views_job(
     on_stage: Callable[[str, int], None] = lambda stage, total: None,
     on_step: Callable[[StepStats], None] = lambda stats: None,
 ) -> JobOutcome:
-    """Run a ``views-to-3d`` job: unpack its views ZIP to a temporary folder, :func:`~lift3d.reconstruct.reconstruct`
-    into another, and upload every file under ``record.prefix`` (main artifact ``model.glb``). ``config``: the
-    trainer configuration (the preset's; steps, seed and mesh resolution come from the job).
+    """Run a ``views-to-3d`` job: unpack its views ZIP to a temporary folder and
+    :func:`~lift3d.reconstruct.reconstruct` it straight into the store under ``record.prefix`` (main artifact
+    ``model.glb``). ``config``: the trainer configuration (the preset's; steps, seed and mesh resolution come from
+    the job).
 
     Raises:
         InvalidInputError: a bad ZIP, ``transforms.json`` or image (the job fails with the message).
         JobCanceled: from the callbacks. Any other exception from training or the store.
     """
-    # 1. unpack the upload
+    # 1. unpack the upload (the views loader reads files)
     if record.input_key is None:
         raise InvalidInputError("views-to-3d job without an upload")
     options = record.reconstruct or ReconstructParams()
+    writer = ArtifactWriter(jobs.store, record.prefix)
     with tempfile.TemporaryDirectory(prefix=f"lift3d-{record.id[:8]}-") as tmp:
         on_stage("load_views", 0)
         views_dir = extract_views_zip(jobs.store.get(record.input_key), Path(tmp) / "views")
-        # 2. fit and export
-        out_dir = Path(tmp) / "out"
-        result = reconstruct(views_dir, out_dir, ReconstructOptions(
+        # 2. fit and export into the store; metadata names the upload, not the temporary folder
+        result = reconstruct(views_dir, writer, ReconstructOptions(
             steps=options.steps, seed=int(record.params.seed), mesh_resolution=options.mesh_resolution,
-            texture=options.texture, texture_size=options.texture_size, target_faces=options.target_faces,
-            device=str(device)), config=config, progress=_CallbackProgress(on_stage, on_step))
-        # 3. cost, metadata, upload
-        busy = dict(result.metadata.get("timings_s", {}))
-        fractions = cost_model.gpu_fractions
-        cost_model = replace(cost_model, gpu_fractions={"nerf_training": fractions.get("sds_training", 0.0),
-                                                        **fractions})
-        gpu_seconds, cost = cost_model.gpu_seconds(busy), cost_model.cost_usd(busy)
-        metadata = {**result.metadata, "id": record.id, "kind": record.kind, "attempt": record.attempts,
-                    "cost": {"usd": cost, "gpu_seconds": gpu_seconds, **cost_model.describe()}}
-        writer = ArtifactWriter(jobs.store, record.prefix)
-        for name, path in sorted(result.files.items()):
-            if name != "metadata.json":
-                writer.put(name, path.read_bytes(), _CONTENT_TYPES.get(path.suffix, "application/octet-stream"))
-        writer.metadata(metadata)
-    names = [key[len(record.prefix):] for key in writer.keys]
-    return JobOutcome(main_key="model.glb", content_type="model/gltf-binary", artifacts=names, timings_s=busy,
-                      busy_s=busy, gpu_seconds=gpu_seconds, cost_usd=cost)
-
-
-_CONTENT_TYPES = {".glb": "model/gltf-binary", ".png": "image/png", ".json": "application/json"}
+            export=MeshExportOptions.from_params(options), device=str(device)),
+            config=config, progress=_CallbackProgress(on_stage, on_step), source="upload.zip", write_metadata=False)
+    # 3. cost, then metadata.json
+    busy = dict(result.metadata.get("timings_s", {}))
+    fractions = cost_model.gpu_fractions
+    cost_model = replace(cost_model, gpu_fractions={"nerf_training": fractions.get("sds_training", 0.0), **fractions})
+    gpu_seconds, cost = cost_model.gpu_seconds(busy), cost_model.cost_usd(busy)
+    metadata = {**result.metadata, "id": record.id, "kind": record.kind, "attempt": record.attempts,
+                "cost": {"usd": cost, "gpu_seconds": gpu_seconds, **cost_model.describe()}}
+    writer.metadata(metadata)
+    return JobOutcome(main_key="model.glb", content_type="model/gltf-binary", artifacts=writer.names,
+                      timings_s=busy, busy_s=busy, gpu_seconds=gpu_seconds, cost_usd=cost)
 
 
 class _CallbackProgress:
-    """The pipeline's ProgressReporter calling the job runner's ``on_stage`` / ``on_step`` callbacks."""
+    """A :class:`~lift3d.progress.ProgressReporter` calling the job runner's ``on_stage`` / ``on_step`` callbacks."""
 
     def __init__(self, on_stage: Callable[[str, int], None], on_step: Callable[[StepStats], None]) -> None:
         self.on_stage, self.on_step = on_stage, on_step
@@ -199,8 +190,8 @@ class _CallbackProgress:
     def start(self, stage: str, total: int | None = None) -> None:
         self.on_stage(stage, total or 0)
 
-    def update(self, stage: str, completed: int, total: int, info: dict[str, float]) -> None:
-        self.on_step(StepStats(step=completed, total=total, loss=info.get("loss", 0.0), losses={}, seconds=0.0))
+    def step(self, stage: str, stats: StepStats) -> None:
+        self.on_step(stats)
 
     def finish(self, stage: str, seconds: float) -> None:
         pass

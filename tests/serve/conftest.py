@@ -50,7 +50,7 @@ def serve_graph(tmp_path_factory):
     from ray import serve
 
     from graph import APP_NAME, ServiceConfig, build_app
-    from deployments.tasks import QueueConfig
+    from lift3d.service.config import QueueConfig
 
     base = tmp_path_factory.mktemp("serve")
     http_port, metrics_port = free_port(), free_port()

@@ -1,0 +1,99 @@
+"""``JobConsumer`` deployment: the job queue's consumer (Ray Serve asynchronous inference, Celery adapter).
+
+A replica receives job ids in its Celery worker threads, starts an attempt (:func:`lift3d.service.delivery.consume_job`)
+and runs it on ``NerfTrainer`` through a handle. Retryable failures go back to Celery (bounded by the job record's
+``max_attempts``); every replica also sweeps for jobs whose worker vanished
+(:func:`lift3d.service.delivery.sweep_stale_jobs`), because the embedded broker loses a message whose consumer dies
+mid-job.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from ray.serve.task_consumer import task_consumer, task_handler
+
+from deployments.metrics import RayMetrics
+from deployments.queue import TASK_NAME, JobQueue, task_processor_config
+from lift3d.io.storage import make_store
+from lift3d.service.config import ConsumerSettings, QueueConfig
+from lift3d.service.delivery import consume_job, sweep_stale_jobs
+from lift3d.service.jobs import JobNotFound, JobStore
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["JobConsumer", "make_job_consumer"]
+
+
+class JobConsumer:
+    """Receives job ids from the queue and runs each as attempts on ``NerfTrainer`` (see the module docstring).
+
+    Celery runs :meth:`generate` in its worker threads (``max_ongoing_requests`` of them), so the blocking
+    handle call below never runs on the replica's event loop.
+    """
+
+    def __init__(self, trainer: DeploymentHandle, settings: ConsumerSettings) -> None:
+        self.trainer = trainer
+        self.settings = settings
+        self.jobs = JobStore(make_store(settings.store_url))
+        self.queue = JobQueue(settings.queue)
+        self.metrics = RayMetrics()
+        self.worker = serve.get_replica_context().replica_id.unique_id
+        self._stop = threading.Event()
+        self._sweeper = threading.Thread(target=self._sweep_forever, name="lift3d-sweeper", daemon=True)
+        self._sweeper.start()
+
+    @task_handler(name=TASK_NAME)
+    def generate(self, job_id: str) -> str:
+        """Handle one delivery of ``job_id``; raises :class:`~lift3d.service.delivery.RetryJob` to have Celery retry."""
+        return consume_job(job_id, self.jobs, self._attempt, self.worker, stale_after_s=self.settings.stale_after_s)
+
+    def _attempt(self, job_id: str):
+        return self.trainer.run.remote(job_id).result()
+
+    def _sweep_forever(self) -> None:
+        while not self._stop.wait(self.settings.sweep_interval_s):
+            try:
+                actions = sweep_stale_jobs(self.jobs, self.queue.enqueue, stale_after_s=self.settings.stale_after_s,
+                                           queued_timeout_s=self.settings.queued_timeout_s)
+                if actions:
+                    logger.warning("stale-job sweep: %s", actions)
+                self._report_depth()
+            except Exception:  # noqa: BLE001 - keep sweeping; the store may come back
+                logger.warning("stale-job sweep failed", exc_info=True)
+
+    def _report_depth(self) -> None:
+        counts = {"queued": 0, "running": 0}
+        for job_id in self.jobs.active_ids():
+            try:
+                status = self.jobs.get(job_id).status
+            except JobNotFound:
+                continue
+            if status in counts:
+                counts[status] += 1
+        self.metrics.set_queue_depth(counts["queued"], counts["running"])
+
+    def check_health(self) -> None:
+        if not self._sweeper.is_alive():
+            raise RuntimeError("stale-job sweeper thread died")
+
+    def __del__(self) -> None:
+        self._stop.set()
+
+
+def make_job_consumer(config: QueueConfig):
+    """``JobConsumer`` as a Serve deployment consuming ``config``'s queue (the decorator needs the config)."""
+    consumer = task_consumer(task_processor_config=task_processor_config(config))(JobConsumer)
+    return serve.deployment(
+        consumer,
+        name="JobConsumer",
+        ray_actor_options={"num_cpus": 0.25, "memory": 1024**3},
+        max_ongoing_requests=8,  # = Celery worker threads = jobs in flight per consumer replica
+        # Queue work is not a Serve request, so ongoing-request autoscaling does not apply here; with Redis,
+        # ray.serve.async_inference_autoscaling_policy can scale consumers on queue length (serve_config.yaml).
+        num_replicas=1,
+        graceful_shutdown_timeout_s=30,
+    )

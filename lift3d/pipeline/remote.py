@@ -1,0 +1,121 @@
+"""The pipeline's stages on Serve replicas: :class:`RemoteStages` calls them through deployment handles.
+
+This module needs no Ray: a handle is anything whose methods have ``.remote(...)`` returning a response with
+``.result()`` (Ray Serve's ``DeploymentHandle``). The requests below are what travels; images travel as encoded
+bytes, tensors as CPU tensors, and each replica answers with a :class:`~lift3d.pipeline.providers.Timed` value.
+
+Replica methods (``deployments/``): ``TextToImage.generate(TextToImageRequest) -> Timed[EncodedImage]``,
+``BackgroundRemoval.prepare(PrepareRequest) -> Timed[PreparedInput]``, ``MultiView.encode_condition(rgb) ->
+Timed[ConditionEmbedding]``, ``MultiView.novel_views(NovelViewsRequest) -> Timed[list[NovelView]]``,
+``MultiView.guidance(SDSRequest) -> Timed[SDSResult]`` (batched across jobs) and ``describe() -> dict`` on each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from lift3d.io.encoded import EncodedImage
+from lift3d.params import GenerationParams
+from lift3d.pipeline.providers import Timed
+from lift3d.pipeline.steps import NovelView, PreparedInput
+from lift3d.stages.zero123 import ConditionEmbedding, SDSRequest, step_seed
+from nerf.trainers.sds import GuidanceResult
+
+__all__ = ["Handle", "NovelViewsRequest", "PrepareRequest", "RemoteGuidance", "RemoteStages", "TextToImageRequest"]
+
+
+class Handle(Protocol):
+    """A deployment handle: ``handle.method.remote(*args).result()`` (Ray Serve's ``DeploymentHandle``)."""
+
+    def __getattr__(self, name: str) -> Any: ...
+
+
+@dataclass
+class TextToImageRequest:
+    """SDXL arguments (see :meth:`lift3d.stages.text_to_image.TextToImage.__call__`)."""
+
+    prompt: str
+    negative_prompt: str = ""
+    guidance_scale: float = 7.5
+    num_inference_steps: int = 30
+    seed: int = 0
+
+
+@dataclass
+class PrepareRequest:
+    """The input image (encoded), the ``remove_background`` parameter and the side of the prepared square."""
+
+    image: EncodedImage
+    remove_background: bool = True
+    size: int = 256
+
+
+@dataclass
+class NovelViewsRequest:
+    """Zero123 DDIM views of one job (see :func:`~lift3d.pipeline.steps.generate_views`): the job's condition,
+    target azimuths and elevation (degrees), steps, CFG weight and seed."""
+
+    condition: ConditionEmbedding
+    azimuths_deg: list[float]
+    elevation_deg: float
+    num_inference_steps: int
+    guidance_scale: float
+    seed: int
+
+
+class RemoteGuidance:
+    """The ``nerf`` :class:`~nerf.trainers.sds.Guidance` callback over ``MultiView.guidance``: one
+    :class:`~lift3d.stages.zero123.SDSRequest` per step, seeded like the in-process
+    :class:`~lift3d.pipeline.steps.Zero123Guidance`, so both give the same gradients. Blocking."""
+
+    def __init__(self, multiview: Handle, condition: ConditionEmbedding, guidance_scale: float, seed: int) -> None:
+        self.multiview, self.condition = multiview, condition
+        self.guidance_scale, self.seed = guidance_scale, seed
+        self.busy_s, self.gpu_fraction = 0.0, None
+
+    def __call__(self, rgb, elevation_deg, azimuth_deg, camera_distance, step) -> GuidanceResult:
+        def cpu(value) -> torch.Tensor:
+            return torch.as_tensor(value).detach().float().cpu()
+
+        request = SDSRequest(cpu(rgb), cpu(elevation_deg).reshape(-1), cpu(azimuth_deg).reshape(-1), int(step),
+                             step_seed(self.seed, step), self.guidance_scale, self.condition)
+        response: Timed = self.multiview.guidance.remote(request).result()
+        self.busy_s += response.busy_s
+        self.gpu_fraction = response.gpu_fraction
+        return GuidanceResult(loss=response.value.loss, grad_rgb=response.value.grad_rgb)
+
+
+class RemoteStages:
+    """A :class:`~lift3d.pipeline.providers.StageProvider` on deployment handles (blocking: call it from a worker
+    thread, never on an event loop)."""
+
+    def __init__(self, text_to_image: Handle, background: Handle, multiview: Handle) -> None:
+        self.handles = {"text_to_image": text_to_image, "background": background, "zero123": multiview}
+
+    def text_to_image(self, params: GenerationParams, seed: int) -> Timed[EncodedImage]:
+        request = TextToImageRequest(params.prompt, params.negative_prompt, params.guidance_scale,
+                                     params.num_inference_steps, seed)
+        return self.handles["text_to_image"].generate.remote(request).result()
+
+    def prepare_input(self, image: EncodedImage, remove_background: bool, size: int) -> Timed[PreparedInput]:
+        return self.handles["background"].prepare.remote(PrepareRequest(image, remove_background, size)).result()
+
+    def encode_condition(self, prepared: PreparedInput) -> Timed[ConditionEmbedding]:
+        rgb, _ = prepared.tensors()
+        return self.handles["zero123"].encode_condition.remote(rgb).result()
+
+    def novel_views(self, condition: ConditionEmbedding, params: GenerationParams, seed: int
+                    ) -> Timed[list[NovelView]]:
+        request = NovelViewsRequest(condition, params.view_azimuths(), 0.0, params.num_multiview_steps,
+                                    params.multiview_guidance_scale, seed)
+        return self.handles["zero123"].novel_views.remote(request).result()
+
+    def guidance(self, condition: ConditionEmbedding, params: GenerationParams, seed: int) -> RemoteGuidance:
+        return RemoteGuidance(self.handles["zero123"], condition, params.multiview_guidance_scale, seed)
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        responses = {name: handle.describe.remote() for name, handle in self.handles.items()}
+        return {name: response.result() for name, response in responses.items()}

@@ -1,0 +1,134 @@
+"""Delivery and retry policy of jobs on the queue side: one delivery of a job id (:func:`consume_job`), how an
+attempt ended (:class:`AttemptResult`), and the sweep that requeues jobs whose worker vanished
+(:func:`sweep_stale_jobs`). Torch-free and Ray-free: the Serve consumer (``deployments/consumer.py``) and the tests
+call the same functions.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+from lift3d.service.jobs import InvalidTransition, JobError, JobNotFound, JobOutcome, JobRecord, JobStore
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["AttemptResult", "RetryJob", "consume_job", "describe_error", "sweep_stale_jobs"]
+
+
+class RetryJob(Exception):
+    """An attempt failed in a way worth retrying; the task queue should deliver the job again."""
+
+
+@dataclass
+class AttemptResult:
+    """How one attempt ended. ``status == "retry"``: failed in a way worth another attempt."""
+
+    status: Literal["succeeded", "failed", "canceled", "retry"]
+    error_name: str | None = None
+    message: str | None = None
+    outcome: JobOutcome | None = None
+    busy_s: dict[str, float] = field(default_factory=dict)
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for users: the exception's message (its type when the message is empty), no traceback."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return (text or type(exc).__name__)[:300]
+
+
+def consume_job(
+    job_id: str, jobs: JobStore, attempt: Callable[[str], AttemptResult], worker: str,
+    *, stale_after_s: float = 300.0,
+) -> str:
+    """Handle one delivery of ``job_id`` from the task queue: start an attempt unless that would be a duplicate
+    or one too many, and record final failures.
+
+    Returns:
+        The job's status after this delivery (``"duplicate"`` when another worker holds a fresh heartbeat).
+
+    Raises:
+        RetryJob: the attempt failed in a retryable way and attempts remain (the queue should redeliver).
+    """
+    try:
+        record = jobs.get(job_id)
+    except JobNotFound:
+        logger.warning("task for unknown job %s dropped", job_id)
+        return "unknown"
+    if record.terminal:
+        return record.status
+    if jobs.cancel_requested(job_id):
+        return _finish_quietly(jobs.cancel, job_id)
+    fresh = record.heartbeat_at is not None and jobs.clock() - record.heartbeat_at < stale_after_s
+    if record.status == "running" and record.worker not in (None, worker) and fresh and record.stage != "retrying":
+        logger.info("job %s is running on %s; duplicate delivery dropped", job_id, record.worker)
+        return "duplicate"
+    if record.attempts >= record.max_attempts:
+        message = (record.error.message if record.error else "worker lost") + f" (after {record.attempts} attempts)"
+        return _finish_quietly(jobs.fail, job_id, "internal_error", message)
+    jobs.begin_attempt(job_id, worker)
+    try:
+        result = attempt(job_id)
+    except Exception as exc:  # noqa: BLE001 - the trainer replica died or raised outside the job logic
+        logger.warning("job %s: attempt raised %s", job_id, exc)
+        result = AttemptResult("retry", "internal_error", f"{type(exc).__name__}: {describe_error(exc)}")
+    if result.status != "retry":
+        return jobs.get(job_id).status
+    record = jobs.get(job_id)
+    if record.terminal:
+        return record.status
+    if record.attempts >= record.max_attempts:
+        message = f"{result.message} (after {record.attempts} attempts)"
+        return _finish_quietly(jobs.fail, job_id, result.error_name or "internal_error", message)
+    jobs.heartbeat(job_id, stage="retrying",
+                   error=JobError(name=result.error_name or "internal_error", message=result.message or ""))
+    raise RetryJob(f"job {job_id}: {result.message}")
+
+
+def _finish_quietly(finish: Callable[..., JobRecord], job_id: str, *args: Any) -> str:
+    try:
+        return finish(job_id, *args).status
+    except InvalidTransition:
+        return "already finished"
+
+
+def sweep_stale_jobs(
+    jobs: JobStore, enqueue: Callable[[str], None], *, stale_after_s: float = 300.0,
+    queued_timeout_s: float = 24 * 3600.0,
+) -> dict[str, str]:
+    """Find active jobs nobody works on and act, so that no accepted job is silently lost.
+
+    - running (or retrying) with no heartbeat for ``stale_after_s``: its worker died with the message (the
+      embedded broker does not redeliver): enqueue it again, or fail it when its attempts are used up;
+    - queued for longer than ``queued_timeout_s``: fail it ("not started in time");
+    - finished but still listed: unlist it.
+
+    Returns:
+        ``{job_id: action}`` for the jobs acted on.
+    """
+    actions: dict[str, str] = {}
+    now = jobs.clock()
+    for job_id in jobs.active_ids():
+        try:
+            record = jobs.get(job_id)
+            if record.terminal:
+                jobs._deactivate(job_id)
+                actions[job_id] = "unlisted"
+            elif record.status == "running" and now - (record.heartbeat_at or record.updated_at) > stale_after_s:
+                if record.attempts >= record.max_attempts:
+                    jobs.fail(job_id, "internal_error",
+                              f"worker lost: no heartbeat for {stale_after_s:.0f} s (after {record.attempts} attempts)")
+                    actions[job_id] = "failed"
+                else:
+                    jobs.heartbeat(job_id, stage="requeued", worker=None)
+                    enqueue(job_id)
+                    actions[job_id] = "requeued"
+            elif record.status == "queued" and now - record.created_at > queued_timeout_s:
+                jobs.fail(job_id, "internal_error", f"not started within {queued_timeout_s:.0f} s of submission")
+                actions[job_id] = "failed"
+        except (JobNotFound, InvalidTransition):
+            continue
+        except Exception:  # noqa: BLE001 - one bad record must not stop the sweep
+            logger.warning("sweep of job %s failed", job_id, exc_info=True)
+    return actions
