@@ -65,6 +65,7 @@ def serve_graph(tmp_path_factory):
         preset="tiny", store_url=f"file://{base / 'store'}",
         queue=QueueConfig(queue_dir=str(base / "queue"), max_attempts=2, polling_interval_s=0.1),
         heartbeat_s=0.5, sweep_interval_s=2.0, gpu_type="A10G",
+        torch_threads=1,  # `lift3d generate --threads 1` reproduces the graph's jobs bit for bit
         deployment_options=TEST_DEPLOYMENT_OPTIONS,
     )
     started = time.monotonic()
