@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ray import serve
 
-from deployments import assigned_gpu_fraction, run_timed
+from deployments.replica import assigned_gpu_fraction, run_timed
 from lift3d.pipeline.providers import Timed
 from lift3d.pipeline.remote import PrepareRequest
 from lift3d.pipeline.steps import PreparedInput, prepare_input

@@ -20,8 +20,8 @@ import time
 import torch
 from ray import serve
 
-from deployments import assigned_gpu_fraction, replica_device, run_timed
 from deployments.metrics import RayMetrics
+from deployments.replica import assigned_gpu_fraction, replica_device, run_timed
 from lift3d.pipeline.providers import Timed
 from lift3d.pipeline.remote import NovelViewsRequest
 from lift3d.pipeline.steps import NovelView, encode_condition, generate_views

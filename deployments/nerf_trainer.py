@@ -16,8 +16,8 @@ import asyncio
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from deployments import assigned_gpu_fraction, replica_device
 from deployments.metrics import RayMetrics
+from deployments.replica import assigned_gpu_fraction, replica_device
 from lift3d.io.storage import make_store
 from lift3d.pipeline.remote import RemoteStages
 from lift3d.presets import get_preset

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ray import serve
 
-from deployments import assigned_gpu_fraction, replica_device, run_timed
+from deployments.replica import assigned_gpu_fraction, replica_device, run_timed
 from lift3d.io.encoded import EncodedImage
 from lift3d.pipeline.providers import Timed
 from lift3d.pipeline.remote import TextToImageRequest

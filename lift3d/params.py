@@ -10,11 +10,13 @@ import secrets
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lift3d.errors import InvalidInputError
-from nerf.texture import TEXTURE_SIZES
 
-__all__ = ["GenerationParams", "MAX_SEED", "TextureParams", "check_one_input", "parse_params"]
+__all__ = ["GenerationParams", "MAX_SEED", "TEXTURE_SIZES", "TextureParams", "check_one_input", "parse_params"]
 
 MAX_SEED = 2**32 - 1
+
+TEXTURE_SIZES = (512, 1024, 2048)
+"""Sides, in texels, of the baked textures users may ask for (this module stays torch-free: the ingress imports it)."""
 
 
 def check_one_input(has_image: bool, has_prompt: bool, image: str = "an image", prompt: str = "a prompt") -> None:

@@ -41,11 +41,10 @@ from torch import Tensor
 from nerf.export import glb_bytes
 from nerf.io import write_atomic
 
-__all__ = ["TexturedMesh", "UVMesh", "bake_texture", "decimate", "export_textured_glb", "rasterize_uv", "textured_glb_bytes",
-           "unit_vertex_normals", "unwrap"]
+__all__ = ["TexturedMesh", "UVMesh", "bake_texture", "decimate", "export_textured_glb", "rasterize_uv",
+           "textured_glb_bytes", "unit_vertex_normals", "unwrap"]
 
 ColorFn = Callable[[Tensor], Tensor]
-TEXTURE_SIZES = (512, 1024, 2048)
 
 
 @dataclass

@@ -417,6 +417,20 @@ def test_no_star_imports():
     assert not violations, _report("star imports", violations)
 
 
+def test_front_door_replicas_import_no_torch():
+    """The Ingress and JobConsumer replicas (and the HTTP app) start without torch or the diffusion libraries: they
+    only parse, store and enqueue. Run in a fresh interpreter, since this test process has imported torch."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, deployments.ingress, deployments.consumer, lift3d.service.app; "
+             "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'xatlas') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                            cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
 # --------------------------------------------------------------------------------------------------
 # The checks can fail: synthetic trees
 # --------------------------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ import trimesh
 
 from lift3d.errors import InvalidInputError
 from lift3d.io.artifacts import GLB, ArtifactWriter
-from lift3d.params import TextureParams
-from nerf.texture import TEXTURE_SIZES, bake_texture, decimate, textured_glb_bytes, unwrap
+from lift3d.params import TEXTURE_SIZES, TextureParams
+from nerf.texture import bake_texture, decimate, textured_glb_bytes, unwrap
 
 __all__ = ["AlbedoFn", "MeshExportOptions", "write_mesh_assets"]
 
