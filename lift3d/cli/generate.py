@@ -19,8 +19,9 @@ if TYPE_CHECKING:  # the diffusion stages are imported only when a generation ru
     from PIL import Image
 
     from lift3d.params import GenerationParams
-    from lift3d.pipeline import GenerationResult, ProgressReporter
+    from lift3d.pipeline import Lift3DPipelineOutput
     from lift3d.presets import ModelPreset
+    from lift3d.progress import ProgressReporter
 
 __all__ = ["generate", "run_generation"]
 
@@ -107,7 +108,7 @@ def run_generation(
     *,
     progress: ProgressReporter | None = None,
     device: torch.device | str = "cpu",
-) -> GenerationResult:
+) -> Lift3DPipelineOutput:
     """Run one generation, writing ``input.png``, ``views/``, ``views.png``, ``model.glb``, ``metadata.json``
     (and ``model_textured.glb`` unless ``params.texture`` is false) into ``out_dir``."""
     from lift3d.io.artifacts import ArtifactWriter

@@ -91,7 +91,7 @@ def reconstruct(views_dir: str | Path, writer: ArtifactWriter, options: Reconstr
         options: user options; defaults to :class:`ReconstructOptions`.
         config: full trainer configuration; its ``max_steps``, ``seed`` and isosurface resolution are replaced by
             the options. Defaults to :class:`ReconstructionConfig`.
-        progress: receives stage progress ("load_views", "nerf_training", "mesh_export").
+        progress: receives the progress of stage ``nerf_training`` (every tenth step and the last).
         source: how ``metadata.json`` names the views (default: the resolved ``views_dir``; the service passes
             the upload's name so that no server path reaches a user).
         write_metadata: write ``metadata.json`` (False: the caller adds fields and writes it, as the service does).

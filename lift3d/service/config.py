@@ -70,7 +70,7 @@ class ServiceConfig(BaseModel):
     sds_batch_wait_timeout_s: float = Field(0.01, ge=0, description="Wait for more SDS requests per batch.")
     max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0, description="Largest accepted image upload.")
     url_expires_s: int = Field(3600, gt=0, description="Lifetime of presigned artifact URLs.")
-    torch_threads: int | None = Field(None, ge=1, description="Torch CPU threads of every model and trainer replica; "
+    torch_threads: int | None = Field(None, ge=1, description="Torch CPU threads of the TextToImage, MultiView and NerfTrainer replicas; "
                                       "None: as Ray sets it (the replica's num_cpus). CPU results depend on it: run "
                                       "`lift3d generate --threads N` with the same N to reproduce a job bit for bit.")
     deployment_options: dict[str, dict[str, Any]] = Field(
