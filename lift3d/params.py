@@ -11,9 +11,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from lift3d.errors import InvalidInputError
 
-__all__ = ["GenerationParams", "MAX_SEED", "TEXTURE_SIZES", "TextureParams", "check_one_input", "parse_params"]
+__all__ = ["GenerationParams", "MAX_SEED", "SDXL_GUIDANCE_SCALE_RANGE", "TEXTURE_SIZES", "TextureParams", "check_one_input", "parse_params"]
 
 MAX_SEED = 2**32 - 1
+
+SDXL_GUIDANCE_SCALE_RANGE = (1.0, 50.0)
+"""Accepted SDXL classifier-free guidance scales (Replicate's SDXL range; the stage enforces the same one)."""
 
 TEXTURE_SIZES = (512, 1024, 2048)
 """Sides, in texels, of the baked textures users may ask for (this module stays torch-free: the ingress imports it)."""
@@ -65,7 +68,8 @@ class GenerationParams(TextureParams):
         8, ge=4, le=12,
         description="Novel views at elevation 0°, azimuths evenly spaced over 360° (0° included, 360° not).",
     )
-    guidance_scale: float = Field(7.5, ge=1, le=50, description="SDXL classifier-free guidance scale.")
+    guidance_scale: float = Field(7.5, ge=SDXL_GUIDANCE_SCALE_RANGE[0], le=SDXL_GUIDANCE_SCALE_RANGE[1],
+                                  description="SDXL classifier-free guidance scale.")
     num_inference_steps: int = Field(30, ge=1, le=200, description="SDXL denoising steps.")
     num_multiview_steps: int = Field(50, ge=1, le=200, description="Zero123 DDIM steps per novel view.")
     multiview_guidance_scale: float = Field(
@@ -78,8 +82,8 @@ class GenerationParams(TextureParams):
     )
     remove_background: bool = Field(
         True,
-        description="Run rembg and recentre the object (border ratio 0.2, 256×256 on white). An input whose "
-        "alpha channel already separates the object keeps that alpha. When false, RGBA alpha is the mask.",
+        description="Run rembg and recentre the object (its longer side 80 % of a 256×256 square on white). An "
+        "input whose alpha channel already separates the object keeps that alpha. When false, RGBA alpha is the mask.",
     )
     return_3d: bool = Field(True, description="False: novel views only, no NeRF and no mesh.")
     seed: int | None = Field(

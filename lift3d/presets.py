@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from dataclasses import field as default
 
 from lift3d.errors import InvalidInputError, ModelNotFoundError
@@ -22,6 +22,7 @@ from nerf.mesh import IsosurfaceConfig
 from nerf.occupancy_grid import OccupancyGridConfig
 from nerf.random_cameras import RandomCameraConfig, ResolutionSchedule
 from nerf.renderer import RendererConfig
+from nerf.schedules import stretch
 from nerf.trainers.photometric import ReconstructionConfig
 from nerf.trainers.sds import SDSTrainingConfig
 
@@ -36,24 +37,38 @@ class NerfPreset:
 
     Attributes:
         field: the implicit volume (hash grid + MLP heads).
-        renderer: ray marching and compositing.
+        renderer: ray marching and compositing; samples below alpha 0.01 are pruned, as threestudio's
+            ``nerf-volume-renderer`` does by default (``prune_alpha_threshold``).
         training: the SDS loop; its ``max_steps`` is the default of ``num_3d_max_steps``.
-        isosurface: mesh extraction (threestudio uses density 25 for this volume).
+        isosurface: mesh extraction (threestudio uses density 25 for this volume, coarse to fine).
+        schedule_scale: recipe steps per training step. The SDS timestep annealing lives in the guidance, which
+            reads ``step × schedule_scale`` (see :meth:`with_max_steps`); 1 for a preset as written.
     """
 
     field: FieldConfig = default(default_factory=FieldConfig)
-    renderer: RendererConfig = default(default_factory=RendererConfig)
+    renderer: RendererConfig = default(default_factory=lambda: RendererConfig(alpha_thre=0.01))
     training: SDSTrainingConfig = default(default_factory=SDSTrainingConfig)
     isosurface: IsosurfaceConfig = default(default_factory=IsosurfaceConfig)
+    schedule_scale: float = 1.0
 
     def with_max_steps(self, max_steps: int) -> "NerfPreset":
-        """A copy training for ``max_steps``; resolution milestones scale with the step count."""
+        """A copy training for ``max_steps``, with one rule for every step-indexed schedule: each is stretched by
+        ``max_steps / training.max_steps`` (resolution milestones, every ``lambda_*`` ramp, and — through
+        :attr:`schedule_scale` — the SDS timestep annealing), so a shorter or longer run keeps the recipe's shape.
+
+        Raises:
+            ValueError: ``max_steps`` < 1.
+        """
+        if max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {max_steps}")
         base = self.training
-        scale = max_steps / base.max_steps
+        factor = max_steps / base.max_steps
         schedule = base.random_cameras.schedule
-        milestones = tuple(max(1, round(m * scale)) for m in schedule.milestones)
+        milestones = tuple(max(1, round(m * factor)) for m in schedule.milestones)
         cameras = replace(base.random_cameras, schedule=replace(schedule, milestones=milestones))
-        return replace(self, training=replace(base, max_steps=max_steps, random_cameras=cameras))
+        weights = {f.name: stretch(getattr(base, f.name), factor) for f in fields(base) if f.name.startswith("lambda_")}
+        training = replace(base, max_steps=max_steps, random_cameras=cameras, **weights)
+        return replace(self, training=training, schedule_scale=self.schedule_scale / factor)
 
 
 @dataclass(frozen=True)
@@ -102,7 +117,7 @@ def _tiny_nerf() -> NerfPreset:
     )
     return NerfPreset(
         field=FieldConfig(hash_grid=grid, n_neurons=32, n_hidden_layers=1, normal_type="analytic"),
-        renderer=RendererConfig(num_samples_per_ray=96, grid=OccupancyGridConfig(warmup_steps=32)),
+        renderer=RendererConfig(num_samples_per_ray=96, grid=OccupancyGridConfig(warmup_steps=32), alpha_thre=0.01),
         training=training,
         # Same per-sample opacity at the surface as threestudio's density 25 with 512 samples per ray:
         # 25 * (2 * 1.732 * 2 / 512) / (2 * 1.732 * 2 / 96) ≈ 4.7.

@@ -64,7 +64,8 @@ class FieldOutput:
     Attributes:
         density: Tensor with shape (N,), >= 0 (softplus), 1 / world units.
         albedo: Tensor with shape (N, 3), in [0, 1] (sigmoid).
-        normal: Tensor with shape (N, 3), unit length, outward (``-grad density``); None unless requested.
+        normal: Tensor with shape (N, 3), unit length, outward (along ``-grad density``; analytic normals take the
+            gradient of the pre-activation density, finite differences that of the density); None unless requested.
     """
 
     density: Tensor
@@ -139,7 +140,8 @@ class ImplicitVolume(nn.Module):
     def aabb(self) -> Tensor:
         """Tensor with shape (6,): ``(-r, -r, -r, r, r, r)``."""
         r = self.config.radius
-        return torch.tensor([-r, -r, -r, r, r, r])
+        reference = next(self.parameters())
+        return torch.tensor([-r, -r, -r, r, r, r], dtype=reference.dtype, device=reference.device)
 
     def _normalise(self, points: Tensor) -> Tensor:
         r = self.config.radius
@@ -174,7 +176,9 @@ class ImplicitVolume(nn.Module):
     def forward(self, points: Tensor, with_normal: bool = False) -> FieldOutput:
         """Density, albedo and optionally normals at world points.
 
-        Analytic normals need ``d density / d points``: they are computed even under ``torch.no_grad()``; with
+        Analytic normals are ``−∇ raw / |∇ raw|`` of the *pre-activation* density ``raw`` (softplus is increasing,
+        so this is the direction of ``−∇ density``, and it stays well conditioned where softplus saturates:
+        threestudio's ``implicit_volume.py``, after multinerf). They are computed even under ``torch.no_grad()``; with
         gradients enabled (training) the graph is kept (``create_graph=True``) so losses on normals train the
         field, otherwise all outputs are detached. When ``points`` does not require grad (the usual case) the
         hash grid supplies its Jacobian in the same pass (:meth:`HashGridEncoding.forward_with_jacobian`), so

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["opaque_loss", "orientation_loss", "sparsity_loss"]
+__all__ = ["normal_smoothness_2d", "normal_smoothness_3d", "opaque_loss", "orientation_loss", "sparsity_loss"]
 
 
 def orientation_loss(weights: Tensor, normals: Tensor, t_dirs: Tensor, opacity: Tensor) -> Tensor:
@@ -53,3 +53,34 @@ def opaque_loss(opacity: Tensor) -> Tensor:
     """
     o = opacity.clamp(1.0e-3, 1.0 - 1.0e-3)
     return -(o * torch.log(o) + (1.0 - o) * torch.log(1.0 - o)).mean()
+
+
+def normal_smoothness_2d(normal_map: Tensor) -> Tensor:
+    """Squared differences of neighbouring pixels of rendered normal maps (threestudio ``loss_normal_smooth``).
+
+    ``mean((n[:, 1:] − n[:, :−1])²) + mean((n[:, :, 1:] − n[:, :, :−1])²)``: vertical plus horizontal neighbours.
+
+    Args:
+        normal_map: Tensor with shape (B, H, W, 3), e.g. :attr:`nerf.renderer.RenderOutput.normal_map`
+            (``(n + 1) / 2 · opacity``, in [0, 1]); H, W >= 2.
+
+    Returns:
+        Scalar Tensor >= 0, differentiable w.r.t. ``normal_map``.
+    """
+    vertical = (normal_map[:, 1:] - normal_map[:, :-1]).square().mean()
+    horizontal = (normal_map[:, :, 1:] - normal_map[:, :, :-1]).square().mean()
+    return vertical + horizontal
+
+
+def normal_smoothness_3d(normals: Tensor, perturbed_normals: Tensor) -> Tensor:
+    """Mean absolute difference between normals at sample points and at jittered copies of those points
+    (threestudio ``loss_3d_normal_smooth``; its renderer jitters by N(0, 0.01²) in world units).
+
+    Args:
+        normals: Tensor with shape (S, 3), unit normals at the samples.
+        perturbed_normals: Tensor with shape (S, 3), unit normals at the jittered samples.
+
+    Returns:
+        Scalar Tensor in [0, 2], differentiable w.r.t. both.
+    """
+    return (normals - perturbed_normals).abs().mean()

@@ -6,6 +6,11 @@ normals point toward lower density (outward), and colour vertices with an option
 threshold of 25 is threestudio's ``isosurface_threshold`` for implicit volumes
 (``threestudio/models/geometry/implicit_volume.py``).
 
+Coarse to fine (threestudio ``isosurface_coarse_to_fine``, on by default there and here,
+``threestudio/models/geometry/base.py``): a first pass over the whole box finds the surface's bounding box; a
+second pass at the same resolution covers only that box enlarged by 10 % of its extent on each side (clamped to
+the scene box), so the cells are several times smaller where the object is.
+
 Examples:
     >>> density = lambda p: 50.0 * (p.norm(dim=-1) < 0.6).float()
     >>> mesh = extract_mesh(density, radius=1.0, config=IsosurfaceConfig(resolution=64))
@@ -54,6 +59,8 @@ class IsosurfaceConfig:
             than ``min_component_ratio * (faces of the largest component)`` are dropped. Range [0, 1];
             0 keeps every component.
         chunk: points per ``density_fn`` / ``color_fn`` call, > 0.
+        coarse_to_fine: run the second pass on the surface's bounding box (see the module docstring).
+        fine_margin: margin of that box on each side, as a fraction of the coarse surface's extent, >= 0.
     """
 
     resolution: int = 128
@@ -61,6 +68,8 @@ class IsosurfaceConfig:
     keep_largest_component: bool = True
     min_component_ratio: float = 0.0
     chunk: int = 262144
+    coarse_to_fine: bool = True
+    fine_margin: float = 0.1
 
     def __post_init__(self) -> None:
         if self.resolution < 8:
@@ -73,6 +82,8 @@ class IsosurfaceConfig:
             raise ValueError(f"IsosurfaceConfig.min_component_ratio must be in [0, 1], got {self.min_component_ratio}")
         if self.chunk <= 0:
             raise ValueError(f"IsosurfaceConfig.chunk must be > 0, got {self.chunk}")
+        if self.fine_margin < 0:
+            raise ValueError(f"IsosurfaceConfig.fine_margin must be >= 0, got {self.fine_margin}")
 
 
 def extract_mesh(
@@ -106,39 +117,50 @@ def extract_mesh(
     device = torch.device(device) if device is not None else torch.device("cpu")
     n = config.resolution
 
-    # 2. sample the density grid, indexed [i, j, k] ↔ (x, y, z)
-    volume = _sample_grid(density_fn, radius, n, config.chunk, device)
+    # 2. sample the density grid over the whole box, indexed [i, j, k] ↔ (x, y, z); fix the isovalue there
+    box = np.array([[-radius] * 3, [radius] * 3], dtype=np.float64)
+    volume = _sample_grid(density_fn, box, n, config.chunk, device)
     threshold = _resolve_threshold(volume, config.threshold)
+    mesh = _surface(volume, threshold, box, n)
 
-    # 3. marching cubes in grid-index coordinates
-    vertices_idx, faces = _marching_cubes(volume, threshold)
+    # 3. coarse to fine: the same resolution again on the surface's bounding box plus a margin
+    if config.coarse_to_fine:
+        coarse = _filter_components(mesh, config.keep_largest_component, config.min_component_ratio)
+        lo, hi = coarse.bounds
+        margin = (hi - lo) * config.fine_margin
+        box = np.stack([np.maximum(lo - margin, -radius), np.minimum(hi + margin, radius)])
+        volume = _sample_grid(density_fn, box, n, config.chunk, device)
+        mesh = _surface(volume, threshold, box, n)
 
-    # 4. orient faces so normals point toward lower density
-    faces = _orient_outward(vertices_idx, faces, volume)
-
-    # 5. grid indices → world: index 0 ↔ −radius, index n−1 ↔ +radius
-    vertices = -radius + vertices_idx * (2.0 * radius / (n - 1))
-    mesh = trimesh.Trimesh(vertices=vertices, faces=faces, process=True)
-
-    # 6. drop floaters
+    # 4. drop floaters
     mesh = _filter_components(mesh, config.keep_largest_component, config.min_component_ratio)
 
-    # 7. vertex colours
+    # 5. vertex colours
     if color_fn is not None:
         mesh.visual.vertex_colors = _vertex_colors(color_fn, mesh.vertices, config.chunk, device)
     return mesh
 
 
-def _sample_grid(density_fn: DensityFn, radius: float, n: int, chunk: int, device: torch.device) -> np.ndarray:
-    """Density on an n×n×n grid of points ``−r + 2r·idx/(n−1)``; returns float32 array (n, n, n)."""
+def _surface(volume: np.ndarray, threshold: float, box: np.ndarray, n: int) -> trimesh.Trimesh:
+    """Marching cubes on a grid sampled over ``box`` (2, 3); faces oriented outward, vertices in world units."""
+    vertices_idx, faces = _marching_cubes(volume, threshold)
+    faces = _orient_outward(vertices_idx, faces, volume)
+    vertices = box[0] + vertices_idx * ((box[1] - box[0]) / (n - 1))  # index 0 ↔ box min, n−1 ↔ box max
+    return trimesh.Trimesh(vertices=vertices, faces=faces, process=True)
+
+
+def _sample_grid(density_fn: DensityFn, box: np.ndarray, n: int, chunk: int, device: torch.device) -> np.ndarray:
+    """Density on an n×n×n grid of points ``lo + (hi − lo)·idx/(n−1)`` over ``box`` = [lo, hi] (2, 3); returns a
+    float32 array (n, n, n)."""
     total = n**3
     out = np.empty(total, dtype=np.float32)
-    step = 2.0 * radius / (n - 1)
+    lo = torch.as_tensor(box[0], dtype=torch.float32, device=device)
+    step = torch.as_tensor((box[1] - box[0]) / (n - 1), dtype=torch.float32, device=device)
     with torch.no_grad():
         for start in range(0, total, chunk):
             idx = torch.arange(start, min(start + chunk, total), device=device, dtype=torch.int64)
             ijk = torch.stack([idx // (n * n), (idx // n) % n, idx % n], dim=-1)
-            points = ijk.to(torch.float32) * step - radius
+            points = lo + ijk.to(torch.float32) * step
             sigma = density_fn(points)
             if sigma.dim() == 2 and sigma.shape[-1] == 1:
                 sigma = sigma[:, 0]

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nerf.volrend import accumulate_along_rays, render_weight_from_density
@@ -77,6 +78,10 @@ class RenderOutput:
         ray_indices: Tensor with shape (S,), int64, index of each sample's ray in the flattened batch.
         normals: Tensor with shape (S, 3) of unit outward normals, or None.
         t_dirs: Tensor with shape (S, 3), ray direction of each sample.
+        points: Tensor with shape (S, 3), world position of each sample (interval midpoints).
+        normal_map: Tensor with shape (..., 3), or None without normals: the weight-averaged normal, normalised,
+            mapped to [0, 1] and multiplied by the opacity, ``(n + 1) / 2 · opacity`` (threestudio's
+            ``comp_normal``, which its 2D normal-smoothness loss reads).
     """
 
     rgb: Tensor
@@ -86,6 +91,8 @@ class RenderOutput:
     ray_indices: Tensor
     normals: Tensor | None
     t_dirs: Tensor
+    points: Tensor
+    normal_map: Tensor | None = None
 
 
 class VolumeRenderer(nn.Module):
@@ -176,6 +183,10 @@ class VolumeRenderer(nn.Module):
         rgb_fg = accumulate_along_rays(weights, out.albedo, ray_indices, n_rays)
         bg = self._background(bg_color, rgb_fg)
         rgb = rgb_fg + bg * (1.0 - opacity)
+        normal_map = None
+        if out.normal is not None:
+            normal = F.normalize(accumulate_along_rays(weights, out.normal, ray_indices, n_rays), dim=-1)
+            normal_map = ((normal + 1.0) * 0.5 * opacity).view(*lead, 3)
         return RenderOutput(
             rgb=rgb.view(*lead, 3),
             opacity=opacity.view(*lead, 1),
@@ -184,6 +195,8 @@ class VolumeRenderer(nn.Module):
             ray_indices=ray_indices,
             normals=out.normal,
             t_dirs=t_dirs,
+            points=points,
+            normal_map=normal_map,
         )
 
     @torch.no_grad()
@@ -232,6 +245,7 @@ class VolumeRenderer(nn.Module):
             ray_indices=torch.cat([c.ray_indices + start for start, c in chunks]),
             normals=None,
             t_dirs=torch.cat([c.t_dirs for _, c in chunks]),
+            points=torch.cat([c.points for _, c in chunks]),
         )
 
     # ----------------------------------------------------------------- helpers

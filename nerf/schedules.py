@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Sequence, Union
 
-__all__ = ["Schedule", "ramp"]
+__all__ = ["Schedule", "ramp", "stretch"]
 
 Schedule = Union[float, int, Sequence[float]]
 """A constant, ``[start_value, end_value, end_step]`` (start step 0), ``[start_step, start_value, end_value,
@@ -66,3 +66,32 @@ def ramp(value: Schedule, step: int) -> float:
     else:
         t = min(max((step - start_step) / (end_step - start_step), 0.0), 1.0)
     return start_value + (end_value - start_value) * t
+
+
+def stretch(value: Schedule, factor: float) -> Schedule:
+    """The same schedule on a clock ``factor`` times slower: every step position is multiplied by ``factor``,
+    values are kept (a run of ``factor × N`` steps then follows the shape an N-step recipe had).
+
+    Examples:
+        >>> stretch((100, 500.0, 1000.0, 400), 0.5)
+        (50.0, 500.0, 1000.0, 200.0)
+        >>> stretch([100, 7.0, 5.0, 150, 10.0, 200], 2.0)
+        (200.0, 7.0, 5.0, 300.0, 10.0, 400.0)
+
+    Raises:
+        ValueError: ``factor`` <= 0, or a malformed schedule (as :func:`ramp`).
+    """
+    if factor <= 0:
+        raise ValueError(f"stretch: factor must be > 0, got {factor}")
+    if isinstance(value, (int, float)):
+        return value
+    values = [float(v) for v in value]
+    if len(values) == 3:  # [start_value, end_value, end_step]
+        steps = {2}
+    elif len(values) == 4:  # [start_step, start_value, end_value, end_step]
+        steps = {0, 3}
+    elif len(values) >= 6 and len(values) % 2 == 0:  # [s0, v0, v1, s1, v2, s2, ...]
+        steps = {0, *range(3, len(values), 2)}
+    else:
+        raise ValueError(f"stretch: expected a number or a list of 3, 4 or an even number >= 6 of values, got {value!r}")
+    return tuple(v * factor if i in steps else v for i, v in enumerate(values))

@@ -173,8 +173,8 @@ def test_recenter_numbers():
     assert (out.mode, out.size) == ("RGBA", (256, 256))
     ys, xs = np.nonzero(np.asarray(out.getchannel("A")) > 8)
     width, height = xs.max() - xs.min() + 1, ys.max() - ys.min() + 1
-    assert abs(width - 256 * 0.6) <= 1
-    assert abs(height - 256 * 0.6 / 2) <= 1
+    assert abs(width - 256 * 0.8) <= 1  # the longer side spans 1 − border_ratio (stable-dreamfusion, dreamgaussian)
+    assert abs(height - 256 * 0.8 / 2) <= 1
     assert abs((xs.min() + xs.max()) / 2 - 127.5) <= 0.5
     assert abs((ys.min() + ys.max()) / 2 - 127.5) <= 0.5
     assert np.asarray(out)[128, 128].tolist() == [255, 0, 0, 255]

@@ -28,7 +28,8 @@ def test_mesh_seen_from_reference_camera_matches_input_silhouette():
     rgb, mask = prepared.tensors()
     field = ImplicitVolume(nerf.field, seed=0)
     renderer = VolumeRenderer(field, nerf.renderer)
-    training = dataclasses.replace(nerf.training, max_steps=60)
+    # 80 steps: with the recipe's normal-smoothness terms the silhouette needs a little longer than 60 to settle
+    training = dataclasses.replace(nerf.training, max_steps=80)
     SDSTrainer(renderer, ReferenceView(rgb, mask), None, training, seed=0).train()
 
     mesh = extract_field_mesh(field, nerf)

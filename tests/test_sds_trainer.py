@@ -23,6 +23,7 @@ def small_renderer(seed=0) -> VolumeRenderer:
 def small_config(steps: int, lambda_sds=0.1) -> SDSTrainingConfig:
     schedule = ResolutionSchedule(sizes=(16,), batch_sizes=(2,), milestones=())
     return SDSTrainingConfig(max_steps=steps, reference_sizes=(24,), lambda_sds=lambda_sds, lambda_orient=0.0,
+                             lambda_normal_smooth=0.0, lambda_3d_normal_smooth=0.0,
                              lambda_rgb=100.0, random_cameras=RandomCameraConfig(schedule=schedule))
 
 

@@ -3,13 +3,14 @@
 Recipe (after threestudio's ``preprocess_image.py`` and dreamgaussian's ``process.py``): crop the cut-out to its
 alpha bounding box, scale it so its longer side spans a fixed fraction of a square canvas, paste it centred on a
 transparent canvas, and composite on white for the conditioning image (threestudio's ``data/image.py`` computes
-``rgb * alpha + (1 - alpha)``). Difference: here ``border_ratio`` is the margin on *each* side, so the object
-spans ``size * (1 - 2 * border_ratio)``; those scripts use ``size * (1 - border_ratio)``.
+``rgb * alpha + (1 - alpha)``). As in stable-dreamfusion's and dreamgaussian's ``process.py``, the object's
+longer side spans ``size * (1 - border_ratio)``: 80 % of the square with the default ratio 0.2 (10 % free on each
+side of the longer axis).
 
 Examples:
     >>> rgba = Image.new("RGBA", (300, 300)); rgba.paste((255, 0, 0, 255), (0, 0, 40, 20))
     >>> recenter_rgba(rgba).getchannel("A").getbbox()
-    (51, 89, 205, 166)
+    (25, 77, 230, 179)
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ def recenter_rgba(rgba: Image.Image, size: int = 256, border_ratio: float = 0.2)
         rgba: image with the object in its alpha channel; other modes are converted to RGBA (no alpha means
             fully opaque, i.e. the whole image is the object).
         size: side of the output canvas, pixels, >= 1.
-        border_ratio: margin on each side as a fraction of ``size``, in [0, 0.5). The object's longer side
-            becomes ``round(size * (1 - 2 * border_ratio))`` px; its aspect ratio is kept.
+        border_ratio: the free share of ``size`` along the object's longer axis, split between both sides, in
+            [0, 1). The object's longer side becomes ``round(size * (1 - border_ratio))`` px; its aspect ratio is
+            kept.
 
     Returns:
         RGBA image, ``size`` × ``size``, transparent outside the object, object bounding box centred.
@@ -48,15 +50,15 @@ def recenter_rgba(rgba: Image.Image, size: int = 256, border_ratio: float = 0.2)
     """
     if size < 1:
         raise InvalidInputError(f"The recentred image size must be at least 1 px, got {size}.")
-    if not 0.0 <= border_ratio < 0.5:
-        raise InvalidInputError(f"The border ratio must be in [0, 0.5), got {border_ratio}.")
+    if not 0.0 <= border_ratio < 1.0:
+        raise InvalidInputError(f"The border ratio must be in [0, 1), got {border_ratio}.")
     rgba = rgba.convert("RGBA") if rgba.mode != "RGBA" else rgba
     box = rgba.getchannel("A").point(lambda a: 255 if a > ALPHA_THRESHOLD else 0).getbbox()
     if box is None:
         raise InvalidInputError(_EMPTY_ALPHA)
     crop = rgba.crop(box)
 
-    target = size * (1.0 - 2.0 * border_ratio)
+    target = size * (1.0 - border_ratio)
     scale = target / max(crop.width, crop.height)
     new_w = max(1, min(size, round(crop.width * scale)))
     new_h = max(1, min(size, round(crop.height * scale)))

@@ -138,7 +138,7 @@ class Lift3DPipeline:
             nerf = self.preset.nerf
             if params.num_3d_max_steps is not None:
                 nerf = nerf.with_max_steps(params.num_3d_max_steps)
-            guidance = self.stages.guidance(condition, params, seed)
+            guidance = self.stages.guidance(condition, params, seed, nerf.schedule_scale)
             with stage.timed("sds_training", nerf.training.max_steps) as timer:
                 mesh, history, field_ = train_mesh(
                     prepared, guidance, nerf, seed=seed, device=self.device, callback=timer.step

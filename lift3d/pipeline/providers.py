@@ -66,7 +66,10 @@ class StageProvider(Protocol):
     def novel_views(self, condition: ConditionEmbedding, params: GenerationParams, seed: int
                     ) -> Timed[list[NovelView]]: ...
 
-    def guidance(self, condition: ConditionEmbedding, params: GenerationParams, seed: int) -> MeteredGuidance: ...
+    def guidance(self, condition: ConditionEmbedding, params: GenerationParams, seed: int,
+                 schedule_scale: float = 1.0) -> MeteredGuidance:
+        """SDS guidance for one job; ``schedule_scale``: recipe steps per training step (timestep annealing)."""
+        ...
 
     def describe(self) -> dict[str, dict[str, Any]]:
         """``{stage: {"source": ..., "random_weights": ...}}`` of the models used so far."""
@@ -153,9 +156,11 @@ class InProcessStages:
                                guidance_scale=params.multiview_guidance_scale, seed=seed)
         return _timed(start, views)
 
-    def guidance(self, condition: ConditionEmbedding, params: GenerationParams, seed: int) -> MeteredGuidance:
+    def guidance(self, condition: ConditionEmbedding, params: GenerationParams, seed: int,
+                 schedule_scale: float = 1.0) -> MeteredGuidance:
         zero123 = self.models.zero123()
-        return TimedGuidance(Zero123Guidance(zero123, condition, params.multiview_guidance_scale, seed=seed))
+        return TimedGuidance(Zero123Guidance(zero123, condition, params.multiview_guidance_scale, seed,
+                                             schedule_scale))
 
     def describe(self) -> dict[str, dict[str, Any]]:
         return self.models.describe()

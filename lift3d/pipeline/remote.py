@@ -20,8 +20,8 @@ import torch
 from lift3d.io.encoded import EncodedImage
 from lift3d.params import GenerationParams
 from lift3d.pipeline.providers import Timed
-from lift3d.pipeline.steps import NovelView, PreparedInput
-from lift3d.stages.zero123 import ConditionEmbedding, SDSRequest, step_seed
+from lift3d.pipeline.steps import NovelView, PreparedInput, sds_request
+from lift3d.stages.zero123 import ConditionEmbedding
 from nerf.trainers.sds import GuidanceResult
 
 __all__ = ["Handle", "NovelViewsRequest", "PrepareRequest", "RemoteGuidance", "RemoteStages", "TextToImageRequest"]
@@ -68,20 +68,22 @@ class NovelViewsRequest:
 
 class RemoteGuidance:
     """The ``nerf`` :class:`~nerf.trainers.sds.Guidance` callback over ``MultiView.guidance``: one
-    :class:`~lift3d.stages.zero123.SDSRequest` per step, seeded like the in-process
-    :class:`~lift3d.pipeline.steps.Zero123Guidance`, so both give the same gradients. Blocking."""
+    :class:`~lift3d.stages.zero123.SDSRequest` per step (:func:`~lift3d.pipeline.steps.sds_request`, as the in-process
+    :class:`~lift3d.pipeline.steps.Zero123Guidance` builds it), so both give the same gradients. Blocking."""
 
-    def __init__(self, multiview: Handle, condition: ConditionEmbedding, guidance_scale: float, seed: int) -> None:
+    def __init__(self, multiview: Handle, condition: ConditionEmbedding, guidance_scale: float, seed: int,
+                 schedule_scale: float = 1.0) -> None:
         self.multiview, self.condition = multiview, condition
-        self.guidance_scale, self.seed = guidance_scale, seed
+        self.guidance_scale, self.seed, self.schedule_scale = guidance_scale, seed, schedule_scale
         self.busy_s, self.gpu_fraction = 0.0, None
 
     def __call__(self, rgb, elevation_deg, azimuth_deg, camera_distance, step) -> GuidanceResult:
         def cpu(value) -> torch.Tensor:
             return torch.as_tensor(value).detach().float().cpu()
 
-        request = SDSRequest(cpu(rgb), cpu(elevation_deg).reshape(-1), cpu(azimuth_deg).reshape(-1), int(step),
-                             step_seed(self.seed, step), self.guidance_scale, self.condition)
+        request = sds_request(cpu(rgb), cpu(elevation_deg), cpu(azimuth_deg), step, seed=self.seed,
+                              schedule_scale=self.schedule_scale, guidance_scale=self.guidance_scale,
+                              condition=self.condition)
         response: Timed = self.multiview.guidance.remote(request).result()
         self.busy_s += response.busy_s
         self.gpu_fraction = response.gpu_fraction
@@ -113,8 +115,9 @@ class RemoteStages:
                                     params.multiview_guidance_scale, seed)
         return self.handles["zero123"].novel_views.remote(request).result()
 
-    def guidance(self, condition: ConditionEmbedding, params: GenerationParams, seed: int) -> RemoteGuidance:
-        return RemoteGuidance(self.handles["zero123"], condition, params.multiview_guidance_scale, seed)
+    def guidance(self, condition: ConditionEmbedding, params: GenerationParams, seed: int,
+                 schedule_scale: float = 1.0) -> RemoteGuidance:
+        return RemoteGuidance(self.handles["zero123"], condition, params.multiview_guidance_scale, seed, schedule_scale)
 
     def describe(self) -> dict[str, dict[str, Any]]:
         responses = {name: handle.describe.remote() for name, handle in self.handles.items()}

@@ -38,10 +38,12 @@ __all__ = [
     "REFERENCE_FOVY_DEG",
     "Zero123Guidance",
     "albedo_fn",
+    "density_fn",
     "encode_condition",
     "extract_field_mesh",
     "generate_views",
     "prepare_input",
+    "sds_request",
     "train_mesh",
 ]
 
@@ -99,7 +101,7 @@ def prepare_input(
     remover_factory: Callable[[], BackgroundRemover],
     size: int = 256,
 ) -> PreparedInput:
-    """Background removal and recentring (object fills 1 − 2·0.2 of a white ``size``² square).
+    """Background removal and recentring (the object's longer side spans 80 % of a white ``size``² square).
 
     An RGBA input whose alpha already separates the object keeps that alpha instead of running rembg on it.
     With ``remove_background`` false, RGBA alpha is the mask and an RGB input counts as all foreground.
@@ -145,25 +147,38 @@ def generate_views(
 class Zero123Guidance:
     """The ``nerf`` :class:`~nerf.trainers.sds.Guidance` callback on a Zero123 in this process.
 
-    Each call is one :class:`~lift3d.stages.zero123.SDSRequest` seeded by :func:`~lift3d.stages.zero123.step_seed`
-    and served by :meth:`Zero123.sds_batch`, exactly as a Zero123 replica serves it for a remote trainer.
+    Each call is one :class:`~lift3d.stages.zero123.SDSRequest` (:func:`sds_request`) served by
+    :meth:`Zero123.sds_batch`, exactly as a Zero123 replica serves it for a remote trainer.
     """
 
-    def __init__(self, zero123: Zero123, condition: ConditionEmbedding, guidance_scale: float, seed: int) -> None:
+    def __init__(self, zero123: Zero123, condition: ConditionEmbedding, guidance_scale: float, seed: int,
+                 schedule_scale: float = 1.0) -> None:
         self.zero123, self.condition = zero123, condition
-        self.guidance_scale, self.seed = guidance_scale, seed
+        self.guidance_scale, self.seed, self.schedule_scale = guidance_scale, seed, schedule_scale
 
     def __call__(self, rgb, elevation_deg, azimuth_deg, camera_distance, step) -> GuidanceResult:
-        request = SDSRequest(rgb, torch.as_tensor(elevation_deg), torch.as_tensor(azimuth_deg), int(step),
-                             step_seed(self.seed, step), self.guidance_scale, self.condition)
+        request = sds_request(rgb, elevation_deg, azimuth_deg, step, seed=self.seed, schedule_scale=self.schedule_scale,
+                              guidance_scale=self.guidance_scale, condition=self.condition)
         (result,) = self.zero123.sds_batch([request])
         return GuidanceResult(loss=result.loss, grad_rgb=result.grad_rgb)
 
 
-def albedo_fn(field: ImplicitVolume) -> Callable[[torch.Tensor], torch.Tensor]:
-    """World points (M, 3) on any device → the field's albedo (M, 3) in [0, 1], computed on the field's device.
+def sds_request(rgb: torch.Tensor, elevation_deg: torch.Tensor, azimuth_deg: torch.Tensor, step: int, *, seed: int,
+                schedule_scale: float, guidance_scale: float, condition: ConditionEmbedding) -> SDSRequest:
+    """The SDS request of training ``step`` of a job: seeded by :func:`~lift3d.stages.zero123.step_seed` (the
+    job seed and the raw step, so every step draws anew), annealed at recipe step ``round(step × schedule_scale)``
+    (:attr:`lift3d.presets.NerfPreset.schedule_scale`). Tensors keep their device (remote callers move them to
+    the CPU first)."""
+    return SDSRequest(rgb, torch.as_tensor(elevation_deg).reshape(-1), torch.as_tensor(azimuth_deg).reshape(-1),
+                      round(int(step) * schedule_scale), step_seed(seed, step), guidance_scale, condition)
 
-    Mesh export and texture baking build their points on the CPU; the field may live on a GPU.
+
+def albedo_fn(field: ImplicitVolume) -> Callable[[torch.Tensor], torch.Tensor]:
+    """World points (M, 3) on any device and dtype → the field's albedo (M, 3) in [0, 1], computed on the field's
+    device in its dtype.
+
+    Mesh extraction, decimation and texture baking build their points on the CPU in float32; the field may live on
+    a GPU (and in another precision), so every query goes through this adapter or :func:`density_fn`.
     """
     parameter = next(field.parameters())
 
@@ -171,6 +186,16 @@ def albedo_fn(field: ImplicitVolume) -> Callable[[torch.Tensor], torch.Tensor]:
         return field(points.to(parameter.device, parameter.dtype)).albedo
 
     return albedo
+
+
+def density_fn(field: ImplicitVolume) -> Callable[[torch.Tensor], torch.Tensor]:
+    """World points (M, 3) on any device and dtype → the field's density (M,), as :func:`albedo_fn` does it."""
+    parameter = next(field.parameters())
+
+    def density(points: torch.Tensor) -> torch.Tensor:
+        return field.density(points.to(parameter.device, parameter.dtype))
+
+    return density
 
 
 def train_mesh(
@@ -210,7 +235,7 @@ def extract_field_mesh(field: ImplicitVolume, nerf: NerfPreset, device: torch.de
         nerf.mesh.EmptyIsosurfaceError: when even the automatic threshold finds no surface (a flat field).
     """
     def extract(config):
-        return extract_mesh(field.density, nerf.field.radius, config, color_fn=albedo_fn(field),
+        return extract_mesh(density_fn(field), nerf.field.radius, config, color_fn=albedo_fn(field),
                             device=torch.device(device))
 
     try:

@@ -23,6 +23,7 @@ from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DC
 from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
 from lift3d.errors import InvalidInputError
+from lift3d.params import SDXL_GUIDANCE_SCALE_RANGE as GUIDANCE_SCALE_RANGE
 from lift3d.stages.loading import default_dtype, diffusers_dtype, loading_errors, resolve_pretrained
 from lift3d.stages.tiny import SD_SCHEDULE, seeded, tiny_clip_tokenizer, tiny_text_config, tiny_vae
 
@@ -140,8 +141,9 @@ class TextToImage:
             raise InvalidInputError("prompt must be a non-empty string, e.g. 'a wooden toy robot'")
         if not isinstance(negative_prompt, str):
             raise InvalidInputError(f"negative_prompt must be a string, got {type(negative_prompt).__name__}")
-        if not 1.0 <= guidance_scale <= 30.0:
-            raise InvalidInputError(f"guidance_scale must be in [1, 30] (SDXL default 5-8), got {guidance_scale}")
+        if not GUIDANCE_SCALE_RANGE[0] <= guidance_scale <= GUIDANCE_SCALE_RANGE[1]:
+            low, high = GUIDANCE_SCALE_RANGE
+            raise InvalidInputError(f"guidance_scale must be in [{low:g}, {high:g}] (SDXL default 5-8), got {guidance_scale}")
         if not 1 <= num_inference_steps <= 1000:
             raise InvalidInputError(f"num_inference_steps must be in [1, 1000], got {num_inference_steps}")
         for label, side in (("height", height), ("width", width)):

@@ -26,7 +26,7 @@ from torch import Tensor
 from nerf.random_cameras import RandomCameraConfig, RandomCameraSampler, ResolutionSchedule
 from nerf.cameras import CameraBatch
 from nerf.field import ImplicitVolume
-from nerf.losses import opaque_loss, orientation_loss, sparsity_loss
+from nerf.losses import normal_smoothness_2d, normal_smoothness_3d, opaque_loss, orientation_loss, sparsity_loss
 from nerf.schedules import Schedule, ramp
 from nerf.trainers.stats import StepStats
 from nerf.renderer import RenderOutput, VolumeRenderer
@@ -91,8 +91,15 @@ class SDSTrainingConfig:
             cameras' schedule).
         random_cameras: random-view sampling and its resolution/batch schedule.
         lambda_sds, lambda_rgb, lambda_mask, lambda_orient, lambda_sparsity, lambda_opaque: loss weights.
-        white_background_prob: share of random views composited on white (else a random colour per view),
-            since Zero123 was trained on white backgrounds (threestudio zero123 system).
+        lambda_normal_smooth: weight of the 2D smoothness of rendered normal maps
+            (:func:`nerf.losses.normal_smoothness_2d`), on the reference view and the random views alike.
+        lambda_3d_normal_smooth: weight of the 3D smoothness of normals under a jitter of the sample points
+            (:func:`nerf.losses.normal_smoothness_3d`), likewise.
+        normal_jitter_std: standard deviation of that jitter, world units (threestudio: 0.01).
+        white_background_prob: share of random views composited on white, the rest on one random colour per view.
+            threestudio's zero123 system uses 0.8 (``threestudio/systems/zero123.py``: white "80% of the time to
+            prevent white floaters and improve silhouettes on white objects"; Zero123 itself is conditioned on
+            white).
         num_samples_per_ray: see :class:`nerf.renderer.RendererConfig`.
         normals: compute normals (needed by the orientation loss; costs a double backward when analytic).
     """
@@ -109,7 +116,10 @@ class SDSTrainingConfig:
     lambda_orient: Schedule = 1.0
     lambda_sparsity: Schedule = 0.5
     lambda_opaque: Schedule = 0.5
-    white_background_prob: float = 0.5
+    lambda_normal_smooth: Schedule = (100, 7.0, 5.0, 150, 10.0, 200)
+    lambda_3d_normal_smooth: Schedule = (100, 7.0, 5.0, 150, 10.0, 200)
+    normal_jitter_std: float = 0.01
+    white_background_prob: float = 0.8
 
     def __post_init__(self) -> None:
         if self.max_steps < 1:
@@ -166,10 +176,10 @@ class SDSTrainer:
             reference.elevation_deg, reference.azimuth_deg, reference.camera_distance, reference.fovy_deg
         )
         self._reference_cache: dict[int, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
+        # Normals cost a double backward: render them only if some normal loss is on at some step.
+        schedules = (config.lambda_orient, config.lambda_normal_smooth, config.lambda_3d_normal_smooth)
+        self.needs_normals = any(ramp(s, step) > 0 for s in schedules for step in range(config.max_steps))
 
-    @property
-    def needs_normals(self) -> bool:
-        return any(ramp(self.config.lambda_orient, s) > 0 for s in (0, self.config.max_steps))
 
     def _reference_batch(self, size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Rays and targets of the reference view at ``size``: rays_o, rays_d (1,S,S,3), rgb (1,S,S,3), mask (1,S,S,1)."""
@@ -186,6 +196,16 @@ class SDSTrainer:
         if out.normals is not None and ramp(cfg.lambda_orient, step) > 0:
             losses["orient"] = orientation_loss(out.weights, out.normals, out.t_dirs, out.opacity)
             total = total + ramp(cfg.lambda_orient, step) * losses["orient"]
+        if out.normal_map is not None and ramp(cfg.lambda_normal_smooth, step) > 0:
+            losses["normal_smooth"] = normal_smoothness_2d(out.normal_map)
+            total = total + ramp(cfg.lambda_normal_smooth, step) * losses["normal_smooth"]
+        if out.normals is not None and ramp(cfg.lambda_3d_normal_smooth, step) > 0:
+            points = out.points.detach()
+            jitter = torch.randn(points.shape, generator=self.render_generator, device=points.device,
+                                 dtype=points.dtype)
+            perturbed = self.field(points + cfg.normal_jitter_std * jitter, with_normal=True).normal
+            losses["3d_normal_smooth"] = normal_smoothness_3d(out.normals, perturbed)
+            total = total + ramp(cfg.lambda_3d_normal_smooth, step) * losses["3d_normal_smooth"]
         if with_sparsity:
             losses["sparsity"] = sparsity_loss(out.opacity)
             total = total + ramp(cfg.lambda_sparsity, step) * losses["sparsity"]
@@ -207,15 +227,19 @@ class SDSTrainer:
         weighted = ramp(cfg.lambda_rgb, step) * losses["rgb"] + ramp(cfg.lambda_mask, step) * losses["mask"]
         return weighted + self._regularisers(out, step, losses, with_sparsity=False)
 
+    def backgrounds(self, batch: int) -> Tensor:
+        """Background colours (batch, 3) of the random views, CPU float32: white with probability
+        ``white_background_prob``, else one uniform random colour per view (drawn from the camera generator)."""
+        white = torch.rand(batch, generator=self.generator) < self.config.white_background_prob
+        return torch.where(white[:, None], torch.ones(batch, 3), torch.rand(batch, 3, generator=self.generator))
+
     def guidance_step(self, guidance: Guidance, step: int, losses: dict[str, Tensor]) -> Tensor:
         """Render random views, ask ``guidance`` for d(SDS)/d(rgb), return a surrogate loss with that gradient."""
         cfg = self.config
         cameras, size = self.camera_sampler.sample(step)
         batch = len(cameras)
-        white = torch.rand(batch, generator=self.generator) < cfg.white_background_prob
-        colours = torch.where(white[:, None], torch.ones(batch, 3), torch.rand(batch, 3, generator=self.generator))
         rays_o, rays_d = _rays(cameras, size, self.device)
-        bg = colours.to(self.device)[:, None, None, :].expand(batch, size, size, 3)
+        bg = self.backgrounds(batch).to(self.device)[:, None, None, :].expand(batch, size, size, 3)
         out = self.renderer(
             rays_o, rays_d, bg_color=bg, with_normal=self.needs_normals, stratified=True,
             generator=self.render_generator,

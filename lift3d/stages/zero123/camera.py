@@ -60,19 +60,22 @@ def camera_embedding(
 
 
 def clip_preprocess(image: Tensor, size: int) -> Tensor:
-    """Batched CLIP image preprocessing in torch: bicubic (antialiased) resize to ``size``², CLIP mean/std.
+    """Batched CLIP image preprocessing as Stable Zero123 was trained with: latent-diffusion's
+    ``FrozenClipImageEmbedder.preprocess`` (``ldm/modules/encoders/modules.py``): bicubic resize to ``size``² with
+    ``align_corners=True`` and no antialiasing (kornia), no clamping of the bicubic overshoot, then OpenAI CLIP's
+    mean/std (``clip/clip.py``).
 
     Args:
         image: Tensor with shape (B, 3, H, W), RGB in [0, 1]; square images (else they are stretched).
         size: the encoder's ``image_size`` (224 for ViT-L/14).
 
     Returns:
-        Tensor with shape (B, 3, size, size), normalised with OpenAI CLIP's mean/std (``clip/clip.py``).
+        Tensor with shape (B, 3, size, size), on ``image``'s device and dtype.
     """
-    resized = F.interpolate(image, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+    resized = F.interpolate(image, size=(size, size), mode="bicubic", align_corners=True, antialias=False)
     mean = torch.tensor(CLIP_MEAN, device=image.device, dtype=image.dtype).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD, device=image.device, dtype=image.dtype).view(1, 3, 1, 1)
-    return (resized.clamp(0.0, 1.0) - mean) / std
+    return (resized - mean) / std
 
 
 class CLIPCameraProjection(ModelMixin, ConfigMixin):
