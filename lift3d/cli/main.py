@@ -10,6 +10,7 @@ import sys
 
 import typer
 
+from lift3d.cli.convert import convert_zero123
 from lift3d.cli.generate import generate
 from lift3d.cli.reconstruct import reconstruct, render_views
 from lift3d.errors import InvalidInputError, Lift3DError
@@ -31,6 +32,7 @@ def _root() -> None:
 
 app.command("generate")(generate)
 app.command("reconstruct")(reconstruct)
+app.command("convert-zero123")(convert_zero123)
 app.command("render-views")(render_views)
 
 

@@ -2,7 +2,8 @@
 
 Modules: ``camera`` (relative camera embedding, CLIP preprocessing, camera projection), ``condition`` (the encoded
 conditioning view), ``sds`` (score distillation: config, requests, batched SDS), ``weights`` (on-disk layout, Hub
-ids, load/save), ``tiny`` (the random-weight preset's components), ``model`` (the :class:`Zero123` stage).
+ids, load/save), ``convert`` (the official ``stable_zero123.ckpt`` → that layout), ``tiny`` (the random-weight
+preset's components), ``model`` (the :class:`Zero123` stage).
 """
 
 from lift3d.stages.zero123.camera import CLIP_MEAN, CLIP_STD, CLIPCameraProjection, camera_embedding, clip_preprocess

@@ -21,8 +21,8 @@ Converting the official ``stabilityai/stable-zero123`` ``stable_zero123.ckpt`` (
 5. scheduler: DDIM, 1000 steps, scaled-linear betas 0.00085–0.012, ``clip_sample=False``,
    ``set_alpha_to_one=False``, ``steps_offset=1``.
 
-diffusers' ``scripts/convert_zero123_to_diffusers.py`` does these steps and writes the ``cc_projection`` layout.
-No converter ships here.
+``lift3d convert-zero123 CKPT OUT`` (:mod:`lift3d.stages.zero123.convert`) does these steps, with the EMA UNet
+weights by default, and writes the layout above.
 """
 
 from __future__ import annotations
