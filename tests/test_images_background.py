@@ -269,3 +269,18 @@ def test_from_pretrained_local_file_never_downloads(clean_env, monkeypatch, tmp_
     image = Image.new("RGB", (50, 30), (10, 200, 30))
     image.paste((250, 250, 250), (10, 10, 30, 20))
     np.testing.assert_array_equal(np.asarray(remover(image)), np.asarray(tiny(image)))
+
+
+def test_loading_rembg_keeps_the_torch_thread_count(tmp_path):
+    """pymatting's numba start-up (imported by rembg) resets OpenMP threads once torch's pool is in use, which
+    would silently undo ``lift3d generate --threads``; a fresh interpreter, since rembg imports once per process."""
+    import subprocess
+    import sys
+
+    probe = ("import torch; torch.set_num_threads(1); "
+             "torch.nn.functional.conv2d(torch.rand(1, 3, 64, 64), torch.rand(8, 3, 3, 3)); "  # the pool is in use
+             "from lift3d.stages.background import BackgroundRemover; "
+             f"BackgroundRemover.tiny(seed=0, home={str(tmp_path)!r}); print(torch.get_num_threads())")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "1"

@@ -191,7 +191,14 @@ def _open_session(rembg_name: str, model_path: Path, device: str) -> Any:
     """A rembg session of class ``rembg_name`` (its pre/post-processing) running the file ``model_path``."""
     providers = _providers(device)
     import onnxruntime as ort
+    import torch
+
+    threads = torch.get_num_threads()
     from rembg.sessions import sessions  # slow first import; see module docstring
+
+    # rembg imports pymatting, whose numba start-up resets OpenMP's thread count once torch's pool is in use;
+    # CPU results depend on the count (``lift3d generate --threads``), so put the caller's back.
+    torch.set_num_threads(threads)
 
     base = sessions[rembg_name]
 
