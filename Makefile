@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_OUT ?= out/dragon
 
-.PHONY: install demo test test-fast serve bench clean k8s
+.PHONY: install demo test test-fast serve bench bench-gpu clean k8s
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,9 @@ bench: install
 	$(PY) benchmarks/bench_serve.py
 	$(PY) benchmarks/reconstruct_shapes.py
 	$(PY) benchmarks/bench_hashgrid.py
+
+bench-gpu: install  ## full-size models with random weights on CUDA (see benchmarks/README.md)
+	$(PY) benchmarks/bench_gpu.py --json out/bench_gpu.json
 
 k8s: install  ## regenerate k8s/rayservice.yaml's serveConfigV2 from serve_config.yaml
 	$(PY) tools/sync_rayservice.py
