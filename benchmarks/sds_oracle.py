@@ -1,0 +1,460 @@
+"""The SDS loop's geometry checked without diffusion weights: an oracle guidance that knows the true shape.
+
+For every mesh M (default: ``../shared/data/shapes/{blub,potion,teddy}.obj``), in its own process so that peak
+memory is per mesh:
+
+1. **Scene framing.** M is rotated into the z-up world (``--y-up``, like ``lift3d.reconstruct.to_world``) and
+   mapped into the SDS scene by a similarity ``x ↦ s·x + t`` chosen so that its silhouette at the reference
+   camera (elevation 5°, azimuth 0°, distance 3.8, fovy 20°; ``lift3d.pipeline.steps``) is framed the way
+   ``lift3d.io.preprocess.recenter_rgba`` frames a real input: bounding box centred, longer side spanning the
+   fraction of the image that ``recenter_rgba`` gives with its default ``border_ratio`` (measured by calling it,
+   :func:`reference_fill`). The 3D bounding-box centre stays in the plane through the origin facing the
+   reference camera.
+2. **Reference.** The scaled mesh rendered (``nerf.mesh_render``, Lambertian grey by default) at the reference
+   camera, ``input_size``² RGBA, as the :class:`~lift3d.pipeline.steps.PreparedInput` of a real run.
+3. **Oracle guidance** (:class:`OracleGuidance`, the :class:`~nerf.trainers.sds.Guidance` protocol): Zero123's
+   SDS path with the VAE and the UNet replaced by the identity and a perfect denoiser that knows the mesh. The B
+   renders of a step are resized to ``SDSConfig.guidance_resolution`` (256², bilinear, as
+   ``ScoreDistillation`` does), the mesh is rendered there at the same cameras (fovy of the random-camera
+   config, on white), and the gradient of ``0.5 · Σ_b w(t_b) ‖x_b − x̂₀_b‖² / B`` goes back through the resize.
+   Why this weight: for a denoiser that predicts ``x̂₀ = target``, ``ε̂ − ε = √ᾱ_t (x − x̂₀) / √(1 − ᾱ_t)``, so
+   SDS's ``(1 − ᾱ_t)(ε̂ − ε)`` is ``w(t) (x − x̂₀)`` with ``w(t) = √(ᾱ_t (1 − ᾱ_t))`` (the noise cancels), and
+   ``/ B`` is Zero123's ``0.5‖grad‖²/B``. t is drawn per view uniformly in Zero123's annealed range
+   (``SDSConfig`` min/max_step_percent: [700, 980] until recipe step 50, [300, 800] from step 200, read at
+   ``step × NerfPreset.schedule_scale`` as ``sds_request`` does) on Stable Diffusion's ᾱ schedule, so w grows
+   from 0.07–0.27 to 0.27–0.5. ``--guidance-resolution 0`` compares at the render's own size instead (a
+   (256/H)² weaker gradient per render pixel); ``--guidance-scale`` multiplies w.
+4. **Training and extraction** with :func:`lift3d.pipeline.steps.train_mesh` (the real SDS loop, its
+   regularisers, schedules and isosurface) on the tiny preset's NeRF (``get_preset("tiny").nerf``, its
+   schedules stretched to ``--steps`` by ``NerfPreset.with_max_steps``; default 600, threestudio's count): the
+   preset the pipeline runs on CPU, so what is measured is the shipped configuration; larger NeRFs do not train
+   in minutes on 2 cores. Flags override the marching-cubes grid, the isosurface threshold and the share of
+   white random-view backgrounds, and ``--sweep-thresholds`` re-extracts the trained field at other thresholds.
+5. **Output.** The mesh mapped back by the inverse similarity to M's frame and written as ``<out>/<name>/model.glb``
+   the way ``reconstruct`` writes it (z-up → glTF Y-up by (x, y, z) → (x, z, −y), no recentring), so that for a
+   Y-up OBJ the GLB is in the OBJ's own frame; ``reference.png``; ``views.png`` (mesh above, NeRF below, at
+   elevation 15°, azimuths 0/90/180/270); metrics of the GLB *as written* against M (Chamfer-L1 and F-score at
+   1 % of M's bounding-box diagonal, ``nerf.metrics.mesh_distances``, 100k samples); a table and
+   ``<out>/sds_oracle.json``. "wall s" and "CPU s" cover ``train_mesh`` (training + extraction); peak memory
+   is the worker's ``ru_maxrss`` after it.
+
+Usage::
+
+    .venv/bin/python benchmarks/sds_oracle.py --out /tmp/sds_oracle [--mesh a.obj b.obj] [--steps 600] [--threads 2]
+
+Target (issue): Chamfer ≤ 2 %, F-score@1 % ≥ 0.7 within ~5 minutes per mesh on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import trimesh
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from lift3d.io.encoded import EncodedImage  # noqa: E402
+from lift3d.io.preprocess import recenter_rgba  # noqa: E402
+from lift3d.pipeline.steps import (  # noqa: E402
+    REFERENCE_AZIMUTH_DEG, REFERENCE_CAMERA_DISTANCE, REFERENCE_ELEVATION_DEG, REFERENCE_FOVY_DEG, PreparedInput,
+)
+from lift3d.stages.tiny import SD_SCHEDULE  # noqa: E402
+from lift3d.stages.zero123.sds import SDSConfig, step_seed  # noqa: E402
+from nerf.cameras import CameraBatch  # noqa: E402
+from nerf.export import Z_UP_TO_Y_UP  # noqa: E402
+from nerf.mesh_render import MeshRenderConfig, render_mesh  # noqa: E402
+from nerf.schedules import ramp  # noqa: E402
+from nerf.trainers.sds import GuidanceResult  # noqa: E402
+
+DEFAULT_MESHES = [ROOT.parent / "shared" / "data" / "shapes" / f"{n}.obj" for n in ("blub", "potion", "teddy")]
+TARGET_CHAMFER, TARGET_F1 = 0.02, 0.7
+
+
+# ----------------------------------------------------------------------------------------------- 1. framing
+def reference_fill() -> float:
+    """Fraction of the square input image that the object's longer side spans after ``recenter_rgba`` with its
+    default ``border_ratio``, measured by running it (its meaning has changed before: margin per side, then in
+    total) on a 1000² canvas, rounded to 1e-3."""
+    image = Image.new("RGBA", (64, 64))
+    image.paste((255, 255, 255, 255), (8, 8, 40, 24))
+    box = recenter_rgba(image, size=1000).getchannel("A").getbbox()
+    return round((box[2] - box[0]) / 1000.0, 3)
+
+
+def reference_camera_axes(elevation_deg: float = REFERENCE_ELEVATION_DEG, azimuth_deg: float = REFERENCE_AZIMUTH_DEG,
+                          distance: float = REFERENCE_CAMERA_DISTANCE) -> tuple[np.ndarray, np.ndarray]:
+    """The camera centre (3,) and its axes (3, 3) as rows (right, up, forward), looking at the origin, z up.
+
+    Written out here (not taken from ``nerf.cameras``) so that the framing checks the renderer's conventions.
+    """
+    el, az = np.radians(elevation_deg), np.radians(azimuth_deg)
+    eye = distance * np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
+    forward = -eye / np.linalg.norm(eye)
+    right = np.cross(forward, [0.0, 0.0, 1.0])
+    right /= np.linalg.norm(right)
+    return eye, np.stack([right, np.cross(right, forward), forward])
+
+
+def project(points: np.ndarray, size: int, fovy_deg: float = REFERENCE_FOVY_DEG, **camera) -> np.ndarray:
+    """Pixel coordinates (N, 2) = (column, row), row 0 at the top, of world points (N, 3) in the reference view."""
+    eye, axes = reference_camera_axes(**camera)
+    cam = (np.asarray(points, dtype=np.float64) - eye) @ axes.T  # (right, up, depth)
+    focal = 0.5 * size / np.tan(0.5 * np.radians(fovy_deg))
+    return np.stack([0.5 * size + focal * cam[:, 0] / cam[:, 2], 0.5 * size - focal * cam[:, 1] / cam[:, 2]], -1)
+
+
+@dataclass(frozen=True)
+class Similarity:
+    """``x_scene = scale · x_mesh + translation`` (uniform scale, no rotation), and its inverse."""
+
+    scale: float
+    translation: np.ndarray
+
+    def to_scene(self, points: np.ndarray) -> np.ndarray:
+        return self.scale * np.asarray(points, dtype=np.float64) + self.translation
+
+    def to_mesh(self, points: np.ndarray) -> np.ndarray:
+        return (np.asarray(points, dtype=np.float64) - self.translation) / self.scale
+
+    def apply(self, mesh: trimesh.Trimesh, inverse: bool = False) -> trimesh.Trimesh:
+        """A copy of ``mesh`` (faces, visuals kept) with its vertices mapped to the scene (or back)."""
+        out = mesh.copy()
+        out.vertices = (self.to_mesh if inverse else self.to_scene)(mesh.vertices)
+        return out
+
+
+def frame_for_reference(vertices: np.ndarray, fill: float, iterations: int = 100) -> Similarity:
+    """The similarity that frames ``vertices`` (N, 3, z-up world) in the reference view like ``recenter_rgba``.
+
+    Fixed point on (scale, offset along the camera's right and up axes): the projected bounding box is centred
+    and its longer side spans ``fill`` of the image (perspective makes the three coupled, hence the iteration).
+
+    Raises:
+        ValueError: the vertices do not converge to the framing (degenerate mesh).
+    """
+    vertices = np.asarray(vertices, dtype=np.float64)
+    eye, axes = reference_camera_axes()
+    lo, hi = vertices.min(0), vertices.max(0)
+    centre = 0.5 * (lo + hi)
+    scale, offset = 1.0 / max(float(np.linalg.norm(hi - lo)), 1e-12), np.zeros(2)
+    depth = float(np.linalg.norm(eye))
+    for _ in range(iterations):
+        translation = -scale * centre + offset @ axes[:2]
+        px = project(scale * vertices + translation, size=1) - 0.5  # image = [-0.5, 0.5]²
+        (x0, y0), (x1, y1) = px.min(0), px.max(0)
+        extent = max(x1 - x0, y1 - y0)
+        error = max(abs(extent - fill), abs(x0 + x1), abs(y0 + y1))
+        if error < 1e-12:
+            return Similarity(scale, translation)
+        scale *= fill / extent
+        # image units → world units in the plane of the origin (image side = 2 depth tan(fovy/2)); rows grow down
+        per_unit = 2.0 * depth * np.tan(0.5 * np.radians(REFERENCE_FOVY_DEG))
+        offset = offset - per_unit * np.array([0.5 * (x0 + x1), -0.5 * (y0 + y1)])
+    raise ValueError(f"frame_for_reference did not converge (error {error:.2e})")
+
+
+def y_up_rotation(y_up: bool) -> np.ndarray:
+    """Rotation (3, 3) from the file's frame into the z-up world: Y-up → z-up (inverse of Z_UP_TO_Y_UP) or none."""
+    return np.asarray(Z_UP_TO_Y_UP).T.copy() if y_up else np.eye(3)
+
+
+# ---------------------------------------------------------------------------------------- 2. reference input
+def render_rgba(mesh: trimesh.Trimesh, cameras: CameraBatch, size: int, config: MeshRenderConfig) -> torch.Tensor:
+    """RGBA (B, size, size, 4) straight-alpha renders of ``mesh`` (scene frame) from ``cameras``."""
+    return render_mesh(mesh, cameras.c2w, cameras.fovy_deg, size, size, config)
+
+
+def reference_input(mesh_scene: trimesh.Trimesh, size: int, config: MeshRenderConfig) -> PreparedInput:
+    """The scaled mesh at the reference camera as the pipeline's conditioning input (RGBA PNG)."""
+    camera = CameraBatch.from_spherical(REFERENCE_ELEVATION_DEG, REFERENCE_AZIMUTH_DEG, REFERENCE_CAMERA_DISTANCE,
+                                        REFERENCE_FOVY_DEG)
+    rgba = render_rgba(mesh_scene, camera, size, config)[0]
+    pixels = (rgba.numpy() * 255.0).round().astype(np.uint8)
+    return PreparedInput(EncodedImage.from_image(Image.fromarray(pixels, mode="RGBA")), "oracle:mesh_render")
+
+
+# -------------------------------------------------------------------------------------------- 3. the oracle
+def alphas_cumprod() -> torch.Tensor:
+    """ᾱ_t, t = 0 … 999, of Stable Diffusion's scaled-linear schedule (Zero123's scheduler), float64."""
+    n, b0, b1 = SD_SCHEDULE["num_train_timesteps"], SD_SCHEDULE["beta_start"], SD_SCHEDULE["beta_end"]
+    betas = torch.linspace(b0**0.5, b1**0.5, n, dtype=torch.float64) ** 2
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+class OracleGuidance:
+    """SDS guidance of a perfect denoiser that knows the mesh: pulls each render toward the mesh's render.
+
+    Zero123's path with the VAE and the UNet replaced by the identity and an oracle: the renders (B, 3, H, W) are
+    resized to ``resolution``² (bilinear, as ``ScoreDistillation`` resizes to ``guidance_resolution``), compared
+    with the mesh rendered there (camera b at ``fovy_deg``, on white), and the loss
+    ``0.5 · Σ_b w(t_b) ‖x_b − target_b‖² / B`` with ``w(t) = scale · √(ᾱ_t (1 − ᾱ_t))`` is differentiated back
+    through the resize. With ``resolution=None`` there is no resize: ``grad_rgb = w · (rgb − target) / B``.
+    t is drawn per view in Zero123's annealed range, seeded by (seed, step).
+
+    Examples:
+        >>> guidance = OracleGuidance(trimesh.creation.icosphere(radius=0.5), fovy_deg=20.0, resolution=32)
+        >>> result = guidance(torch.rand(2, 3, 16, 16), torch.tensor([5.0, 30.0]), torch.tensor([0.0, 90.0]),
+        ...                   torch.tensor([3.8, 3.8]), step=0)
+        >>> result.grad_rgb.shape
+        torch.Size([2, 3, 16, 16])
+    """
+
+    def __init__(self, mesh: trimesh.Trimesh, fovy_deg: float, render: MeshRenderConfig | None = None,
+                 sds: SDSConfig | None = None, scale: float = 1.0, seed: int = 0, schedule_scale: float = 1.0,
+                 resolution: int | None = None) -> None:
+        self.mesh, self.fovy_deg, self.schedule_scale = mesh, float(fovy_deg), float(schedule_scale)
+        self.render = render or MeshRenderConfig()
+        self.sds, self.scale, self.seed, self.resolution = sds or SDSConfig(), float(scale), int(seed), resolution
+        abar = alphas_cumprod()
+        self.weight_table = (abar * (1.0 - abar)).sqrt()
+        self.log: list[dict] = []
+
+    def timestep_range(self, step: int) -> tuple[int, int]:
+        """Inclusive (t_min, t_max) at recipe ``step``, as :meth:`ScoreDistillation.timestep_range` computes it."""
+        n = len(self.weight_table)
+        return (int(n * ramp(self.sds.min_step_percent, step) + 1e-6),
+                int(n * ramp(self.sds.max_step_percent, step) + 1e-6))
+
+    def weights(self, step: int, batch: int) -> torch.Tensor:
+        """w(t) (batch,) float64 for t ~ U{t_min … t_max} at recipe step ``round(step × schedule_scale)`` (as
+        ``lift3d.pipeline.steps.sds_request`` anneals), drawn from ``step_seed(seed, step)``."""
+        low, high = self.timestep_range(round(int(step) * self.schedule_scale))
+        generator = torch.Generator().manual_seed(step_seed(self.seed, step))
+        return self.scale * self.weight_table[torch.randint(low, high + 1, (batch,), generator=generator)]
+
+    def targets(self, elevation_deg: torch.Tensor, azimuth_deg: torch.Tensor, camera_distance: torch.Tensor,
+                height: int, width: int) -> torch.Tensor:
+        """The mesh at the cameras, composited on white: (B, 3, H, W) float32 in [0, 1]."""
+        cameras = CameraBatch.from_spherical(elevation_deg.detach().cpu(), azimuth_deg.detach().cpu(),
+                                             camera_distance.detach().cpu(), self.fovy_deg)
+        rgba = render_mesh(self.mesh, cameras.c2w, cameras.fovy_deg, height, width, self.render)
+        rgb = rgba[..., :3] * rgba[..., 3:] + (1.0 - rgba[..., 3:])
+        return rgb.permute(0, 3, 1, 2)
+
+    def __call__(self, rgb: torch.Tensor, elevation_deg: torch.Tensor, azimuth_deg: torch.Tensor,
+                 camera_distance: torch.Tensor, step: int) -> GuidanceResult:
+        batch, _, height, width = rgb.shape
+        size = (self.resolution, self.resolution) if self.resolution else (height, width)
+        leaf = rgb.detach().requires_grad_(True)
+        with torch.enable_grad():
+            x = leaf if size == (height, width) else F.interpolate(leaf, size=size, mode="bilinear",
+                                                                  align_corners=False)
+            target = self.targets(torch.as_tensor(elevation_deg).reshape(-1), torch.as_tensor(azimuth_deg).reshape(-1),
+                                  torch.as_tensor(camera_distance).reshape(-1), *size).to(x.device, x.dtype)
+            w = self.weights(step, batch).to(x.device, x.dtype).view(batch, 1, 1, 1)
+            diff = x - target
+            loss = 0.5 * (w * diff.square()).sum() / batch
+            (grad,) = torch.autograd.grad(loss, leaf)
+        loss = float(loss.detach())
+        self.log.append({"step": step, "loss": loss, "mean_abs_diff": float(diff.detach().abs().mean()),
+                         "w": w.flatten().tolist()})
+        return GuidanceResult(loss=loss, grad_rgb=grad.detach())
+
+
+# ----------------------------------------------------------------------------------------------- 4. one mesh
+def oracle_preset(steps: int, mesh_resolution: int | None = None, threshold: float | None = None,
+                  white_background_prob: float | None = None):
+    """The tiny preset's NeRF trained for ``steps`` (``NerfPreset.with_max_steps``); optional overrides of the
+    marching-cubes grid, the isosurface threshold and the share of white random-view backgrounds (None: the
+    preset's)."""
+    from lift3d.presets import get_preset
+
+    nerf = get_preset("tiny").nerf.with_max_steps(steps)
+    iso = {k: v for k, v in (("resolution", mesh_resolution), ("threshold", threshold)) if v is not None}
+    nerf = replace(nerf, isosurface=replace(nerf.isosurface, **iso))
+    if white_background_prob is not None:
+        nerf = replace(nerf, training=replace(nerf.training, white_background_prob=white_background_prob))
+    return nerf
+
+
+def run_mesh(path: Path, out: Path, *, y_up: bool, steps: int, seed: int, shading: str = "lambert",
+             guidance_scale: float = 1.0, guidance_resolution: int | None = SDSConfig.guidance_resolution,
+             nerf=None, n_samples: int = 100_000, sweep_thresholds: tuple[float, ...] = ()) -> dict:
+    """Frame, train with the oracle, export ``out/model.glb`` in M's frame, measure. Returns a JSON-able row."""
+    from lift3d.io.artifacts import ArtifactWriter
+    from lift3d.io.storage import LocalStore
+    from lift3d.pipeline.steps import train_mesh
+    from lift3d.presets import get_preset
+    from lift3d.reconstruct.render_views import load_mesh
+    from nerf.metrics import mesh_distances
+
+    # 1. M → z-up world → scene
+    mesh_file = load_mesh(path)
+    rotation = y_up_rotation(y_up)
+    world = trimesh.Trimesh(mesh_file.vertices @ rotation.T, mesh_file.faces, process=False)
+    framing = frame_for_reference(world.vertices, reference_fill())
+    scene = framing.apply(world)
+    nerf = nerf or oracle_preset(steps)
+
+    # 2. reference view and oracle
+    render = MeshRenderConfig(shading=shading)
+    prepared = reference_input(scene, get_preset("tiny").input_size, render)
+    out.mkdir(parents=True, exist_ok=True)
+    prepared.rgba.save(out / "reference.png")
+    fovy_lo, fovy_hi = nerf.training.random_cameras.fovy_range
+    if fovy_lo != fovy_hi:
+        raise ValueError(f"the oracle needs a fixed fovy; the random cameras draw it in {fovy_lo}..{fovy_hi}")
+    # targets at the guidance resolution need no anti-aliasing: each render pixel gathers several through the resize
+    target_render = replace(render, supersample=1) if guidance_resolution else render
+    guidance = OracleGuidance(scene, fovy_lo, target_render, scale=guidance_scale, seed=seed,
+                              schedule_scale=getattr(nerf, "schedule_scale", 1.0), resolution=guidance_resolution)
+
+    # 3. the SDS loop (timed)
+    t0, cpu0 = time.perf_counter(), _cpu_seconds()
+    mesh_scene, history, field = train_mesh(prepared, guidance, nerf, seed=seed)
+    wall_s, cpu_s = time.perf_counter() - t0, _cpu_seconds() - cpu0
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+    views_psnr = compare_views(field, nerf, guidance, out / "views.png")
+
+    # 4. back to M's frame, written like reconstruct's model.glb, read back for the metrics
+    mesh_world = framing.apply(mesh_scene, inverse=True)
+    ArtifactWriter(LocalStore(out)).model(mesh_world, recenter=False, name="model.glb")
+    glb = trimesh.load(out / "model.glb", force="mesh")
+    pred = trimesh.Trimesh(glb.vertices @ np.asarray(Z_UP_TO_Y_UP) @ rotation, glb.faces, process=False)
+    distances = mesh_distances(pred, mesh_file, n_samples=n_samples)
+    sweep = [threshold_metrics(field, nerf, framing, rotation, mesh_file, t, n_samples) for t in sweep_thresholds]
+    last = history[-1].losses
+    tail = guidance.log[-max(1, len(guidance.log) // 10):]
+    return {
+        "mesh": path.stem, "path": str(path), "chamfer_l1": distances.chamfer_l1, "f_score_1pct": distances.f_score(0.01),
+        "precision_1pct": float((distances.pred_to_ref < 0.01).mean()),
+        "recall_1pct": float((distances.ref_to_pred < 0.01).mean()),
+        "steps": len(history), "wall_s": wall_s, "cpu_s": cpu_s, "peak_rss_mib": peak_mib, "faces": int(len(pred.faces)),
+        "fill": reference_fill(), "scale": framing.scale, "translation": framing.translation.tolist(),
+        "isosurface_threshold": mesh_scene.metadata.get("isosurface_threshold"),
+        "mesh_resolution": nerf.isosurface.resolution, "final_losses": last,
+        "white_background_prob": nerf.training.white_background_prob,
+        "views_psnr_db": views_psnr, "threshold_sweep": sweep,
+        "oracle_mean_abs_diff_last_10pct": float(np.mean([e["mean_abs_diff"] for e in tail])) if tail else None,
+        "threads": torch.get_num_threads(), "seed": seed, "shading": shading, "guidance_scale": guidance_scale,
+        "guidance_resolution": guidance_resolution,
+    }
+
+
+def threshold_metrics(field, nerf, framing: Similarity, rotation: np.ndarray, reference: trimesh.Trimesh,
+                      threshold: float, n_samples: int) -> dict:
+    """Chamfer-L1 and F@1 % of the trained field's isosurface at another density ``threshold`` (same grid)."""
+    from lift3d.pipeline.steps import extract_field_mesh
+    from nerf.metrics import mesh_distances
+
+    mesh = extract_field_mesh(field, replace(nerf, isosurface=replace(nerf.isosurface, threshold=threshold)))
+    pred = framing.apply(mesh, inverse=True)
+    pred = trimesh.Trimesh(pred.vertices @ rotation, pred.faces, process=False)  # z-up world → M's frame
+    distances = mesh_distances(pred, reference, n_samples=n_samples)
+    closed = trimesh.Trimesh(reference.vertices, reference.faces)  # merges the UV-seam duplicates of OBJ files
+    return {"threshold": threshold, "chamfer_l1": distances.chamfer_l1, "f_score_1pct": distances.f_score(0.01),
+            "volume_ratio": float(pred.volume / closed.volume) if pred.is_volume and closed.is_volume else None}
+
+
+def compare_views(field, nerf, guidance: OracleGuidance, path: Path, size: int = 96) -> list[float]:
+    """Mesh (top) and NeRF (bottom, on white) at elevation 15°, azimuths 0/90/180/270, saved to ``path``; returns
+    the PSNR (dB) of each NeRF view against the mesh's."""
+    from nerf.metrics import psnr
+    from nerf.renderer import VolumeRenderer
+
+    el, az = torch.full((4,), 15.0), torch.tensor([0.0, 90.0, 180.0, 270.0])
+    dist = torch.full((4,), float(np.mean(nerf.training.random_cameras.camera_distance_range)))
+    target = guidance.targets(el, az, dist, size, size).permute(0, 2, 3, 1)
+    renderer = VolumeRenderer(field, nerf.renderer)
+    renderer.grid.binaries.fill_(True)  # a fresh grid is empty: march every cell
+    parameter = next(field.parameters())
+    rays_o, rays_d = CameraBatch.from_spherical(el, az, dist, guidance.fovy_deg).rays(size, size)
+    rgb = renderer.render_image(rays_o.to(parameter.device), rays_d.to(parameter.device)).rgb.cpu().clamp(0, 1)
+    sheet = torch.cat([torch.cat(list(target), 1), torch.cat(list(rgb), 1)], 0)
+    Image.fromarray((sheet.numpy() * 255).round().astype(np.uint8)).save(path)
+    return [psnr(r, t) for r, t in zip(rgb, target)]
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+# --------------------------------------------------------------------------------------------------- 5. CLI
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--mesh", nargs="+", default=[str(p) for p in DEFAULT_MESHES], help="mesh files (M)")
+    parser.add_argument("--y-up", dest="y_up", action="store_true", default=True,
+                        help="the files are Y-up (OBJ, glTF): rotate into the z-up world (default)")
+    parser.add_argument("--z-up", dest="y_up", action="store_false", help="the files are already z-up")
+    parser.add_argument("--out", default="/tmp/lift3d_sds_oracle", help="output directory")
+    parser.add_argument("--steps", type=int, default=600, help="SDS steps (threestudio: 600)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
+    parser.add_argument("--shading", choices=("lambert", "color"), default="lambert", help="mesh_render shading")
+    parser.add_argument("--guidance-scale", type=float, default=1.0, help="multiplies the oracle gradient")
+    parser.add_argument("--guidance-resolution", type=int, default=SDSConfig.guidance_resolution,
+                        help="side the renders are resized to before the oracle compares them (Zero123: 256); "
+                             "0: compare at the render's own size")
+    parser.add_argument("--mesh-resolution", type=int, default=None, help="marching cubes (default: the preset's)")
+    parser.add_argument("--isosurface-threshold", type=float, default=None, help="density (default: the preset's)")
+    parser.add_argument("--sweep-thresholds", type=float, nargs="*", default=[],
+                        help="also measure the trained field's isosurface at these density thresholds")
+    parser.add_argument("--white-background-prob", type=float, default=None,
+                        help="share of random views rendered on white (default: the SDS config's)")
+    args = parser.parse_args()
+    if args.worker:
+        torch.set_num_threads(args.threads)
+        nerf = oracle_preset(args.steps, args.mesh_resolution, args.isosurface_threshold, args.white_background_prob)
+        row = run_mesh(Path(args.worker), Path(args.out) / Path(args.worker).stem, y_up=args.y_up, steps=args.steps,
+                       seed=args.seed, shading=args.shading, guidance_scale=args.guidance_scale,
+                       guidance_resolution=args.guidance_resolution or None, nerf=nerf,
+                       sweep_thresholds=tuple(args.sweep_thresholds))
+        print(json.dumps(row))
+        return
+
+    rows = []
+    for mesh in args.mesh:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(Path(mesh).resolve()),
+               "--y-up" if args.y_up else "--z-up", "--out", args.out, "--steps", str(args.steps),
+               "--seed", str(args.seed), "--threads", str(args.threads), "--shading", args.shading,
+               "--guidance-scale", str(args.guidance_scale), "--guidance-resolution", str(args.guidance_resolution)]
+        for flag, value in (("--mesh-resolution", args.mesh_resolution), ("--isosurface-threshold",
+                            args.isosurface_threshold), ("--white-background-prob", args.white_background_prob)):
+            cmd += [flag, str(value)] if value is not None else []
+        cmd += ["--sweep-thresholds", *map(str, args.sweep_thresholds)] if args.sweep_thresholds else []
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
+                              env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+        if proc.returncode != 0:
+            raise SystemExit(f"{mesh} failed:\n{proc.stderr[-3000:]}")
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(f"{rows[-1]['mesh']}: wall {rows[-1]['wall_s']:.0f} s, load average {os.getloadavg()[0]:.1f}",
+              file=sys.stderr, flush=True)
+
+    load = os.getloadavg()
+    print(f"SDS oracle: tiny NeRF, {args.steps} steps, threads={args.threads}, load average "
+          f"{load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} on {os.cpu_count()} CPUs; object fills {reference_fill():.0%} "
+          f"of the reference view; Chamfer-L1 and F-score vs M, fraction of M's bbox diagonal")
+    print(f"{'mesh':10} {'Chamfer':>8} {'F@1%':>6} {'target':>7} {'steps':>6} {'wall s':>7} {'CPU s':>7} "
+          f"{'peak MiB':>9}")
+    for r in rows:
+        ok = r["chamfer_l1"] <= TARGET_CHAMFER and r["f_score_1pct"] >= TARGET_F1
+        print(f"{r['mesh']:10} {100 * r['chamfer_l1']:7.2f}% {r['f_score_1pct']:6.3f} {'met' if ok else 'MISSED':>7} "
+              f"{r['steps']:6d} {r['wall_s']:7.1f} {r['cpu_s']:7.1f} {r['peak_rss_mib']:9.0f}")
+    for r in rows:
+        for t in r["threshold_sweep"]:
+            print(f"  {r['mesh']} at isosurface threshold {t['threshold']:g}: Chamfer {100 * t['chamfer_l1']:.2f}%, "
+                  f"F@1% {t['f_score_1pct']:.3f}, volume ratio {t['volume_ratio'] or float('nan'):.3f}")
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "sds_oracle.json").write_text(json.dumps({"load_average": load, "rows": rows}, indent=1))
+    print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()
