@@ -32,7 +32,7 @@ memory is per mesh:
    white random-view backgrounds, and ``--sweep-thresholds`` re-extracts the trained field at other thresholds.
 5. **Output.** The mesh mapped back by the inverse similarity to M's frame and written as ``<out>/<name>/model.glb``
    the way ``reconstruct`` writes it (z-up → glTF Y-up by (x, y, z) → (x, z, −y), no recentring), so that for a
-   Y-up OBJ the GLB is in the OBJ's own frame; ``reference.png``; ``views.png`` (mesh above, NeRF below, at
+   Y-up OBJ the GLB is in the OBJ's own frame; ``reference.png``; ``views.png`` (rows: mesh, NeRF, NeRF opacity;
    elevation 15°, azimuths 0/90/180/270); metrics of the GLB *as written* against M (Chamfer-L1 and F-score at
    1 % of M's bounding-box diagonal, ``nerf.metrics.mesh_distances``, 100k samples); a table and
    ``<out>/sds_oracle.json``. "wall s" and "CPU s" cover ``train_mesh`` (training + extraction); peak memory
@@ -173,16 +173,11 @@ def y_up_rotation(y_up: bool) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------- 2. reference input
-def render_rgba(mesh: trimesh.Trimesh, cameras: CameraBatch, size: int, config: MeshRenderConfig) -> torch.Tensor:
-    """RGBA (B, size, size, 4) straight-alpha renders of ``mesh`` (scene frame) from ``cameras``."""
-    return render_mesh(mesh, cameras.c2w, cameras.fovy_deg, size, size, config)
-
-
 def reference_input(mesh_scene: trimesh.Trimesh, size: int, config: MeshRenderConfig) -> PreparedInput:
     """The scaled mesh at the reference camera as the pipeline's conditioning input (RGBA PNG)."""
     camera = CameraBatch.from_spherical(REFERENCE_ELEVATION_DEG, REFERENCE_AZIMUTH_DEG, REFERENCE_CAMERA_DISTANCE,
                                         REFERENCE_FOVY_DEG)
-    rgba = render_rgba(mesh_scene, camera, size, config)[0]
+    rgba = render_mesh(mesh_scene, camera.c2w, camera.fovy_deg, size, size, config)[0]
     pixels = (rgba.numpy() * 255.0).round().astype(np.uint8)
     return PreparedInput(EncodedImage.from_image(Image.fromarray(pixels, mode="RGBA")), "oracle:mesh_render")
 
@@ -331,10 +326,12 @@ def run_mesh(path: Path, out: Path, *, y_up: bool, steps: int, seed: int, shadin
     last = history[-1].losses
     tail = guidance.log[-max(1, len(guidance.log) // 10):]
     return {
-        "mesh": path.stem, "path": str(path), "chamfer_l1": distances.chamfer_l1, "f_score_1pct": distances.f_score(0.01),
+        "mesh": path.stem, "path": str(path),
+        "chamfer_l1": distances.chamfer_l1, "f_score_1pct": distances.f_score(0.01),
         "precision_1pct": float((distances.pred_to_ref < 0.01).mean()),
         "recall_1pct": float((distances.ref_to_pred < 0.01).mean()),
-        "steps": len(history), "wall_s": wall_s, "cpu_s": cpu_s, "peak_rss_mib": peak_mib, "faces": int(len(pred.faces)),
+        "steps": len(history), "wall_s": wall_s, "cpu_s": cpu_s, "peak_rss_mib": peak_mib,
+        "faces": int(len(pred.faces)),
         "fill": reference_fill(), "scale": framing.scale, "translation": framing.translation.tolist(),
         "isosurface_threshold": mesh_scene.metadata.get("isosurface_threshold"),
         "mesh_resolution": nerf.isosurface.resolution, "final_losses": last,
@@ -362,8 +359,8 @@ def threshold_metrics(field, nerf, framing: Similarity, rotation: np.ndarray, re
 
 
 def compare_views(field, nerf, guidance: OracleGuidance, path: Path, size: int = 96) -> list[float]:
-    """Mesh (top) and NeRF (bottom, on white) at elevation 15°, azimuths 0/90/180/270, saved to ``path``; returns
-    the PSNR (dB) of each NeRF view against the mesh's."""
+    """Mesh, NeRF (on white) and NeRF opacity (rows) at elevation 15°, azimuths 0/90/180/270, saved to ``path``;
+    returns the PSNR (dB) of each NeRF view against the mesh's. White matter shows only in the opacity row."""
     from nerf.metrics import psnr
     from nerf.renderer import VolumeRenderer
 
@@ -374,8 +371,9 @@ def compare_views(field, nerf, guidance: OracleGuidance, path: Path, size: int =
     renderer.grid.binaries.fill_(True)  # a fresh grid is empty: march every cell
     parameter = next(field.parameters())
     rays_o, rays_d = CameraBatch.from_spherical(el, az, dist, guidance.fovy_deg).rays(size, size)
-    rgb = renderer.render_image(rays_o.to(parameter.device), rays_d.to(parameter.device)).rgb.cpu().clamp(0, 1)
-    sheet = torch.cat([torch.cat(list(target), 1), torch.cat(list(rgb), 1)], 0)
+    out = renderer.render_image(rays_o.to(parameter.device), rays_d.to(parameter.device))
+    rgb, opacity = out.rgb.cpu().clamp(0, 1), out.opacity.cpu().clamp(0, 1).expand(-1, -1, -1, 3)
+    sheet = torch.cat([torch.cat(list(images), 1) for images in (target, rgb, opacity)], 0)
     Image.fromarray((sheet.numpy() * 255).round().astype(np.uint8)).save(path)
     return [psnr(r, t) for r, t in zip(rgb, target)]
 
@@ -438,15 +436,19 @@ def main() -> None:
               file=sys.stderr, flush=True)
 
     load = os.getloadavg()
+    first = rows[0]
     print(f"SDS oracle: tiny NeRF, {args.steps} steps, threads={args.threads}, load average "
-          f"{load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} on {os.cpu_count()} CPUs; object fills {reference_fill():.0%} "
-          f"of the reference view; Chamfer-L1 and F-score vs M, fraction of M's bbox diagonal")
+          f"{load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} on {os.cpu_count()} CPUs; object fills {first['fill']:.0%} "
+          f"of the reference view; random views on white {first['white_background_prob']:.0%} of the time; "
+          f"isosurface threshold {first['isosurface_threshold']}; oracle at {first['guidance_resolution'] or 'render'} "
+          f"px × {first['guidance_scale']:g}; Chamfer-L1 and F-score vs M, fraction of M's bbox diagonal")
     print(f"{'mesh':10} {'Chamfer':>8} {'F@1%':>6} {'target':>7} {'steps':>6} {'wall s':>7} {'CPU s':>7} "
-          f"{'peak MiB':>9}")
+          f"{'peak MiB':>9} {'ref mask MSE':>13}")
     for r in rows:
         ok = r["chamfer_l1"] <= TARGET_CHAMFER and r["f_score_1pct"] >= TARGET_F1
         print(f"{r['mesh']:10} {100 * r['chamfer_l1']:7.2f}% {r['f_score_1pct']:6.3f} {'met' if ok else 'MISSED':>7} "
-              f"{r['steps']:6d} {r['wall_s']:7.1f} {r['cpu_s']:7.1f} {r['peak_rss_mib']:9.0f}")
+              f"{r['steps']:6d} {r['wall_s']:7.1f} {r['cpu_s']:7.1f} {r['peak_rss_mib']:9.0f} "
+              f"{r['final_losses'].get('mask', float('nan')):13.4f}")
     for r in rows:
         for t in r["threshold_sweep"]:
             print(f"  {r['mesh']} at isosurface threshold {t['threshold']:g}: Chamfer {100 * t['chamfer_l1']:.2f}%, "
