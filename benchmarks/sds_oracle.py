@@ -271,6 +271,8 @@ def oracle_preset(steps: int, mesh_resolution: int | None = None, threshold: flo
     nerf = get_preset("tiny").nerf.with_max_steps(steps)
     iso = {k: v for k, v in (("resolution", mesh_resolution), ("threshold", threshold)) if v is not None}
     nerf = replace(nerf, isosurface=replace(nerf.isosurface, **iso))
+    if threshold is not None:  # a fixed threshold replaces the reference-silhouette fit
+        nerf = replace(nerf, isosurface_from_reference=False)
     if white_background_prob is not None:
         nerf = replace(nerf, training=replace(nerf.training, white_background_prob=white_background_prob))
     return nerf
@@ -334,6 +336,8 @@ def run_mesh(path: Path, out: Path, *, y_up: bool, steps: int, seed: int, shadin
         "faces": int(len(pred.faces)),
         "fill": reference_fill(), "scale": framing.scale, "translation": framing.translation.tolist(),
         "isosurface_threshold": mesh_scene.metadata.get("isosurface_threshold"),
+        "isosurface_threshold_source": mesh_scene.metadata.get("isosurface_threshold_source"),
+        "silhouette_iou": mesh_scene.metadata.get("silhouette_iou"),
         "mesh_resolution": nerf.isosurface.resolution, "final_losses": last,
         "white_background_prob": nerf.training.white_background_prob,
         "views_psnr_db": views_psnr, "threshold_sweep": sweep,
@@ -440,15 +444,15 @@ def main() -> None:
     print(f"SDS oracle: tiny NeRF, {args.steps} steps, threads={args.threads}, load average "
           f"{load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} on {os.cpu_count()} CPUs; object fills {first['fill']:.0%} "
           f"of the reference view; random views on white {first['white_background_prob']:.0%} of the time; "
-          f"isosurface threshold {first['isosurface_threshold']}; oracle at {first['guidance_resolution'] or 'render'} "
+          f"isosurface threshold from the {first['isosurface_threshold_source']}; oracle at {first['guidance_resolution'] or 'render'} "
           f"px × {first['guidance_scale']:g}; Chamfer-L1 and F-score vs M, fraction of M's bbox diagonal")
     print(f"{'mesh':10} {'Chamfer':>8} {'F@1%':>6} {'target':>7} {'steps':>6} {'wall s':>7} {'CPU s':>7} "
-          f"{'peak MiB':>9} {'ref mask MSE':>13}")
+          f"{'peak MiB':>9} {'ref mask MSE':>13} {'threshold':>9}")
     for r in rows:
         ok = r["chamfer_l1"] <= TARGET_CHAMFER and r["f_score_1pct"] >= TARGET_F1
         print(f"{r['mesh']:10} {100 * r['chamfer_l1']:7.2f}% {r['f_score_1pct']:6.3f} {'met' if ok else 'MISSED':>7} "
               f"{r['steps']:6d} {r['wall_s']:7.1f} {r['cpu_s']:7.1f} {r['peak_rss_mib']:9.0f} "
-              f"{r['final_losses'].get('mask', float('nan')):13.4f}")
+              f"{r['final_losses'].get('mask', float('nan')):13.4f} {float(r['isosurface_threshold']):9.3g}")
     for r in rows:
         for t in r["threshold_sweep"]:
             print(f"  {r['mesh']} at isosurface threshold {t['threshold']:g}: Chamfer {100 * t['chamfer_l1']:.2f}%, "

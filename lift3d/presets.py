@@ -40,7 +40,12 @@ class NerfPreset:
         renderer: ray marching and compositing; samples below alpha 0.01 are pruned, as threestudio's
             ``nerf-volume-renderer`` does by default (``prune_alpha_threshold``).
         training: the SDS loop; its ``max_steps`` is the default of ``num_3d_max_steps``.
-        isosurface: mesh extraction (threestudio uses density 25 for this volume, coarse to fine).
+        isosurface: mesh extraction (threestudio uses density 25 for this volume, coarse to fine). Its
+            ``threshold`` is used as written only when ``isosurface_from_reference`` is off or the fit fails.
+        isosurface_from_reference: pick the isosurface threshold whose silhouette seen from the reference camera
+            best matches the input mask (:mod:`nerf.silhouette`; lift3d's rule, not threestudio's — the SDS oracle
+            benchmark found fixed thresholds off by 1–2 % of the object, in different directions per field).
+        silhouette_resolution: side in pixels of the reference render used for that fit, >= 16.
         schedule_scale: recipe steps per training step. The SDS timestep annealing lives in the guidance, which
             reads ``step × schedule_scale`` (see :meth:`with_max_steps`); 1 for a preset as written.
     """
@@ -49,7 +54,13 @@ class NerfPreset:
     renderer: RendererConfig = default(default_factory=lambda: RendererConfig(alpha_thre=0.01))
     training: SDSTrainingConfig = default(default_factory=SDSTrainingConfig)
     isosurface: IsosurfaceConfig = default(default_factory=IsosurfaceConfig)
+    isosurface_from_reference: bool = True
+    silhouette_resolution: int = 128
     schedule_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.silhouette_resolution < 16:
+            raise ValueError(f"NerfPreset.silhouette_resolution must be >= 16, got {self.silhouette_resolution}")
 
     def with_max_steps(self, max_steps: int) -> "NerfPreset":
         """A copy training for ``max_steps``, with one rule for every step-indexed schedule: each is stretched by
@@ -119,9 +130,11 @@ def _tiny_nerf() -> NerfPreset:
         field=FieldConfig(hash_grid=grid, n_neurons=32, n_hidden_layers=1, normal_type="analytic"),
         renderer=RendererConfig(num_samples_per_ray=96, grid=OccupancyGridConfig(warmup_steps=32), alpha_thre=0.01),
         training=training,
-        # Same per-sample opacity at the surface as threestudio's density 25 with 512 samples per ray:
-        # 25 * (2 * 1.732 * 2 / 512) / (2 * 1.732 * 2 / 96) ≈ 4.7.
+        # The fallback threshold (the reference silhouette sets it normally): the same per-sample opacity at the
+        # surface as threestudio's density 25 with 512 samples per ray: 25 * (2 * 1.732 * 2 / 512) /
+        # (2 * 1.732 * 2 / 96) ≈ 4.7.
         isosurface=IsosurfaceConfig(resolution=96, threshold=5.0),
+        silhouette_resolution=96,
     )
 
 

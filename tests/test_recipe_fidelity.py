@@ -66,7 +66,12 @@ class StrictField(nn.Module):
 def test_mesh_export_queries_the_field_on_its_own_device_and_dtype(tmp_path):
     field = StrictField(small_field(dtype=torch.float64))
     nerf = get_preset("tiny").nerf
-    mesh = extract_field_mesh(field, nerf)  # marching cubes (coarse and fine) + vertex colours
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 64), torch.linspace(-1, 1, 64), indexing="ij")
+    disc = ((xx.square() + yy.square()) < 0.25).float()[None]
+    reference = ReferenceView(rgb=torch.ones(3, 64, 64), mask=disc)
+    # silhouette fit on the reference rays + marching cubes (coarse and fine) + vertex colours
+    mesh = extract_field_mesh(field, nerf, reference=reference)
+    assert mesh.metadata["isosurface_threshold_source"] == "reference silhouette"
     writer = ArtifactWriter(LocalStore(tmp_path))
     options = MeshExportOptions(texture=True, texture_size=512, target_faces=300)
     written = write_mesh_assets(writer, mesh, albedo_fn(field), options, recenter=True)  # decimate + bake

@@ -183,6 +183,8 @@ class Lift3DPipeline:
                 "vertices": len(mesh.vertices),
                 "faces": len(mesh.faces),
                 "isosurface_threshold": mesh.metadata.get("isosurface_threshold"),
+                "isosurface_threshold_source": mesh.metadata.get("isosurface_threshold_source"),
+                "silhouette_iou": mesh.metadata.get("silhouette_iou"),
             },
             "training": None if not history else {
                 "steps": len(history),

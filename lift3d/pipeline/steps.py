@@ -21,8 +21,10 @@ from lift3d.io.preprocess import recenter_rgba, rgba_to_tensors
 from lift3d.presets import NerfPreset
 from lift3d.stages.background import BackgroundRemover
 from lift3d.stages.zero123 import ConditionEmbedding, SDSRequest, Zero123, step_seed
+from nerf.cameras import CameraBatch
 from nerf.field import ImplicitVolume
 from nerf.mesh import EmptyIsosurfaceError, extract_mesh
+from nerf.silhouette import SilhouetteFit, ray_max_density, silhouette_threshold
 from nerf.renderer import VolumeRenderer
 from nerf.trainers.sds import Guidance, GuidanceResult, ReferenceView, SDSTrainer
 from nerf.trainers.stats import StepStats
@@ -43,6 +45,7 @@ __all__ = [
     "extract_field_mesh",
     "generate_views",
     "prepare_input",
+    "reference_silhouette_fit",
     "sds_request",
     "train_mesh",
 ]
@@ -224,12 +227,19 @@ def train_mesh(
     renderer = VolumeRenderer(field, nerf.renderer)
     trainer = SDSTrainer(renderer, reference, guidance, nerf.training, seed=seed, device=device)
     history = trainer.train(callback=callback)
-    return extract_field_mesh(field, nerf, device=device), history, field
+    return extract_field_mesh(field, nerf, device=device, reference=reference), history, field
 
 
-def extract_field_mesh(field: ImplicitVolume, nerf: NerfPreset, device: torch.device | str = "cpu") -> trimesh.Trimesh:
-    """Marching cubes at the preset's density threshold; if the field never reaches it (a short or failed
-    optimisation), retry with the automatic threshold and say so in the log and in ``mesh.metadata``.
+def extract_field_mesh(field: ImplicitVolume, nerf: NerfPreset, device: torch.device | str = "cpu",
+                       reference: ReferenceView | None = None) -> trimesh.Trimesh:
+    """Marching cubes on the trained field, at the density whose silhouette matches the reference mask.
+
+    With ``reference`` given and ``nerf.isosurface_from_reference`` set, the isovalue is the one whose silhouette
+    seen from the reference camera best matches the reference mask (:mod:`nerf.silhouette`); otherwise, or when
+    that fit is impossible (empty mask or field), the preset's fixed threshold. If the field never reaches the
+    threshold (a short or failed optimisation), it retries with the automatic threshold. ``mesh.metadata`` says
+    which: ``isosurface_threshold`` (float or ``"auto"``), ``isosurface_threshold_source`` (``"reference
+    silhouette"``, ``"preset"`` or ``"auto"``) and, for the silhouette, ``silhouette_iou`` in [0, 1].
 
     Raises:
         nerf.mesh.EmptyIsosurfaceError: when even the automatic threshold finds no surface (a flat field).
@@ -238,11 +248,40 @@ def extract_field_mesh(field: ImplicitVolume, nerf: NerfPreset, device: torch.de
         return extract_mesh(density_fn(field), nerf.field.radius, config, color_fn=albedo_fn(field),
                             device=torch.device(device))
 
+    config, source, metadata = nerf.isosurface, "preset", {}
+    if reference is not None and nerf.isosurface_from_reference:
+        try:
+            fit = reference_silhouette_fit(field, nerf, reference, device)
+        except ValueError as exc:
+            logger.warning("No silhouette threshold (%s); using the preset's %s.", exc, nerf.isosurface.threshold)
+        else:
+            config, source = replace(config, threshold=fit.threshold), "reference silhouette"
+            metadata = {"silhouette_iou": round(fit.iou, 4)}
+            logger.info("Isosurface threshold %.4g from the reference silhouette (IoU %.3f).", fit.threshold, fit.iou)
     try:
-        mesh = extract(nerf.isosurface)
-        mesh.metadata["isosurface_threshold"] = nerf.isosurface.threshold
+        mesh = extract(config)
+        mesh.metadata.update(isosurface_threshold=config.threshold, isosurface_threshold_source=source, **metadata)
     except EmptyIsosurfaceError as exc:
         logger.warning("%s Falling back to the automatic threshold (mean density).", exc)
         mesh = extract(replace(nerf.isosurface, threshold="auto"))
-        mesh.metadata["isosurface_threshold"] = "auto"
+        mesh.metadata.update(isosurface_threshold="auto", isosurface_threshold_source="auto")
     return mesh
+
+
+def reference_silhouette_fit(field: ImplicitVolume, nerf: NerfPreset, reference: ReferenceView,
+                             device: torch.device | str = "cpu") -> SilhouetteFit:
+    """The density isovalue whose silhouette from the reference camera best matches ``reference.mask``, found
+    on a ``nerf.silhouette_resolution``² render of per-ray maximum densities (:mod:`nerf.silhouette`).
+
+    Raises:
+        ValueError: the mask is empty or no ray meets a positive density.
+    """
+    size = nerf.silhouette_resolution
+    camera = CameraBatch.from_spherical(reference.elevation_deg, reference.azimuth_deg, reference.camera_distance,
+                                        reference.fovy_deg)
+    rays_o, rays_d = (r.to(torch.device(device)) for r in camera.rays(size, size))
+    maxima = ray_max_density(density_fn(field), rays_o[0], rays_d[0], nerf.field.radius,
+                             n_samples=nerf.renderer.num_samples_per_ray)
+    mask = torch.nn.functional.interpolate(reference.mask.float()[None], size=(size, size), mode="bilinear",
+                                           antialias=True, align_corners=False)[0, 0]
+    return silhouette_threshold(maxima, mask.to(maxima.device))
