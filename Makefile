@@ -34,6 +34,9 @@ test-fast: install
 	LIFT3D_REQUIRE_GLTF_VALIDATOR=1 $(PY) -m pytest -q -m "not slow"
 
 serve: install  ## the local graph (tiny preset, local storage) on http://127.0.0.1:8000
+	@echo "API keys are required. Create one (same database, /tmp/lift3d/lift3d.db) in another shell:"
+	@echo "    $(VENV)/bin/lift3d keys create --name me --credits 100"
+	@echo "then: curl -H \"Authorization: Bearer sk-...\" localhost:8000/v1/user/balance   (docs/serving.md)"
 	$(PY) graph.py serve_config.local.yaml
 
 bench: install

@@ -63,8 +63,7 @@ def build_app(args: ServiceConfig) -> Application:
     # 3. the queue's consumer, which hands jobs to the trainer
     consumer = configured(make_job_consumer(config.queue)).bind(trainer, config.consumer_settings())
     # 4. the HTTP ingress; it enqueues jobs and holds the consumer handle only so the graph deploys it
-    return configured(IngressDeployment).bind(config.store_url, config.queue, consumer, config.queue.max_attempts,
-                                              config.url_expires_s, config.max_upload_bytes)
+    return configured(IngressDeployment).bind(config, consumer)
 
 
 app = build_app(ServiceConfig.from_env())

@@ -5,8 +5,10 @@ throughput through the Serve proxy.
     python benchmarks/bench_serve.py --runs 3 --poll-seconds 20 --concurrency 32
 
 Prints wall seconds per run for both paths (the first in-process run includes loading the tiny models; the
-graph loads them at deploy time), then requests/s and p50/p99 latency of ``GET /v1/generation/{id}`` on a queued
-job (a 202 JSON body read from the artifact store), from ``--concurrency`` clients on loopback.
+graph loads them at deploy time), then p50/p99 latency of ``--submits`` sequential text-to-3d submissions (each
+canceled right after, so none runs), then requests/s and p50/p99 latency of ``GET /v1/generation/{id}`` on a
+queued job (a 202 JSON body), from ``--concurrency`` clients on loopback. The graph runs as deployed: with API
+keys (one is created for the benchmark, with limits high enough not to throttle it) where the service has them.
 
 The in-process runs use ``--torch-threads`` intra-op threads (default 1: Ray starts replicas with less than one
 CPU with ``OMP_NUM_THREADS=1``, so 1 compares like with like; on a busy 2-core machine, 2 threads were 3-4×
@@ -31,6 +33,8 @@ sys.path.insert(0, str(ROOT))
 
 DRAGON = ROOT / "examples" / "dragon2_rgba.png"
 JOB = {"num_views": 4, "num_multiview_steps": 2, "num_3d_max_steps": 12, "seed": 3}
+HEADERS: dict[str, str] = {}
+"""Sent with every request (the API key, once the graph has one)."""
 
 
 def _free_port() -> int:
@@ -77,11 +81,19 @@ def start_graph(base: Path):
     ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, namespace="serve", log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
     serve.start(http_options={"host": "127.0.0.1", "port": port})
+    extra = {}
+    if "database_url" in ServiceConfig.model_fields:  # the service with a database, API keys and limits
+        extra = dict(database_url=f"sqlite:///{base / 'lift3d.db'}", default_rate_limit_per_min=10_000_000,
+                     default_max_concurrent_jobs=0, max_queue_depth=0)
     config = ServiceConfig(preset="tiny", store_url=f"file://{base / 'store'}",
                            queue=QueueConfig(queue_dir=str(base / "queue"), polling_interval_s=0.1),
-                           heartbeat_s=1.0, deployment_options=options)
+                           heartbeat_s=1.0, deployment_options=options, **extra)
     serve.run(build_app(config), name=APP_NAME, route_prefix="/")
     url = f"http://127.0.0.1:{port}"
+    if extra:
+        from lift3d.service.state import open_state
+
+        HEADERS["Authorization"] = "Bearer " + open_state(config).keys.create(name="bench", credits=10**9).key
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         try:
@@ -98,11 +110,11 @@ def bench_http(url: str, runs: int) -> list[float]:
     for _ in range(runs):
         start = time.perf_counter()
         response = httpx.post(f"{url}/v1/generation/image-to-3d", files={"image": DRAGON.read_bytes()},
-                              data={k: str(v) for k, v in JOB.items()}, timeout=60)
+                              data={k: str(v) for k, v in JOB.items()}, headers=HEADERS, timeout=60)
         response.raise_for_status()
         job_id = response.json()["id"]
         while True:
-            result = httpx.get(f"{url}/v1/generation/{job_id}", timeout=60)
+            result = httpx.get(f"{url}/v1/generation/{job_id}", headers=HEADERS, timeout=60)
             if result.status_code != 202:
                 break
             time.sleep(0.1)
@@ -120,13 +132,28 @@ async def bench_polls(url: str, job_id: str, seconds: float, concurrency: int) -
         async def worker() -> None:
             while time.perf_counter() < deadline:
                 start = time.perf_counter()
-                response = await client.get(f"/v1/generation/{job_id}", headers={"Accept": "application/json"})
+                response = await client.get(f"/v1/generation/{job_id}",
+                                            headers={**HEADERS, "Accept": "application/json"})
                 if response.status_code != 202:
                     raise RuntimeError(f"unexpected {response.status_code}")
                 latencies.append(time.perf_counter() - start)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     return len(latencies), latencies
+
+
+def bench_submits(url: str, count: int) -> list[float]:
+    """Seconds per ``POST /v1/generation/text-to-3d`` (JSON), one at a time; each job is canceled at once."""
+    latencies = []
+    with httpx.Client(base_url=url, headers=HEADERS, timeout=60) as client:
+        for index in range(count):
+            start = time.perf_counter()
+            response = client.post("/v1/generation/text-to-3d", json={"prompt": f"a robot {index}", **JOB})
+            latencies.append(time.perf_counter() - start)
+            if response.status_code != 202:
+                raise RuntimeError(f"submit answered {response.status_code}: {response.text[:300]}")
+            client.delete(f"/v1/generation/{response.json()['id']}")
+    return latencies
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -139,6 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=2, help="jobs per path (default 2)")
     parser.add_argument("--poll-seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--submits", type=int, default=50, help="sequential submissions timed (default 50)")
     parser.add_argument("--torch-threads", type=int, default=1, help="in-process intra-op threads (default 1)")
     options = parser.parse_args(argv)
     base = Path(tempfile.mkdtemp(prefix="lift3d-bench-"))
@@ -147,12 +175,9 @@ def main(argv: list[str] | None = None) -> None:
     url, config = start_graph(base)
     http = bench_http(url, options.runs)
 
-    from lift3d.service.jobs import JobRecord, JobStore
-    from lift3d.params import GenerationParams
-    from lift3d.io.storage import make_store
-
-    queued = JobStore(make_store(config.store_url)).create(JobRecord.new("image-to-3d", GenerationParams(**JOB)))
-    count, latencies = asyncio.run(bench_polls(url, queued.id, options.poll_seconds, options.concurrency))
+    submits = bench_submits(url, options.submits)
+    queued = queued_job(config)
+    count, latencies = asyncio.run(bench_polls(url, queued, options.poll_seconds, options.concurrency))
 
     print(f"tiny image-to-3d job ({JOB}), wall seconds per run:")
     print(f"  in-process (CLI path, {options.torch_threads} torch thread(s)): {', '.join(f'{t:.1f}' for t in cli)}")
@@ -160,10 +185,30 @@ def main(argv: list[str] | None = None) -> None:
     print(f"status polls, {options.concurrency} concurrent clients, {options.poll_seconds:.0f} s: "
           f"{count / options.poll_seconds:.0f} requests/s, p50 {percentile(latencies, 0.5) * 1000:.1f} ms, "
           f"p99 {percentile(latencies, 0.99) * 1000:.1f} ms")
+    print(f"submissions (text-to-3d JSON, sequential, n={len(submits)}): p50 {percentile(submits, 0.5) * 1000:.1f} ms, "
+          f"p99 {percentile(submits, 0.99) * 1000:.1f} ms")
 
     from ray import serve
 
     serve.shutdown()
+
+
+def queued_job(config) -> str:
+    """Id of a job that stays queued (never enqueued), owned by the benchmark's key where there are keys."""
+    from lift3d.params import GenerationParams
+    from lift3d.service.jobs import JobRecord
+
+    record = JobRecord.new("image-to-3d", GenerationParams(**JOB))
+    if "Authorization" not in HEADERS:  # the service before issue 9: records in the artifact store
+        from lift3d.io.storage import make_store
+        from lift3d.service.jobs import JobStore
+
+        return JobStore(make_store(config.store_url)).create(record).id
+    from lift3d.service.state import open_state
+
+    state = open_state(config)
+    key = next(k for k in state.keys.list() if k.name == "bench")
+    return state.jobs.create(record.model_copy(update={"owner_id": key.id})).id
 
 
 if __name__ == "__main__":

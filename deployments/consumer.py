@@ -4,7 +4,8 @@ A replica receives job ids in its Celery worker threads, starts an attempt (:fun
 and runs it on ``NerfTrainer`` through a handle. Retryable failures go back to Celery (bounded by the job record's
 ``max_attempts``); every replica also sweeps for jobs whose worker vanished
 (:func:`lift3d.service.delivery.sweep_stale_jobs`), because the embedded broker loses a message whose consumer dies
-mid-job.
+mid-job, and does the database's housekeeping (:func:`lift3d.service.housekeeping.housekeeping`: expired results,
+idempotency records, due webhook deliveries).
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from ray.serve.task_consumer import task_consumer, task_handler
 
 from deployments.metrics import RayMetrics
 from deployments.queue import TASK_NAME, JobQueue, task_processor_config
-from lift3d.io.storage import make_store
 from lift3d.service.config import ConsumerSettings, QueueConfig
 from lift3d.service.delivery import consume_job, sweep_stale_jobs
-from lift3d.service.jobs import JobNotFound, JobStore
+from lift3d.service.housekeeping import deliver_webhooks, housekeeping
+from lift3d.service.state import open_state
 
 logger = logging.getLogger(__name__)
 
@@ -38,13 +39,16 @@ class JobConsumer:
     def __init__(self, trainer: DeploymentHandle, settings: ConsumerSettings) -> None:
         self.trainer = trainer
         self.settings = settings
-        self.jobs = JobStore(make_store(settings.store_url))
+        self.state = open_state(settings)
+        self.jobs = self.state.jobs
         self.queue = JobQueue(settings.queue)
         self.metrics = RayMetrics()
         self.worker = serve.get_replica_context().replica_id.unique_id
         self._stop = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep_forever, name="lift3d-sweeper", daemon=True)
         self._sweeper.start()
+        self._webhooks = threading.Thread(target=self._deliver_forever, name="lift3d-webhooks", daemon=True)
+        self._webhooks.start()
 
     @task_handler(name=TASK_NAME)
     def generate(self, job_id: str) -> str:
@@ -61,24 +65,25 @@ class JobConsumer:
                                            queued_timeout_s=self.settings.queued_timeout_s)
                 if actions:
                     logger.warning("stale-job sweep: %s", actions)
+                housekeeping(self.state, self.settings)  # expiry, idempotency records, webhook deliveries
                 self._report_depth()
             except Exception:  # noqa: BLE001 - keep sweeping; the store may come back
                 logger.warning("stale-job sweep failed", exc_info=True)
 
-    def _report_depth(self) -> None:
-        counts = {"queued": 0, "running": 0}
-        for job_id in self.jobs.active_ids():
+    def _deliver_forever(self) -> None:
+        while not self._stop.wait(1.0):
             try:
-                status = self.jobs.get(job_id).status
-            except JobNotFound:
-                continue
-            if status in counts:
-                counts[status] += 1
-        self.metrics.set_queue_depth(counts["queued"], counts["running"])
+                deliver_webhooks(self.state, self.settings)
+            except Exception:  # noqa: BLE001 - keep delivering; the database or a receiver may come back
+                logger.warning("webhook delivery round failed", exc_info=True)
+
+    def _report_depth(self) -> None:
+        queued = self.jobs.count_queued()
+        self.metrics.set_queue_depth(queued, self.jobs.count_active() - queued)
 
     def check_health(self) -> None:
-        if not self._sweeper.is_alive():
-            raise RuntimeError("stale-job sweeper thread died")
+        if not self._sweeper.is_alive() or not self._webhooks.is_alive():
+            raise RuntimeError("stale-job sweeper or webhook delivery thread died")
 
     def __del__(self) -> None:
         self._stop.set()

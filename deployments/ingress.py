@@ -1,14 +1,18 @@
 """``Ingress`` deployment: the HTTP API (:func:`lift3d.service.app.create_api`) and the Python handle API, both over
-one :class:`~lift3d.service.generation.GenerationService`. It holds no job state: everything lives in the store.
+one :class:`~lift3d.service.generation.GenerationService`. It holds no job state: everything lives in the database
+and the artifact store.
 
 Handle API (same models as HTTP): ``handle.generate.remote(GenerationRequest(...))`` →
 :class:`~lift3d.service.schemas.GenerationAccepted` | :class:`~lift3d.service.schemas.ErrorBody`;
 ``handle.status.remote(id)`` → ``GenerationStatus | GenerationResult | ErrorBody``; ``handle.cancel.remote(id)``.
+Handle callers are inside the cluster and trusted; each method takes an optional ``api_key`` to bill a key and see
+only its jobs, as over HTTP.
 """
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 from fastapi import FastAPI
 from ray import serve
@@ -16,12 +20,11 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.metrics import RayMetrics
 from deployments.queue import JobQueue
-from lift3d.io.images import ImageLimits
-from lift3d.io.storage import make_store
-from lift3d.service.app import create_api
-from lift3d.service.config import QueueConfig
-from lift3d.service.generation import GenerationService
-from lift3d.service.jobs import JobStore
+from lift3d.errors import Lift3DError
+from lift3d.service.auth import Principal
+from lift3d.service.config import ServiceConfig
+from lift3d.service.server import build_api, build_service
+from lift3d.service.state import open_state
 from lift3d.service.schemas import ErrorBody, GenerationAccepted, GenerationRequest, GenerationResult, GenerationStatus
 
 __all__ = ["IngressDeployment"]
@@ -37,17 +40,16 @@ __all__ = ["IngressDeployment"]
 class IngressDeployment:
     """HTTP and handle front door. ``consumer`` is bound only so that the queue's consumer deploys with the app."""
 
-    def __init__(self, store_url: str, queue_config: QueueConfig, consumer: DeploymentHandle, max_attempts: int = 3,
-                 url_expires_s: int = 3600, max_upload_bytes: int = 20 * 1024 * 1024) -> None:
+    def __init__(self, config: ServiceConfig, consumer: DeploymentHandle) -> None:
         self.consumer = consumer
-        self.limits = ImageLimits(max_bytes=max_upload_bytes)
-        self.service = GenerationService(JobStore(make_store(store_url)), JobQueue(queue_config).enqueue,
-                                         self.limits, max_attempts, url_expires_s)
+        self.config = config
+        self.state = open_state(config)
         self.metrics = RayMetrics()
+        self.service = build_service(config, self.state, JobQueue(config.queue).enqueue)
         self.app_name = serve.get_replica_context().app_name
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_api(self.service, self.metrics, self.health, self.limits)
+        return build_api(self.config, self.state, self.service, self.metrics, self.health)
 
     async def health(self) -> tuple[bool, dict[str, str]]:
         """Whether every deployment of this application is HEALTHY, and each one's status."""
@@ -58,13 +60,32 @@ class IngressDeployment:
         details = {name: str(getattr(d.status, "value", d.status)) for name, d in app.deployments.items()}
         return all(s == "HEALTHY" for s in details.values()), details
 
-    async def generate(self, request: GenerationRequest) -> GenerationAccepted | ErrorBody:
+    def _caller(self, api_key: str | None) -> Principal | None:
+        """Handle callers run inside the cluster and are trusted (None: unscoped, unbilled); with ``api_key`` the
+        call is billed to that key and sees only its jobs, exactly like HTTP. Raises Unauthorized."""
+        if api_key is None or self.state.keys is None:
+            return None
+        return Principal.of(self.state.keys.authenticate(api_key))
+
+    async def generate(self, request: GenerationRequest, api_key: str | None = None) -> GenerationAccepted | ErrorBody:
         """Submit a generation (``request.image`` base64). Errors come back as :class:`ErrorBody`."""
-        return await asyncio.to_thread(self.service.try_submit, request)
+        try:
+            caller = await asyncio.to_thread(self._caller, api_key)
+        except Lift3DError as exc:
+            return ErrorBody(id=uuid.uuid4().hex, name=exc.name, errors=[str(exc)])
+        return await asyncio.to_thread(self.service.try_submit, request, caller)
 
-    async def status(self, id: str) -> GenerationStatus | GenerationResult | ErrorBody:
+    async def status(self, id: str, api_key: str | None = None) -> GenerationStatus | GenerationResult | ErrorBody:
         """The same body as ``GET /v1/generation/{id}`` with ``Accept: application/json``."""
-        return await asyncio.to_thread(self.service.status, id)
+        try:
+            caller = await asyncio.to_thread(self._caller, api_key)
+        except Lift3DError as exc:
+            return ErrorBody(id=id, name=exc.name, errors=[str(exc)])
+        return await asyncio.to_thread(self.service.status, id, True, caller)
 
-    async def cancel(self, id: str) -> GenerationStatus | ErrorBody:
-        return await asyncio.to_thread(self.service.cancel, id)
+    async def cancel(self, id: str, api_key: str | None = None) -> GenerationStatus | ErrorBody:
+        try:
+            caller = await asyncio.to_thread(self._caller, api_key)
+        except Lift3DError as exc:
+            return ErrorBody(id=id, name=exc.name, errors=[str(exc)])
+        return await asyncio.to_thread(self.service.cancel, id, caller)

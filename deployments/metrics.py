@@ -53,6 +53,11 @@ class RayMetrics:
         if cost_usd is not None:
             self["lift3d_request_cost_usd"].observe(cost_usd, tags={"kind": kind})
 
+    def count_credits(self, key_id: str, credits: float) -> None:
+        """Credits charged to a key (a settled job)."""
+        if credits > 0:
+            self["lift3d_credits_spent"].inc(credits, tags={"key_id": key_id})
+
     def set_queue_depth(self, queued: int, running: int) -> None:
         self["lift3d_queue_depth"].set(queued, tags={"status": "queued"})
         self["lift3d_queue_depth"].set(running, tags={"status": "running"})

@@ -18,13 +18,13 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.metrics import RayMetrics
 from deployments.replica import assigned_gpu_fraction, replica_device
-from lift3d.io.storage import make_store
 from lift3d.pipeline.remote import RemoteStages
 from lift3d.presets import get_preset
 from lift3d.service.config import TrainerSettings
 from lift3d.service.costs import CostModel
 from lift3d.service.delivery import AttemptResult
-from lift3d.service.jobs import JobRecord, JobStore
+from lift3d.service.jobs import JobRecord
+from lift3d.service.state import open_state
 from lift3d.service.worker import JobRunner
 
 __all__ = ["NerfTrainerDeployment"]
@@ -39,7 +39,7 @@ __all__ = ["NerfTrainerDeployment"]
     graceful_shutdown_timeout_s=600,
 )
 class NerfTrainerDeployment:
-    """Runs attempts of 3D jobs from their records in the artifact store."""
+    """Runs attempts of 3D jobs from their records in the service database."""
 
     def __init__(self, text_to_image: DeploymentHandle, background: DeploymentHandle, multiview: DeploymentHandle,
                  settings: TrainerSettings) -> None:
@@ -47,8 +47,9 @@ class NerfTrainerDeployment:
         fraction = assigned_gpu_fraction()
         cost_model = CostModel.for_gpu(settings.gpu_type, {"sds_training": fraction, "mesh_export": fraction},
                                        settings.price_per_gpu_hour)
+        self.jobs = open_state(settings).jobs
         self.runner = JobRunner(
-            JobStore(make_store(settings.store_url)), RemoteStages(text_to_image, background, multiview),
+            self.jobs, RemoteStages(text_to_image, background, multiview),
             get_preset(settings.preset), cost_model, device=replica_device(settings.device, settings.torch_threads),
             heartbeat_s=settings.heartbeat_s, on_finish=self._observe,
         )
@@ -62,3 +63,6 @@ class NerfTrainerDeployment:
         outcome = record.outcome
         self.metrics.observe_job(record.kind, record.status, seconds, outcome.busy_s if outcome else {},
                                  outcome.gpu_seconds if outcome else {}, outcome.cost_usd if outcome else None)
+        charged = self.jobs.charged_credits(record.id) if record.owner_id is not None else None
+        if charged is not None:
+            self.metrics.count_credits(record.owner_id, charged)

@@ -13,7 +13,7 @@ from lift3d.service.costs import GPU_PRICES_USD_PER_HOUR, CostModel, price_per_g
 from lift3d.errors import InvalidInputError, PayloadTooLargeError
 from lift3d.io.storage import LocalStore
 from lift3d.params import GenerationParams
-from lift3d.service.delivery import AttemptResult, RetryJob, consume_job, sweep_stale_jobs
+from lift3d.service.delivery import INTERNAL_ERROR_MESSAGE, AttemptResult, RetryJob, consume_job, sweep_stale_jobs
 from lift3d.service.jobs import InvalidTransition, JobNotFound, JobOutcome, JobRecord, JobStore
 from lift3d.service.metrics import ServiceMetrics, parse_exposition
 from lift3d.service.schemas import BadRequestError, GenerationRequest, decode_image
@@ -30,8 +30,17 @@ class Clock:
 
 
 @pytest.fixture
-def jobs(tmp_path):
-    return JobStore(LocalStore(tmp_path), clock=Clock())
+def jobs(database, tmp_path):
+    """A job store on SQLite or PostgreSQL (the ``database`` fixture) with artifacts in ``tmp_path``."""
+    return JobStore(database, LocalStore(tmp_path), clock=Clock())
+
+
+def sqlite_jobs(tmp_path, store=None) -> JobStore:
+    from lift3d.service.db import Database, migrate
+
+    database = Database(f"sqlite:///{tmp_path / 'lift3d.db'}")
+    migrate(database)
+    return JobStore(database, store or LocalStore(tmp_path / "store"))
 
 
 def new_job(jobs: JobStore, max_attempts: int = 3, kind: str = "image-to-3d") -> JobRecord:
@@ -39,11 +48,11 @@ def new_job(jobs: JobStore, max_attempts: int = 3, kind: str = "image-to-3d") ->
 
 
 # ------------------------------------------------------------------------------------------------ job records
-def test_record_fixes_the_seed_and_lives_under_generations(jobs, tmp_path):
+def test_record_fixes_the_seed_and_lives_in_the_database(jobs):
     record = new_job(jobs)
     assert record.params.seed is not None and record.status == "queued"
-    assert (tmp_path / "generations" / record.id / "job.json").is_file()
     assert jobs.get(record.id).params.seed == record.params.seed
+    assert jobs.get(record.id) == record
     assert jobs.active_ids() == [record.id]
 
 
@@ -105,7 +114,8 @@ def test_attempt_that_raises_counts_as_retryable(jobs):
         raise ConnectionError("trainer replica died")
 
     assert consume_job(record.id, jobs, attempt, "w1") == "failed"
-    assert "trainer replica died" in jobs.get(record.id).error.message
+    message = jobs.get(record.id).error.message  # the details (a replica's address, pid) stay in the logs
+    assert message == f"{INTERNAL_ERROR_MESSAGE} (after 1 attempts)" and "replica" not in message
 
 
 def test_duplicate_delivery_of_a_running_job_is_dropped(jobs):
@@ -116,7 +126,7 @@ def test_duplicate_delivery_of_a_running_job_is_dropped(jobs):
 
 def test_cancel_before_start_never_runs_the_job(jobs):
     record = new_job(jobs)
-    jobs.store.put(f"generations/{record.id}/cancel", b"{}")
+    jobs.request_cancel(record.id)
     assert consume_job(record.id, jobs, lambda job_id: pytest.fail("ran"), "w1") == "canceled"
 
 
@@ -198,7 +208,7 @@ def api(tmp_path):
     from lift3d.service.generation import GenerationService
 
     queued: list[str] = []
-    jobs = JobStore(LocalStore(tmp_path))
+    jobs = sqlite_jobs(tmp_path)
     service = GenerationService(jobs, queued.append)
     metrics = ServiceMetrics()
     client = TestClient(create_api(service, metrics), raise_server_exceptions=False)
@@ -231,7 +241,8 @@ def test_http_submit_poll_and_negotiate(api):
     body = client.get(f"/v1/generation/{job_id}", headers={"Accept": "application/json"}).json()
     assert base64.b64decode(body["content"]) == b"glTF-bytes"
     assert body["seed"] == 7 and body["finish_reason"] == "SUCCESS" and body["cost_usd"] == 0.01
-    assert body["artifacts"][0]["url"].startswith("file://")
+    assert body["artifacts"][0]["url"] == f"/v1/generation/{job_id}/artifacts/model.glb"  # never a server path
+    assert client.get(body["artifacts"][0]["url"]).content == b"glTF-bytes"
     families = parse_exposition(metrics.exposition())
     routes = {(s.labels["route"], s.labels["status"]) for s in families["lift3d_requests"]}
     assert ("/v1/generation/{id}", "202") in routes and ("/v1/generation/image-to-3d", "202") in routes
@@ -251,7 +262,8 @@ def test_http_json_submission_with_base64_image(api):
     [
         ("image-to-3d", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 400,
          "bad_request"),
-        ("image-to-3d", {"content": b"x", "headers": {"content-type": "text/plain"}}, 400, "bad_request"),
+        ("image-to-3d", {"content": b"x", "headers": {"content-type": "text/plain"}}, 415,
+         "unsupported_media_type"),
         ("image-to-3d", {"json": {"image": "%%%"}}, 400, "bad_request"),
         ("image-to-3d", {"json": {"num_views": 13, "image": "eA=="}}, 422, "invalid_parameters"),
         ("image-to-3d", {"data": {"seed": "-1"}, "files": {"image": b"png"}}, 422, "invalid_parameters"),
@@ -293,9 +305,12 @@ def test_unexpected_errors_give_500_without_traceback(tmp_path):
         def get(self, key):
             raise OSError("disk on fire at /secret/path")
 
-    service = GenerationService(JobStore(BrokenStore(tmp_path)), lambda job_id: None)
+    jobs = sqlite_jobs(tmp_path, BrokenStore(tmp_path / "store"))
+    record = jobs.create(JobRecord.new("text-to-3d", GenerationParams()))
+    finish(jobs, record.id)  # the record is readable; its artifact is not
+    service = GenerationService(jobs, lambda job_id: None)
     client = TestClient(create_api(service, ServiceMetrics()), raise_server_exceptions=False)
-    response = client.get("/v1/generation/" + "a" * 32)
+    response = client.get("/v1/generation/" + record.id)
     assert response.status_code == 500
     body = response.json()
     assert body["name"] == "internal_error" and "secret" not in json.dumps(body) and "Traceback" not in response.text
@@ -308,13 +323,15 @@ def test_queue_failure_fails_the_job_instead_of_losing_it(tmp_path):
     def enqueue(job_id):
         raise ConnectionError("broker down")
 
-    jobs = JobStore(LocalStore(tmp_path))
+    jobs = sqlite_jobs(tmp_path)
     client = TestClient(create_api(GenerationService(jobs, enqueue), ServiceMetrics()),
                         raise_server_exceptions=False)
     response = client.post("/v1/generation/text-to-3d", json={"prompt": "a robot"})
     assert response.status_code == 503 and response.json()["name"] == "service_unavailable"
-    (job_id,) = [key.split("/")[1] for key in jobs.store.list("generations/") if key.endswith("job.json")]
-    assert jobs.get(job_id).status == "failed"
+    assert jobs.active_ids() == []
+    (job_id,) = [key.split("/")[1] for key in jobs.store.list("generations/")] or [None]
+    assert job_id is None  # a prompt job has no upload: nothing in the store; the record says failed
+
 
 
 def test_openapi_documents_the_routes(api):

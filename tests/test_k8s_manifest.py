@@ -80,3 +80,16 @@ def test_embedded_config_equals_serve_config_except_runtime_env():
     assert embedded == direct
     block_start = manifest_text.splitlines().index(BLOCK_KEY) + 1
     assert manifest_text.splitlines()[block_start].strip().startswith("# generated from serve_config.yaml")
+
+
+def test_ingress_exposes_only_the_api_paths():
+    """Ray Serve's proxy answers /-/routes (the applications) itself; the edge must route only the API's paths."""
+    ingress = yaml.safe_load((ROOT / "k8s" / "ingress.yaml").read_text())
+    assert ingress["kind"] == "Ingress"
+    (rule,) = ingress["spec"]["rules"]
+    paths = {(p["path"], p["pathType"]) for p in rule["http"]["paths"]}
+    assert paths == {("/v1/", "Prefix"), ("/healthz", "Exact"), ("/docs", "Exact"), ("/openapi.json", "Exact")}
+    service = next(yaml.safe_load_all((ROOT / MANIFEST).read_text()))["metadata"]["name"]
+    assert {p["backend"]["service"]["name"] for p in rule["http"]["paths"]} == {f"{service}-serve-svc"}
+    for probe in ("/-/routes", "/-/healthz", "/", "/v1"):  # what an Ingress with these rules would not route
+        assert not any(probe == path or (kind == "Prefix" and probe.startswith(path)) for path, kind in paths)

@@ -63,12 +63,12 @@ def test_size_member_count_and_zip_bombs_are_rejected_before_extraction(tmp_path
 
 # ------------------------------------------------------------------------------------------------ HTTP, fakes
 @pytest.fixture
-def api(tmp_path):
+def api(tmp_path, sqlite_database):
     from lift3d.service.app import create_api
     from lift3d.service.generation import GenerationService
 
     queued: list[str] = []
-    jobs = JobStore(LocalStore(tmp_path))
+    jobs = JobStore(sqlite_database, LocalStore(tmp_path))
     service = GenerationService(jobs, queued.append, views_limits=ViewsZipLimits(max_bytes=50_000))
     return TestClient(create_api(service, ServiceMetrics()), raise_server_exceptions=False), jobs, queued
 
@@ -89,7 +89,7 @@ def test_http_views_submission_stores_the_zip_and_options(api):
     ({"files": {"views": ("v.zip", make_zip({"../evil": b"x", "transforms.json": TRANSFORMS}))}}, 400,
      "bad_request"),
     ({"files": {"views": ("v.png", b"\x89PNG not a zip")}}, 400, "bad_request"),
-    ({"json": {"steps": 3}}, 400, "bad_request"),
+    ({"json": {"steps": 3}}, 415, "unsupported_media_type"),
     ({"files": {"views": ("v.zip", make_zip({"r_0.png": b"x"}))}}, 422, "invalid_parameters"),
     ({"data": {"steps": "3"}}, 422, "invalid_parameters"),
     ({"files": {"views": ("v.zip", make_zip({"transforms.json": TRANSFORMS}))}, "data": {"steps": "0"}}, 422,

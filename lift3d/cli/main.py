@@ -12,7 +12,9 @@ import typer
 
 from lift3d.cli.convert import convert_zero123
 from lift3d.cli.generate import generate
+from lift3d.cli.keys import keys_app
 from lift3d.cli.reconstruct import reconstruct, render_views
+from lift3d.cli.remote import remote_app
 from lift3d.errors import InvalidInputError, Lift3DError
 from nerf.mesh import EmptyIsosurfaceError
 
@@ -34,6 +36,8 @@ app.command("generate")(generate)
 app.command("reconstruct")(reconstruct)
 app.command("convert-zero123")(convert_zero123)
 app.command("render-views")(render_views)
+app.add_typer(keys_app, name="keys")
+app.add_typer(remote_app, name="remote")
 
 
 def main(argv: list[str] | None = None) -> int:

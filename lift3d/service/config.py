@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-__all__ = ["ConsumerSettings", "QueueConfig", "ServiceConfig", "TrainerSettings"]
+__all__ = ["ConsumerSettings", "QueueConfig", "ServiceConfig", "StateSettings", "TrainerSettings"]
 
 
 class QueueConfig(BaseModel):
@@ -30,21 +30,50 @@ class QueueConfig(BaseModel):
         return self.broker_url is None
 
 
-class ConsumerSettings(BaseModel):
+class StateSettings(BaseModel):
+    """Where a replica finds the shared state and how it treats jobs (see :func:`lift3d.service.state.open_state`);
+    every replica that reads or writes jobs gets the same values."""
+
+    store_url: str = Field("file:///tmp/lift3d/store", description="Artifact store: a directory, file:///dir, or "
+                           "s3://bucket/prefix?endpoint_url=... (credentials from boto3's standard chain).")
+    database_url: str | None = Field(None, description="Service database (jobs, API keys, credits), e.g. "
+                                     "postgresql+psycopg://user:pass@host/lift3d; None: database_url_from_env() "
+                                     "(LIFT3D_DATABASE_URL, else sqlite:////tmp/lift3d/lift3d.db).")
+    auth: bool = Field(True, description="Require an API key on /v1/ routes. False only for an explicitly local "
+                       "setup (one trusted user on localhost): every caller then owns every job and nothing is "
+                       "charged.")
+    usd_per_credit: float = Field(0.01, gt=0, description="US dollars of estimated GPU cost per credit.")
+    allow_private_webhooks: bool = Field(False, description="Accept webhook URLs on loopback, private and link-local "
+                                         "addresses (SSRF guard off): only for a local setup whose receiver runs "
+                                         "on this machine or its network.")
+    webhook_progress_interval_s: float = Field(5.0, ge=0, description="Least seconds between two "
+                                               "generation.progress webhooks of one job.")
+    webhook_max_attempts: int = Field(8, ge=1, description="Delivery attempts per webhook message (retries with "
+                                      "exponential backoff from 5 s, doubling, at most 1 h apart), then failed.")
+    webhook_secret: str | None = Field(None, description="Standard Webhooks secret (whsec_<base64>) that signs the "
+                                       "webhooks of jobs without an API key (auth: false); API keys carry their own. "
+                                       "None: such jobs cannot ask for webhooks.")
+    result_ttl_s: float = Field(24 * 3600.0, gt=0, description="Seconds results and uploads are kept after a job "
+                                "ends (Stability keeps 24 h); then deleted, and the job answers 410 generation_expired.")
+
+    def state_settings(self) -> "StateSettings":
+        """Just these fields (what :func:`lift3d.service.state.open_state` needs)."""
+        return StateSettings(**self.model_dump(include=set(StateSettings.model_fields)))
+
+
+class ConsumerSettings(StateSettings):
     """What a consumer replica needs besides the trainer handle."""
 
-    store_url: str
     queue: QueueConfig
     stale_after_s: float = Field(300.0, description="A running job without heartbeat for this long is requeued.")
     queued_timeout_s: float = Field(24 * 3600.0, description="A job queued this long without starting fails.")
     sweep_interval_s: float = Field(30.0, description="Seconds between sweeps for stale jobs.")
 
 
-class TrainerSettings(BaseModel):
+class TrainerSettings(StateSettings):
     """What a ``NerfTrainer`` replica needs besides the handles."""
 
     preset: str = Field("default", description="Model preset (NeRF size, input size).")
-    store_url: str = Field(description="Artifact store of job records and artifacts.")
     device: str = Field("auto", description="Torch device of the NeRF: auto, cpu or cuda.")
     gpu_type: str = Field("A10G", description="GPU type of the pool (default price per GPU-hour).")
     price_per_gpu_hour: float | None = Field(None, ge=0, description="USD per GPU-hour; None: gpu_type's price.")
@@ -52,12 +81,10 @@ class TrainerSettings(BaseModel):
     torch_threads: int | None = Field(None, ge=1, description="Torch CPU threads; None: as Ray sets them.")
 
 
-class ServiceConfig(BaseModel):
+class ServiceConfig(StateSettings):
     """Arguments of :func:`build_app` (``args`` in ``serve_config.yaml``)."""
 
     preset: str = Field("default", description="Model preset: `default` (real weights) or `tiny` (random, CPU).")
-    store_url: str = Field("file:///tmp/lift3d/store", description="Artifact store: a directory, file:///dir, or "
-                           "s3://bucket/prefix?endpoint_url=... (credentials from boto3's standard chain).")
     queue: QueueConfig = Field(default_factory=QueueConfig, description="Job queue (broker, retries).")
     device: str = Field("auto", description="Torch device of the model replicas: auto, cpu or cuda.")
     gpu_type: str = Field("A10G", description="GPU type of the pool; sets the default price per GPU-hour.")
@@ -70,6 +97,20 @@ class ServiceConfig(BaseModel):
     sds_batch_wait_timeout_s: float = Field(0.01, ge=0, description="Wait for more SDS requests per batch.")
     max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0, description="Largest accepted image upload.")
     url_expires_s: int = Field(3600, gt=0, description="Lifetime of presigned artifact URLs.")
+    default_rate_limit_per_min: int = Field(60, ge=1, description="Requests per minute of a key without its own "
+                                            "rate limit.")
+    rate_limit_storage_url: str = Field("memory://", description="Where rate-limit counts live (the `limits` "
+                                        "library): redis://host:6379/0 shares them between ingress replicas; "
+                                        "memory:// counts per process (one ingress only: N replicas admit N times "
+                                        "the limit).")
+    default_max_concurrent_jobs: int = Field(4, ge=0, description="Queued + running jobs of a key without its own "
+                                             "limit; more → 429 rate_limited. 0: no limit.")
+    max_queue_depth: int = Field(100, ge=0, description="Queued jobs of all keys; a new job beyond → 503 "
+                                 "overloaded. 0: no limit.")
+    idempotency_ttl_s: int = Field(86400, gt=0, description="Seconds an Idempotency-Key replays its first "
+                                   "response (IETF httpapi-idempotency-key draft).")
+    events_poll_interval_s: float = Field(0.5, gt=0, description="Seconds between job-record reads of each open "
+                                          "event stream (GET /v1/generation/{id}/events) and of Prefer: wait.")
     torch_threads: int | None = Field(None, ge=1, description="Torch CPU threads of the TextToImage, MultiView and NerfTrainer replicas; "
                                       "None: as Ray sets it (the replica's num_cpus). CPU results depend on it: run "
                                       "`lift3d generate --threads N` with the same N to reproduce a job bit for bit.")
@@ -79,14 +120,14 @@ class ServiceConfig(BaseModel):
 
     def trainer_settings(self) -> TrainerSettings:
         """What every ``NerfTrainer`` replica needs besides its handles."""
-        return TrainerSettings(preset=self.preset, store_url=self.store_url, device=self.device,
+        return TrainerSettings(**self.state_settings().model_dump(), preset=self.preset, device=self.device,
                                gpu_type=self.gpu_type, price_per_gpu_hour=self.price_per_gpu_hour,
                                heartbeat_s=self.heartbeat_s, torch_threads=self.torch_threads)
 
     def consumer_settings(self) -> ConsumerSettings:
         """What every ``JobConsumer`` replica needs besides the trainer handle."""
-        return ConsumerSettings(store_url=self.store_url, queue=self.queue, stale_after_s=self.stale_after_s,
-                                sweep_interval_s=self.sweep_interval_s)
+        return ConsumerSettings(**self.state_settings().model_dump(), queue=self.queue,
+                                stale_after_s=self.stale_after_s, sweep_interval_s=self.sweep_interval_s)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "ServiceConfig":

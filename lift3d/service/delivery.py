@@ -7,14 +7,17 @@ call the same functions.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
+from lift3d.errors import Lift3DError
 from lift3d.service.jobs import InvalidTransition, JobError, JobNotFound, JobOutcome, JobRecord, JobStore
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AttemptResult", "RetryJob", "consume_job", "describe_error", "sweep_stale_jobs"]
+__all__ = ["INTERNAL_ERROR_MESSAGE", "AttemptResult", "RetryJob", "consume_job", "describe_error", "find_cause",
+           "sweep_stale_jobs"]
 
 
 class RetryJob(Exception):
@@ -32,10 +35,46 @@ class AttemptResult:
     busy_s: dict[str, float] = field(default_factory=dict)
 
 
-def describe_error(exc: BaseException) -> str:
-    """One line for users: the exception's message (its type when the message is empty), no traceback."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return (text or type(exc).__name__)[:300]
+INTERNAL_ERROR_MESSAGE = "internal error while running the generation; the server logged the details"
+"""What users are told about a failure that is not one of lift3d's own errors (the details stay in the logs)."""
+
+_ANSI_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|[@-_])")
+
+
+def find_cause(exc: BaseException, types: tuple[type[BaseException], ...] = (Lift3DError,)) -> BaseException | None:
+    """The first exception of ``types`` in ``exc``'s chain of causes, or None.
+
+    The chain is ``exc``, then what it wraps: the ``cause`` attribute of wrapper exceptions (Ray's ``RayTaskError``,
+    also when it poses as a subclass of the cause) or else ``__cause__`` (``raise ... from``). A wrapper is never
+    the answer itself, since its message is the wrapper's text (process ids, addresses, a traceback).
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        wrapped = getattr(current, "cause", None)
+        if isinstance(wrapped, BaseException):
+            current = wrapped
+            continue
+        if isinstance(current, types):
+            return current
+        current = current.__cause__
+    return None
+
+
+def describe_error(exc: BaseException, types: tuple[type[BaseException], ...] = (Lift3DError,)) -> str:
+    """One line for users, at most 300 characters, without ANSI escape codes.
+
+    The message of the first exception of ``types`` in ``exc``'s chain (:func:`find_cause`; its type name when the
+    message is empty), else :data:`INTERNAL_ERROR_MESSAGE`: other errors (and wrappers such as Ray's, whose text
+    names processes, addresses and actors) are described in the logs only.
+    """
+    cause = find_cause(exc, types)
+    if cause is None:
+        return INTERNAL_ERROR_MESSAGE
+    text = _ANSI_ESCAPE.sub("", str(cause)).strip()
+    line = text.splitlines()[0].strip() if text else ""
+    return (line or type(cause).__name__)[:300]
 
 
 def consume_job(
@@ -71,8 +110,8 @@ def consume_job(
     try:
         result = attempt(job_id)
     except Exception as exc:  # noqa: BLE001 - the trainer replica died or raised outside the job logic
-        logger.warning("job %s: attempt raised %s", job_id, exc)
-        result = AttemptResult("retry", "internal_error", f"{type(exc).__name__}: {describe_error(exc)}")
+        logger.warning("job %s: attempt raised %r", job_id, exc, exc_info=True)
+        result = AttemptResult("retry", "internal_error", describe_error(exc))
     if result.status != "retry":
         return jobs.get(job_id).status
     record = jobs.get(job_id)
@@ -101,8 +140,7 @@ def sweep_stale_jobs(
 
     - running (or retrying) with no heartbeat for ``stale_after_s``: its worker died with the message (the
       embedded broker does not redeliver): enqueue it again, or fail it when its attempts are used up;
-    - queued for longer than ``queued_timeout_s``: fail it ("not started in time");
-    - finished but still listed: unlist it.
+    - queued for longer than ``queued_timeout_s``: fail it ("not started in time").
 
     Returns:
         ``{job_id: action}`` for the jobs acted on.
@@ -113,9 +151,8 @@ def sweep_stale_jobs(
         try:
             record = jobs.get(job_id)
             if record.terminal:
-                jobs._deactivate(job_id)
-                actions[job_id] = "unlisted"
-            elif record.status == "running" and now - (record.heartbeat_at or record.updated_at) > stale_after_s:
+                continue
+            if record.status == "running" and now - (record.heartbeat_at or record.updated_at) > stale_after_s:
                 if record.attempts >= record.max_attempts:
                     jobs.fail(job_id, "internal_error",
                               f"worker lost: no heartbeat for {stale_after_s:.0f} s (after {record.attempts} attempts)")

@@ -13,12 +13,16 @@ from __future__ import annotations
 import base64
 import logging
 import uuid
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
+from urllib.parse import quote
 
-from lift3d.errors import Lift3DError
+from lift3d.errors import InvalidInputError, Lift3DError
 from lift3d.io.images import ImageLimits, detect_kind, load_image
+from lift3d.io.storage.base import StoredObjectNotFound
 from lift3d.params import GenerationParams
-from lift3d.service.jobs import InvalidTransition, JobNotFound, JobRecord, JobStore
+from lift3d.service.credits import to_mc
+from lift3d.service.jobs import ANY_OWNER, InvalidTransition, JobNotFound, JobRecord, JobStore
+from lift3d.service.webhooks import check_webhook_url
 from lift3d.service.schemas import (
     Artifact,
     ErrorBody,
@@ -32,9 +36,23 @@ from lift3d.service.uploads import ReconstructParams, ViewsZipLimits, check_view
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GenerationService", "QueueUnavailable"]
+if TYPE_CHECKING:
+    from lift3d.service.auth import Principal
+
+__all__ = ["GenerationService", "QueueUnavailable", "WebhookPolicy"]
 
 _CONTENT_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
+_ARTIFACT_TYPES = {"glb": "model/gltf-binary", "png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg",
+                   "webp": "image/webp", "json": "application/json", "zip": "application/zip"}
+"""Media type of an artifact by its name's extension (application/octet-stream otherwise)."""
+
+
+class WebhookPolicy(NamedTuple):
+    """Which webhook URLs a submit accepts: ``allow_private`` lifts the SSRF address rules (local setups);
+    ``service_secret``: whether the service has a secret for jobs without an API key (auth off)."""
+
+    allow_private: bool = False
+    service_secret: bool = False
 
 
 class GenerationService:
@@ -47,22 +65,56 @@ class GenerationService:
         max_attempts: attempts per job.
         url_expires_s: lifetime of presigned artifact URLs.
         views_limits: limits of views ZIPs (``views-to-3d``).
+        price: credits a request is estimated to cost, ``(kind, params) → credits`` (reserved at submit from the
+            caller's balance, settled to the measured cost at the end); None: nothing is charged.
+        webhooks: which webhook URLs are accepted (SSRF rules) and whether jobs without a key may ask for them.
+
+    Every method takes the ``caller`` (:class:`~lift3d.service.auth.Principal`; None for trusted internal callers
+    such as Ray handle users): a job belongs to the key that submitted it, and another key's job is reported as
+    missing. The local principal (auth off) and internal callers see every job.
     """
 
     def __init__(self, jobs: JobStore, enqueue: Callable[[str], None], limits: ImageLimits = ImageLimits(),
                  max_attempts: int = 3, url_expires_s: int = 3600,
-                 views_limits: ViewsZipLimits = ViewsZipLimits()) -> None:
+                 views_limits: ViewsZipLimits = ViewsZipLimits(), *,
+                 price: Callable[[str, Any], float] | None = None,
+                 webhooks: WebhookPolicy = WebhookPolicy()) -> None:
         self.jobs, self.enqueue, self.limits = jobs, enqueue, limits
         self.max_attempts, self.url_expires_s, self.views_limits = max_attempts, url_expires_s, views_limits
+        self.price, self.webhooks = price, webhooks
+
+    def _create(self, record: JobRecord, caller: Principal | None, price_params: Any) -> None:
+        """Insert the record for ``caller``, reserving the estimate from its balance (one transaction)."""
+        reserve_mc = 0
+        if caller is not None and caller.key_id is not None and self.price is not None:
+            reserve_mc = to_mc(self.price(record.kind, price_params))
+        try:
+            self.jobs.create(record, reserve_mc=reserve_mc)
+        except Exception:
+            if record.input_key is not None:  # nothing accepted: the upload must not linger
+                self.jobs.store.delete_prefix(record.prefix)
+            raise
+
+    def _webhook_url(self, url: str | None, caller: Principal | None) -> str | None:
+        """The checked webhook URL (None: none asked for). Raises InvalidInputError (SSRF rules, no secret)."""
+        if url is None:
+            return None
+        check_webhook_url(url, self.webhooks.allow_private)
+        if (caller is None or caller.key_id is None) and not self.webhooks.service_secret:
+            raise InvalidInputError("webhook_url: this server runs without API keys and has no webhook_secret to "
+                                    "sign webhooks with")
+        return url
 
     # ---------------------------------------------------------------------------------------------- submit
-    def submit(self, request: GenerationRequest, image: bytes | None = None) -> GenerationAccepted:
+    def submit(self, request: GenerationRequest, image: bytes | None = None,
+               caller: Principal | None = None) -> GenerationAccepted:
         """Validate, store the upload and the job record, enqueue.
 
         ``image``: the encoded image when it did not come base64 in ``request.image`` (multipart uploads).
 
         Raises:
             InvalidInputError, PayloadTooLargeError, BadRequestError: the request is unusable.
+            InsufficientCredits: the caller's balance is below the estimate (nothing is stored).
         """
         # 1. check the inputs
         if image is None and request.image is not None:
@@ -74,35 +126,40 @@ class GenerationService:
         if image is not None:
             load_image(image, self.limits)  # raises with a user-facing message
         # 2. store the upload and the record
+        webhook_url = self._webhook_url(request.webhook_url, caller)
         record = JobRecord.new(request.kind, request.params(), max_attempts=self.max_attempts,
-                               input_key=None, now=self.jobs.clock())
+                               input_key=None, now=self.jobs.clock(), owner_id=_owner_id(caller),
+                               webhook_url=webhook_url)
         if image is not None:
             kind = detect_kind(image)
             record = record.model_copy(update={"input_key": f"{record.prefix}upload.{kind.lower()}"})
             self.jobs.store.put(record.input_key, image, _CONTENT_TYPES.get(kind, "application/octet-stream"))
-        self.jobs.create(record)
+        self._create(record, caller, record.params)
         # 3. enqueue
         return self._enqueue(record)
 
-    def submit_views(self, views: bytes, params: GenerationParams, options: ReconstructParams) -> GenerationAccepted:
+    def submit_views(self, views: bytes, params: GenerationParams, options: ReconstructParams,
+                     caller: Principal | None = None, webhook_url: str | None = None) -> GenerationAccepted:
         """Validate a views ZIP (:func:`~lift3d.service.uploads.check_views_zip`), store it as the upload of a
         ``views-to-3d`` job, enqueue. ``params``: only its seed is used.
 
         Raises:
             InvalidInputError, PayloadTooLargeError, BadRequestError: the ZIP is unusable.
+            InsufficientCredits: the caller's balance is below the estimate (nothing is stored).
         """
         check_views_zip(views, self.views_limits)
+        webhook_url = self._webhook_url(webhook_url, caller)
         record = JobRecord.new("views-to-3d", GenerationParams(seed=params.seed), max_attempts=self.max_attempts,
-                               now=self.jobs.clock())
+                               now=self.jobs.clock(), owner_id=_owner_id(caller), webhook_url=webhook_url)
         record = record.model_copy(update={"input_key": f"{record.prefix}upload.zip", "reconstruct": options})
         self.jobs.store.put(record.input_key, views, "application/zip")
-        self.jobs.create(record)
+        self._create(record, caller, options)
         return self._enqueue(record)
 
-    def try_submit(self, request: GenerationRequest) -> GenerationAccepted | ErrorBody:
+    def try_submit(self, request: GenerationRequest, caller: Principal | None = None) -> GenerationAccepted | ErrorBody:
         """:meth:`submit` for the handle API (``request.image`` base64): errors come back as :class:`ErrorBody`."""
         try:
-            return self.submit(request)
+            return self.submit(request, caller=caller)
         except Lift3DError as exc:
             return ErrorBody(id=uuid.uuid4().hex, name=exc.name, errors=getattr(exc, "errors", None) or [str(exc)])
 
@@ -117,10 +174,11 @@ class GenerationService:
         return GenerationAccepted(id=record.id)
 
     # ---------------------------------------------------------------------------------------------- status
-    def status(self, job_id: str, with_content: bool = True) -> GenerationStatus | GenerationResult | ErrorBody:
+    def status(self, job_id: str, with_content: bool = True,
+               caller: Principal | None = None) -> GenerationStatus | GenerationResult | ErrorBody:
         """The job's state as an API model (never raises for unknown ids: ``generation_not_found``)."""
         try:
-            record = self.jobs.get(job_id)
+            record = self.jobs.get(job_id, _visible_to(caller))
         except JobNotFound:
             return ErrorBody(id=job_id, name="generation_not_found", errors=[f"no generation with id {job_id!r}"])
         if record.status in ("queued", "running"):
@@ -128,6 +186,9 @@ class GenerationService:
                                     progress=record.progress, eta_s=record.eta_s)
         if record.status == "canceled":
             return ErrorBody(id=record.id, name="generation_canceled", errors=["the generation was canceled"])
+        if record.status == "expired":
+            return ErrorBody(id=record.id, name="generation_expired",
+                             errors=["the generation's results expired and were deleted"])
         if record.status == "failed":
             error = record.error
             return ErrorBody(id=record.id, name=error.name if error else "internal_error",
@@ -138,30 +199,70 @@ class GenerationService:
             id=record.id, seed=int(record.params.seed), content_type=outcome.content_type,
             content=base64.b64encode(content).decode("ascii"), timings_s=outcome.timings_s,
             gpu_seconds=outcome.gpu_seconds, cost_usd=outcome.cost_usd, random_weights=outcome.random_weights,
-            artifacts=[Artifact(name=name, url=self.jobs.store.url(record.prefix + name, self.url_expires_s))
-                       for name in outcome.artifacts],
+            artifacts=[Artifact(name=name, url=self._artifact_url(record, name)) for name in outcome.artifacts],
         )
 
-    def content(self, job_id: str) -> tuple[bytes, str] | None:
+    def _artifact_url(self, record: JobRecord, name: str) -> str:
+        """The store's URL when a client can fetch it (http/https: presigned S3), else the API's artifact path: a
+        server path (``file://``) never leaves the service."""
+        url = self.jobs.store.url(record.prefix + name, self.url_expires_s)
+        if url.startswith(("https://", "http://")):
+            return url
+        return f"/v1/generation/{record.id}/artifacts/{quote(name, safe='/')}"
+
+    def artifact(self, job_id: str, name: str, caller: Principal | None = None) -> tuple[bytes, str] | ErrorBody:
+        """``(bytes, media type)`` of the artifact ``name`` of a succeeded job: a name listed in its result's
+        ``artifacts``, relative to the job (``model.glb``, ``views/000_az000_el0.png``).
+
+        Returns (never raises for bad input):
+            ErrorBody ``generation_not_found`` for an unknown id; ``artifact_not_found`` when the job has not
+            succeeded, or ``name`` is not one of its artifacts (absolute, with ``..`` or ``\\``, or not listed).
+        """
+        try:
+            record = self.jobs.get(job_id, _visible_to(caller))
+        except JobNotFound:
+            return ErrorBody(id=job_id, name="generation_not_found", errors=[f"no generation with id {job_id!r}"])
+        unsafe = name.startswith("/") or "\\" in name or ".." in name.split("/")
+        if record.status != "succeeded" or unsafe or name not in record.outcome.artifacts:
+            state = "" if record.status == "succeeded" else f" (the generation is {record.status})"
+            return ErrorBody(id=job_id, name="artifact_not_found",
+                             errors=[f"generation {job_id} has no artifact {name[:200]!r}{state}"])
+        try:
+            data = self.jobs.store.get(record.prefix + name)
+        except StoredObjectNotFound:
+            return ErrorBody(id=job_id, name="artifact_not_found", errors=[f"artifact {name!r} is no longer stored"])
+        suffix = name.rsplit(".", 1)[-1].lower() if "." in name.rsplit("/", 1)[-1] else ""
+        return data, _ARTIFACT_TYPES.get(suffix, "application/octet-stream")
+
+    def content(self, job_id: str, caller: Principal | None = None) -> tuple[bytes, str] | None:
         """``(bytes, content type)`` of a succeeded job's main artifact; None otherwise."""
         try:
-            record = self.jobs.get(job_id)
+            record = self.jobs.get(job_id, _visible_to(caller))
         except JobNotFound:
             return None
         if record.status != "succeeded":
             return None
         return self.jobs.store.get(record.prefix + record.outcome.main_key), record.outcome.content_type
 
-    def cancel(self, job_id: str) -> GenerationStatus | ErrorBody:
+    def cancel(self, job_id: str, caller: Principal | None = None) -> GenerationStatus | ErrorBody:
         try:
-            record = self.jobs.request_cancel(job_id)
+            record = self.jobs.request_cancel(job_id, _visible_to(caller))
         except JobNotFound:
             return ErrorBody(id=job_id, name="generation_not_found", errors=[f"no generation with id {job_id!r}"])
         except InvalidTransition as exc:
-            return ErrorBody(id=job_id, name="bad_request", errors=[str(exc)])
+            return ErrorBody(id=job_id, name="generation_finished", errors=[str(exc)])
         if record.status == "canceled":
             return ErrorBody(id=job_id, name="generation_canceled", errors=["the generation was canceled"])
         return GenerationStatus(id=record.id, status=record.status, stage="canceling", progress=record.progress)
+
+
+def _owner_id(caller: Principal | None) -> str | None:
+    return caller.key_id if caller is not None else None
+
+
+def _visible_to(caller: Principal | None) -> Any:
+    """The owner filter of reads: a key sees its own jobs; the local principal and internal callers see all."""
+    return caller.key_id if caller is not None and caller.key_id is not None else ANY_OWNER
 
 
 class QueueUnavailable(Lift3DError):

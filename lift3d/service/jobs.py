@@ -1,14 +1,21 @@
-"""Job records kept in the artifact store, so that any replica can answer for any job.
+"""Job records in the service database, so that any replica can answer for any job and no update is lost.
 
-A record lives at ``generations/{id}/job.json``; a cancel request is a separate marker object
-(``generations/{id}/cancel``) so that the worker's progress writes cannot erase it; jobs not yet finished are
-listed under ``jobs/active/{id}`` for the stale-job sweep.
+One row per job (:class:`lift3d.service.db.models.Job`): the whole :class:`JobRecord` as JSON plus the columns that
+queries and guards need. Every write is a compare-and-swap on the row's ``version`` (``UPDATE … WHERE id = :id AND
+version = :read``), so of two replicas racing to advance a job exactly one wins and the other re-reads; nothing a
+writer did not mean to change is overwritten. Writes from a worker name their attempt (``attempt=``): a write from an
+attempt that is no longer the job's current one is refused (:class:`StaleAttempt`), so a worker presumed dead cannot
+finish a job a second time after it was requeued.
 
-Status only moves forward: ``queued → running → succeeded | failed | canceled``; a terminal record is never
-rewritten. ``attempts`` counts started attempts, bounded by ``max_attempts``.
+Status only moves forward: ``queued → running → succeeded | failed | canceled → expired``; a finished record is never
+rewritten except to expire it. ``attempts`` counts started attempts, bounded by ``max_attempts``.
+
+Credits and webhooks change in the same transaction as the job: :meth:`JobStore.create` reserves the estimate
+(:func:`lift3d.service.credits.reserve`), a terminal transition settles to the measured cost or refunds it, and every
+transition a webhook subscriber cares about writes an outbox row (:func:`lift3d.service.webhooks.enqueue_event`).
 
 Examples:
-    >>> jobs = JobStore(LocalStore("/tmp/lift3d"))
+    >>> jobs = JobStore(Database("sqlite:////tmp/lift3d/lift3d.db"), LocalStore("/tmp/lift3d/store"))
     >>> record = jobs.create(JobRecord.new("image-to-3d", GenerationParams(seed=0), input_key="..."))
     >>> jobs.begin_attempt(record.id, worker="replica-1").status
     'running'
@@ -16,7 +23,6 @@ Examples:
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -24,42 +30,61 @@ import uuid
 from typing import Any, Callable
 
 from pydantic import BaseModel, Field
+from sqlalchemy import func, select, update
 
+from lift3d.errors import Lift3DError
+from lift3d.io.storage.base import ArtifactStore
+from lift3d.params import GenerationParams
+from lift3d.service import credits
+from lift3d.service.db import Database
+from lift3d.service.db.models import Job
 from lift3d.service.schemas import GenerationKind, JobStatus, Progress
 from lift3d.service.uploads import ReconstructParams
-from lift3d.errors import Lift3DError
-from lift3d.params import GenerationParams
-from lift3d.io.storage.base import ArtifactStore, StoredObjectNotFound
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "ACTIVE_PREFIX",
+    "ANY_OWNER",
     "InvalidTransition",
     "JobError",
     "JobNotFound",
     "JobOutcome",
     "JobRecord",
     "JobStore",
+    "StaleAttempt",
     "TERMINAL",
     "is_job_id",
     "new_job_id",
 ]
 
-TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
-_RANK = {"queued": 0, "running": 1, "succeeded": 2, "failed": 2, "canceled": 2}
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "canceled", "expired"})
+ACTIVE: tuple[str, ...] = ("queued", "running")
+_RANK = {"queued": 0, "running": 1, "succeeded": 2, "failed": 2, "canceled": 2, "expired": 3}
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
-ACTIVE_PREFIX = "jobs/active/"
+_CAS_RETRIES = 50
+
+
+class _AnyOwner:
+    def __repr__(self) -> str:
+        return "ANY_OWNER"
+
+
+ANY_OWNER: Any = _AnyOwner()
+"""``owner_id`` for internal callers (workers, sweeps) that may see every job."""
 
 
 class JobNotFound(Lift3DError, KeyError):
-    """No job with this id."""
+    """No job with this id (or none that the caller's key may see)."""
 
     name = "generation_not_found"
 
 
 class InvalidTransition(Lift3DError):
     """A status change that would move a job backwards or rewrite a finished job."""
+
+
+class StaleAttempt(InvalidTransition):
+    """A write from an attempt that is no longer the job's current one (the job was requeued or finished)."""
 
 
 def new_job_id() -> str:
@@ -99,7 +124,7 @@ class JobOutcome(BaseModel):
 
 
 class JobRecord(BaseModel):
-    """The state of one generation job."""
+    """The state of one generation job. Times are seconds since the epoch."""
 
     id: str
     kind: GenerationKind
@@ -110,26 +135,32 @@ class JobRecord(BaseModel):
     params: GenerationParams
     input_key: str | None = Field(None, description="Store key of the upload (image, or views ZIP), if any.")
     reconstruct: ReconstructParams | None = Field(None, description="Options of a views-to-3d job.")
+    owner_id: str | None = Field(None, description="Id of the API key that submitted it; None when auth is off.")
+    webhook_url: str | None = Field(None, description="Where webhook events about this job are sent.")
     created_at: float
     updated_at: float
     started_at: float | None = None
     finished_at: float | None = None
     heartbeat_at: float | None = None
+    expires_at: float | None = Field(None, description="When results and upload are deleted (set when it ends).")
     attempts: int = 0
     max_attempts: int = 3
     worker: str | None = None
+    cancel_requested: bool = False
     error: JobError | None = None
     outcome: JobOutcome | None = None
 
     @classmethod
     def new(
         cls, kind: GenerationKind, params: GenerationParams, *, input_key: str | None = None,
-        job_id: str | None = None, max_attempts: int = 3, now: float | None = None,
+        job_id: str | None = None, max_attempts: int = 3, now: float | None = None, owner_id: str | None = None,
+        webhook_url: str | None = None,
     ) -> "JobRecord":
         """A queued record; the seed is fixed now so that every attempt uses the same one."""
         now = time.time() if now is None else now
         return cls(id=job_id or new_job_id(), kind=kind, params=params.with_seed(), input_key=input_key,
-                   created_at=now, updated_at=now, heartbeat_at=now, max_attempts=max_attempts)
+                   created_at=now, updated_at=now, heartbeat_at=now, max_attempts=max_attempts, owner_id=owner_id,
+                   webhook_url=webhook_url)
 
     @property
     def terminal(self) -> bool:
@@ -142,128 +173,234 @@ class JobRecord(BaseModel):
 
 
 def check_transition(old: JobStatus, new: JobStatus) -> None:
-    """Raises InvalidTransition unless ``old → new`` moves forward (or stays, for a job not yet finished)."""
-    if old in TERMINAL:
+    """Raises InvalidTransition unless ``old → new`` moves forward (or stays, for a job not yet finished); a finished
+    job may only become ``expired``."""
+    if old in TERMINAL and not (new == "expired" and old != "expired"):
         raise InvalidTransition(f"job already {old}; cannot become {new}")
     if _RANK[new] < _RANK[old]:
         raise InvalidTransition(f"job status cannot go back from {old} to {new}")
 
 
-class JobStore:
-    """Reads and writes :class:`JobRecord` objects in an artifact store.
+Hook = Callable[[Any, JobRecord, JobRecord], None]
+"""Called inside the transaction of a successful write: ``(session, before, after)``."""
 
-    Writes read the stored record first and refuse backward transitions, so a slow writer cannot undo a
-    finished job. (Two writers racing within one read-modify-write can still lose a non-status field update;
-    status itself is protected by the order rules and by the separate cancel marker.)
+
+class JobStore:
+    """Reads and writes :class:`JobRecord` rows; artifacts and uploads stay in ``store``.
 
     Args:
-        store: the artifact store.
+        database: the service database (migrated).
+        store: the artifact store (uploads, results).
         clock: seconds since the epoch (injectable for tests).
+        usd_per_credit: converts a job's measured ``cost_usd`` into credits when it settles (> 0).
+        result_ttl_s: a finished job's results expire this long after it ends (``expires_at``), > 0.
+        on_write: called inside the transaction of every successful write (webhook outbox, metrics).
     """
 
-    def __init__(self, store: ArtifactStore, clock: Callable[[], float] = time.time) -> None:
-        self.store = store
-        self.clock = clock
+    def __init__(self, database: Database, store: ArtifactStore, clock: Callable[[], float] = time.time, *,
+                 usd_per_credit: float = 0.01, result_ttl_s: float = 24 * 3600.0,
+                 on_write: Hook | None = None) -> None:
+        if not usd_per_credit > 0 or not result_ttl_s > 0:
+            raise ValueError("usd_per_credit and result_ttl_s must be > 0")
+        self.database, self.store, self.clock = database, store, clock
+        self.usd_per_credit, self.result_ttl_s, self.on_write = usd_per_credit, result_ttl_s, on_write
 
-    @staticmethod
-    def key(job_id: str) -> str:
-        return f"generations/{job_id}/job.json"
+    # ------------------------------------------------------------------------------------------ read / create
+    def create(self, record: JobRecord, *, reserve_mc: int = 0) -> JobRecord:
+        """Insert a queued job; with an owner and ``reserve_mc`` > 0 (milli-credits), reserve that much of the
+        owner's balance in the same transaction.
 
-    # ------------------------------------------------------------------------------------------ read / write
-    def create(self, record: JobRecord) -> JobRecord:
-        self._put(record)
-        self.store.put(f"{ACTIVE_PREFIX}{record.id}", b"active", "text/plain")
+        Raises:
+            lift3d.service.credits.InsufficientCredits: the balance is short (nothing is written).
+        """
+        with self.database.transaction() as session:
+            if record.owner_id is not None and reserve_mc > 0:
+                credits.reserve(session, record.owner_id, record.id, reserve_mc, self.clock())
+            session.add(Job(id=record.id, owner_id=record.owner_id, kind=record.kind, status=record.status,
+                            attempts=record.attempts, version=0, cancel_requested=False, created_at=record.created_at,
+                            updated_at=record.updated_at, heartbeat_at=record.heartbeat_at, expires_at=None,
+                            reserved_mc=reserve_mc if record.owner_id is not None else 0, charged_mc=None,
+                            webhook_url=record.webhook_url, record=record.model_dump(mode="json")))
         return record
 
-    def get(self, job_id: str) -> JobRecord:
-        """Raises JobNotFound for unknown or malformed ids."""
+    def get(self, job_id: str, owner_id: str | None = ANY_OWNER) -> JobRecord:
+        """The job's record.
+
+        Args:
+            owner_id: the caller's key id; a job of another key is reported as missing (its existence is not
+                revealed). ``ANY_OWNER`` for internal callers.
+
+        Raises:
+            JobNotFound: unknown or malformed id, or another key's job.
+        """
         if not is_job_id(job_id):
             raise JobNotFound(job_id)
-        try:
-            return JobRecord.model_validate_json(self.store.get(self.key(job_id)))
-        except StoredObjectNotFound:
-            raise JobNotFound(job_id) from None
-
-    def update(self, job_id: str, **changes: Any) -> JobRecord:
-        """Apply ``changes`` to the stored record (read, check the transition, write) and return it."""
-        current = self.get(job_id)
-        new_status = changes.get("status", current.status)
-        check_transition(current.status, new_status)
-        data = current.model_dump()
-        data.update({k: v.model_dump() if isinstance(v, BaseModel) else v for k, v in changes.items()})
-        data["updated_at"] = self.clock()
-        record = JobRecord.model_validate(data)
-        self._put(record)
-        if record.terminal:
-            self._deactivate(job_id)
-        return record
-
-    def _put(self, record: JobRecord) -> None:
-        self.store.put(self.key(record.id), record.model_dump_json(indent=2).encode(), "application/json")
-
-    def _deactivate(self, job_id: str) -> None:
-        # ArtifactStore has no delete: the marker is overwritten with "done" and skipped by active_ids().
-        delete = getattr(self.store, "delete", None)
-        if callable(delete):
-            delete(f"{ACTIVE_PREFIX}{job_id}")
-        else:
-            self.store.put(f"{ACTIVE_PREFIX}{job_id}", b"done", "text/plain")
+        with self.database.read() as session:
+            row = session.execute(select(Job.record, Job.owner_id).where(Job.id == job_id)).first()
+        if row is None or (owner_id is not ANY_OWNER and row.owner_id != owner_id):
+            raise JobNotFound(job_id)
+        return JobRecord.model_validate(row.record)
 
     def active_ids(self) -> list[str]:
-        """Ids of jobs created and not yet finished (as far as the markers know)."""
-        ids = []
-        for key in self.store.list(ACTIVE_PREFIX):
-            job_id = key[len(ACTIVE_PREFIX):]
-            if is_job_id(job_id) and self._is_active_marker(key):
-                ids.append(job_id)
-        return ids
+        """Ids of jobs queued or running, oldest first."""
+        with self.database.read() as session:
+            return list(session.execute(select(Job.id).where(Job.status.in_(ACTIVE)).order_by(Job.created_at))
+                        .scalars())
 
-    def _is_active_marker(self, key: str) -> bool:
-        try:
-            return self.store.get(key) == b"active"
-        except StoredObjectNotFound:
-            return False
+    def count_active(self, owner_id: str | None = ANY_OWNER) -> int:
+        """Jobs queued or running, of one key (``owner_id``) or of everybody (``ANY_OWNER``)."""
+        query = select(func.count()).select_from(Job).where(Job.status.in_(ACTIVE))
+        if owner_id is not ANY_OWNER:
+            query = query.where(Job.owner_id == owner_id)
+        with self.database.read() as session:
+            return int(session.execute(query).scalar_one())
+
+    def charged_credits(self, job_id: str) -> float | None:
+        """Credits a finished job was charged (after refunds); None when it has no owner or is not settled."""
+        with self.database.read() as session:
+            charged = session.execute(select(Job.charged_mc).where(Job.id == job_id)).scalar()
+        return None if charged is None else credits.to_credits(charged)
+
+    def count_queued(self) -> int:
+        """Jobs waiting for a worker (the queue depth)."""
+        with self.database.read() as session:
+            return int(session.execute(select(func.count()).select_from(Job).where(Job.status == "queued"))
+                       .scalar_one())
+
+    # ------------------------------------------------------------------------------------------ guarded writes
+    def update(self, job_id: str, *, attempt: int | None = None, **changes: Any) -> JobRecord:
+        """Apply ``changes`` to the record with a compare-and-swap; returns the stored record.
+
+        Args:
+            attempt: the writer's attempt number; the write is refused unless it is still the job's current one.
+
+        Raises:
+            JobNotFound, InvalidTransition (backward or after the end), StaleAttempt.
+        """
+        def apply(current: JobRecord) -> JobRecord:
+            if attempt is not None and current.attempts != attempt:
+                raise StaleAttempt(f"attempt {attempt} of job {job_id} is stale (current: {current.attempts}, "
+                                   f"status {current.status})")
+            check_transition(current.status, changes.get("status", current.status))
+            data = current.model_dump()
+            data.update({k: v.model_dump() if isinstance(v, BaseModel) else v for k, v in changes.items()})
+            data["updated_at"] = self.clock()
+            return JobRecord.model_validate(data)
+
+        return self._swap(job_id, apply)
+
+    def _swap(self, job_id: str, apply: Callable[[JobRecord], JobRecord]) -> JobRecord:
+        if not is_job_id(job_id):
+            raise JobNotFound(job_id)
+        for _ in range(_CAS_RETRIES):
+            with self.database.transaction() as session:
+                row = session.execute(select(Job.version, Job.record).where(Job.id == job_id)).first()
+                if row is None:
+                    raise JobNotFound(job_id)
+                before = JobRecord.model_validate(row.record)
+                after = apply(before)
+                done = session.execute(
+                    update(Job).where(Job.id == job_id, Job.version == row.version).values(
+                        version=row.version + 1, status=after.status, attempts=after.attempts,
+                        cancel_requested=after.cancel_requested, updated_at=after.updated_at,
+                        heartbeat_at=after.heartbeat_at, expires_at=after.expires_at,
+                        record=after.model_dump(mode="json"))
+                ).rowcount
+                if done == 1:
+                    self._settle_credits(session, before, after)
+                    if self.on_write is not None:
+                        self.on_write(session, before, after)
+                    return after
+            logger.debug("job %s: lost a write race; re-reading", job_id)
+        raise RuntimeError(f"job {job_id}: could not write after {_CAS_RETRIES} conflicting attempts")
+
+    def _settle_credits(self, session: Any, before: JobRecord, after: JobRecord) -> None:
+        """On the first terminal transition: charge the measured cost (succeeded) or refund (failed, canceled)."""
+        if after.owner_id is None or before.terminal or after.status not in ("succeeded", "failed", "canceled"):
+            return
+        now = self.clock()
+        if after.status == "succeeded" and after.outcome is not None:
+            actual_mc = credits.to_mc(after.outcome.cost_usd / self.usd_per_credit)
+            credits.settle(session, after.id, actual_mc, now)
+        else:
+            credits.refund(session, after.id, now)
 
     # ------------------------------------------------------------------------------------------ transitions
     def begin_attempt(self, job_id: str, worker: str) -> JobRecord:
-        """queued/running → running, one more attempt."""
-        current = self.get(job_id)
-        now = self.clock()
-        return self.update(job_id, status="running", stage="starting", progress=None, attempts=current.attempts + 1,
-                           worker=worker, started_at=current.started_at or now, heartbeat_at=now)
+        """queued/running → running, one more attempt (the returned record's ``attempts`` is its number)."""
+        def apply(current: JobRecord) -> JobRecord:
+            check_transition(current.status, "running")
+            now = self.clock()
+            return current.model_copy(update=dict(
+                status="running", stage="starting", progress=None, attempts=current.attempts + 1, worker=worker,
+                started_at=current.started_at or now, heartbeat_at=now, updated_at=now))
 
-    def heartbeat(self, job_id: str, **changes: Any) -> JobRecord:
+        return self._swap(job_id, apply)
+
+    def heartbeat(self, job_id: str, attempt: int | None = None, **changes: Any) -> JobRecord:
         """Refresh ``heartbeat_at`` (and e.g. stage, progress, eta_s) of a job not yet finished."""
-        return self.update(job_id, heartbeat_at=self.clock(), **changes)
+        return self.update(job_id, attempt=attempt, heartbeat_at=self.clock(), **changes)
 
-    def succeed(self, job_id: str, outcome: JobOutcome) -> JobRecord:
-        return self.update(job_id, status="succeeded", stage=None, progress=None, eta_s=0.0, outcome=outcome,
-                           finished_at=self.clock(), error=None)
+    def succeed(self, job_id: str, outcome: JobOutcome, attempt: int | None = None) -> JobRecord:
+        now = self.clock()
+        return self.update(job_id, attempt=attempt, status="succeeded", stage=None, progress=None, eta_s=0.0,
+                           outcome=outcome, finished_at=now, expires_at=now + self.result_ttl_s, error=None)
 
-    def fail(self, job_id: str, name: str, message: str) -> JobRecord:
-        return self.update(job_id, status="failed", eta_s=None, finished_at=self.clock(),
-                           error=JobError(name=name, message=message[:500]))
+    def fail(self, job_id: str, name: str, message: str, attempt: int | None = None) -> JobRecord:
+        now = self.clock()
+        return self.update(job_id, attempt=attempt, status="failed", eta_s=None, finished_at=now,
+                           expires_at=now + self.result_ttl_s, error=JobError(name=name, message=message[:500]))
 
-    def cancel(self, job_id: str) -> JobRecord:
-        return self.update(job_id, status="canceled", eta_s=None, finished_at=self.clock())
+    def cancel(self, job_id: str, attempt: int | None = None) -> JobRecord:
+        now = self.clock()
+        return self.update(job_id, attempt=attempt, status="canceled", eta_s=None, finished_at=now,
+                           expires_at=now + self.result_ttl_s)
 
     # ------------------------------------------------------------------------------------------ cancellation
-    def request_cancel(self, job_id: str) -> JobRecord:
-        """Ask for cancellation: marks the job; a queued job is canceled at once, a running one by its worker.
+    def request_cancel(self, job_id: str, owner_id: str | None = ANY_OWNER) -> JobRecord:
+        """Ask for cancellation: a queued job is canceled at once, a running one by its worker (which polls
+        :meth:`cancel_requested`).
 
         Raises:
-            JobNotFound, InvalidTransition (the job already finished).
+            JobNotFound (also for another key's job), InvalidTransition (the job already finished).
         """
-        record = self.get(job_id)
+        record = self.get(job_id, owner_id)
         if record.terminal:
             raise InvalidTransition(f"job already {record.status}")
-        self.store.put(f"generations/{job_id}/cancel", json.dumps({"at": self.clock()}).encode(), "application/json")
-        if record.status == "queued":
-            try:
-                return self.cancel(job_id)
-            except InvalidTransition:  # a worker finished it in between
-                return self.get(job_id)
-        return record
+
+        def apply(current: JobRecord) -> JobRecord:
+            check_transition(current.status, current.status)
+            now = self.clock()
+            if current.status == "queued":
+                return current.model_copy(update=dict(cancel_requested=True, status="canceled", eta_s=None,
+                                                      finished_at=now, expires_at=now + self.result_ttl_s,
+                                                      updated_at=now))
+            return current.model_copy(update=dict(cancel_requested=True, updated_at=now))
+
+        return self._swap(job_id, apply)
 
     def cancel_requested(self, job_id: str) -> bool:
-        return self.store.exists(f"generations/{job_id}/cancel")
+        with self.database.read() as session:
+            return bool(session.execute(select(Job.cancel_requested).where(Job.id == job_id)).scalar())
+
+    # ------------------------------------------------------------------------------------------ expiry
+    def expire_due(self, delete_prefix: Callable[[str], int] | None = None, limit: int = 100) -> list[str]:
+        """Finished jobs past ``expires_at``: delete their artifacts and upload (``delete_prefix(prefix)``, default
+        the store's ``delete_prefix``) and mark them ``expired``. Returns the ids expired."""
+        now = self.clock()
+        delete_prefix = delete_prefix or self.store.delete_prefix
+        with self.database.read() as session:
+            due = list(session.execute(
+                select(Job.id).where(Job.status.in_(("succeeded", "failed", "canceled")), Job.expires_at <= now)
+                .order_by(Job.expires_at).limit(limit)).scalars())
+        expired = []
+        for job_id in due:
+            try:
+                delete_prefix(f"generations/{job_id}/")
+                self.update(job_id, status="expired", outcome=None)
+                expired.append(job_id)
+            except InvalidTransition:
+                continue
+            except Exception:  # noqa: BLE001 - one bad job must not stop the sweep; it is retried next time
+                logger.warning("could not expire job %s", job_id, exc_info=True)
+        return expired

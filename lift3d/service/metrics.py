@@ -64,6 +64,8 @@ METRICS: dict[str, MetricSpec] = {
                    ("kind",), COST_BUCKETS_USD),
         MetricSpec("lift3d_sds_batch_size", "histogram", "SDS requests served by one batched Zero123 forward.",
                    (), (1, 2, 3, 4, 6, 8, 12, 16)),
+        MetricSpec("lift3d_credits_spent", "counter", "Credits charged per API key (settled jobs; refunds "
+                   "excluded).", ("key_id",)),
     )
 }
 
@@ -98,6 +100,11 @@ class ServiceMetrics:
         for stage, seconds in gpu_seconds.items():
             self["lift3d_gpu_seconds"].labels(stage=stage).inc(seconds)
         self["lift3d_request_cost_usd"].labels(kind=kind).observe(cost_usd)
+
+    def count_credits(self, key_id: str, credits: float) -> None:
+        """Add ``credits`` (>= 0) charged to key ``key_id`` (call after a job's credits are settled)."""
+        if credits > 0:
+            self["lift3d_credits_spent"].labels(key_id=key_id).inc(credits)
 
     def exposition(self) -> str:
         """The registry in Prometheus text format."""

@@ -32,21 +32,33 @@ __all__ = [
     "GenerationStatus",
     "JobStatus",
     "Progress",
+    "UnsupportedMediaTypeError",
     "decode_image",
 ]
 
 GenerationKind = Literal["image-to-3d", "text-to-3d", "multiview", "views-to-3d"]
-JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled", "expired"]
 
 ERROR_STATUS: dict[str, int] = {
     "bad_request": 400,
+    "unauthorized": 401,
+    "insufficient_credits": 402,
     "generation_not_found": 404,
+    "artifact_not_found": 404,
+    "method_not_allowed": 405,
+    "idempotency_key_in_use": 409,
+    "generation_finished": 409,
     "generation_canceled": 410,
+    "generation_expired": 410,
     "payload_too_large": 413,
+    "unsupported_media_type": 415,
     "invalid_parameters": 422,
+    "idempotency_key_reused": 422,
+    "rate_limited": 429,
     "internal_error": 500,
     "model_not_found": 500,
     "service_unavailable": 503,
+    "overloaded": 503,
 }
 """HTTP status of each error ``name`` (unknown names map to 500)."""
 
@@ -55,6 +67,12 @@ class BadRequestError(InvalidInputError):
     """The request cannot be parsed (malformed JSON, base64 or multipart body, unsupported content type)."""
 
     name = "bad_request"
+
+
+class UnsupportedMediaTypeError(BadRequestError):
+    """The body's ``Content-Type`` is not one the route reads (HTTP 415)."""
+
+    name = "unsupported_media_type"
 
 
 class GenerationRequest(GenerationParams):
@@ -71,6 +89,11 @@ class GenerationRequest(GenerationParams):
         None, description="Input image, PNG/JPEG/WebP, base64-encoded (a `data:image/...;base64,` prefix is "
         "accepted); at most 20 MiB decoded and 4096 px a side."
     )
+    webhook_url: str | None = Field(
+        None, max_length=2048, description="http(s) URL that receives generation.started, generation.progress and "
+        "generation.completed webhooks, signed per the Standard Webhooks spec with the API key's webhook secret. "
+        "Private, loopback and link-local addresses are refused unless the service allows them."
+    )
 
     @classmethod
     def with_image(cls, data: bytes, kind: GenerationKind = "image-to-3d", **params: Any) -> "GenerationRequest":
@@ -79,13 +102,15 @@ class GenerationRequest(GenerationParams):
 
     def params(self) -> GenerationParams:
         """The generation parameters alone (views-only for ``multiview``)."""
-        values = self.model_dump(exclude={"kind", "image"})
+        values = self.model_dump(exclude={"kind", "image", "webhook_url"})
         if self.kind == "multiview":
             values["return_3d"] = False
         return GenerationParams(**values)
 
     def check(self) -> None:
-        """Raises InvalidInputError when the inputs do not fit the kind."""
+        """Raises InvalidInputError when the inputs do not fit the kind, or the prompt is only whitespace."""
+        if self.prompt is not None and not self.prompt.strip():
+            raise InvalidInputError("prompt: must contain a non-space character, e.g. 'a wooden toy robot'")
         if self.kind == "image-to-3d" and (self.image is None or self.prompt is not None):
             raise InvalidInputError("image-to-3d needs an image and no prompt")
         if self.kind == "text-to-3d" and (self.prompt is None or self.image is not None):
@@ -145,7 +170,8 @@ class Artifact(BaseModel):
     """One stored artifact."""
 
     name: str = Field(description="Path under the generation, e.g. `model.glb`, `views/000_az000_el0.png`.")
-    url: str = Field(description="Presigned URL (S3) or file:// URL (local store).")
+    url: str = Field(description="Where to download it: a presigned URL (S3 store), or the API path "
+                     "`/v1/generation/{id}/artifacts/{name}` (relative to the API's base URL; local store).")
 
 
 class GenerationResult(BaseModel):
@@ -168,8 +194,8 @@ class ErrorBody(BaseModel):
     """The one error envelope of the API. ``id`` is the generation id, or a request id for submissions."""
 
     id: str
-    name: str = Field(description="bad_request, generation_not_found, generation_canceled, payload_too_large, "
-                      "invalid_parameters, internal_error.")
+    name: str = Field(description="What went wrong; the HTTP status follows from it: "
+                      + ", ".join(f"`{name}` ({status})" for name, status in ERROR_STATUS.items()) + ".")
     errors: list[str]
 
     @property

@@ -13,7 +13,7 @@ Two layers, each usable alone (the queue side, :func:`lift3d.service.delivery.co
   returns an :class:`~lift3d.service.delivery.AttemptResult` and never raises for job errors.
 
 Examples:
-    >>> jobs = JobStore(LocalStore("/tmp/lift3d"))
+    >>> jobs = JobStore(Database("sqlite:////tmp/lift3d/lift3d.db"), LocalStore("/tmp/lift3d/store"))
     >>> stages = InProcessStages(get_preset("tiny"))  # lift3d.pipeline.providers
     >>> runner = JobRunner(jobs, stages, get_preset("tiny"), CostModel(1.0, {"sds_training": 1.0}))
     >>> consume_job(job_id, jobs, runner.attempt, worker="local")
@@ -44,7 +44,7 @@ from lift3d.pipeline.steps import NovelView
 from lift3d.presets import ModelPreset
 from lift3d.reconstruct import ReconstructOptions, reconstruct
 from lift3d.service.costs import CostModel
-from lift3d.service.delivery import AttemptResult, describe_error
+from lift3d.service.delivery import AttemptResult, describe_error, find_cause
 from lift3d.service.jobs import InvalidTransition, JobOutcome, JobRecord, JobStore
 from lift3d.service.uploads import ReconstructParams, extract_views_zip
 from nerf.mesh import EmptyIsosurfaceError
@@ -230,7 +230,8 @@ class JobRunner:
         progress = _Progress()
         stop = threading.Event()
         canceled = threading.Event()
-        beat = threading.Thread(target=self._heartbeat, args=(job_id, progress, stop, canceled), daemon=True,
+        number = record.attempts  # fences every write below: a requeued job's new attempt makes this one stale
+        beat = threading.Thread(target=self._heartbeat, args=(job_id, number, progress, stop, canceled), daemon=True,
                                 name=f"heartbeat-{job_id[:8]}")
         beat.start()
         started = time.perf_counter()
@@ -255,36 +256,41 @@ class JobRunner:
             outcome = run_job(record, self.jobs, self.stages, self.preset, self.cost_model, device=self.device,
                               on_stage=on_stage, on_step=on_step)
         except JobCanceled:
-            return self._finish(job_id, AttemptResult("canceled"), stop, beat)
-        except _NOT_RETRIED as exc:
-            name = exc.name if isinstance(exc, Lift3DError) else "internal_error"
-            logger.info("job %s failed: %s", job_id, exc)
-            return self._finish(job_id, AttemptResult("failed", name, describe_error(exc)), stop, beat)
-        except Exception as exc:  # noqa: BLE001 - any other failure is retried a bounded number of times
+            return self._finish(job_id, number, AttemptResult("canceled"), stop, beat)
+        except Exception as exc:  # noqa: BLE001 - triaged below; users see describe_error's line, the log the rest
+            # Errors of remote stages arrive wrapped (Ray's RayTaskError): triage and describe by the root cause.
+            cause = find_cause(exc, _NOT_RETRIED)
+            if cause is not None:
+                name = cause.name if isinstance(cause, Lift3DError) else "internal_error"
+                logger.info("job %s failed: %r", job_id, exc)
+                message = describe_error(cause, _NOT_RETRIED)
+                return self._finish(job_id, number, AttemptResult("failed", name, message), stop, beat)
             logger.exception("job %s attempt %d failed", job_id, record.attempts)
             stop.set()
             beat.join()
-            return AttemptResult("retry", "internal_error", f"{type(exc).__name__}: {describe_error(exc)}")
+            return AttemptResult("retry", "internal_error", describe_error(exc))
         logger.info("job %s succeeded in %.1f s", job_id, time.perf_counter() - started)
-        return self._finish(job_id, AttemptResult("succeeded", outcome=outcome), stop, beat)
+        return self._finish(job_id, number, AttemptResult("succeeded", outcome=outcome), stop, beat)
 
-    def _finish(self, job_id: str, result: AttemptResult, stop: threading.Event,
+    def _finish(self, job_id: str, attempt: int, result: AttemptResult, stop: threading.Event,
                 beat: threading.Thread) -> AttemptResult:
         stop.set()
         beat.join()
         try:
             if result.status == "succeeded":
-                record = self.jobs.succeed(job_id, result.outcome)
+                record = self.jobs.succeed(job_id, result.outcome, attempt=attempt)
             elif result.status == "canceled":
-                record = self.jobs.cancel(job_id)
+                record = self.jobs.cancel(job_id, attempt=attempt)
             else:
-                record = self.jobs.fail(job_id, result.error_name or "internal_error", result.message or "failed")
-        except InvalidTransition:  # finished elsewhere (e.g. a duplicate delivery); keep what is stored
+                record = self.jobs.fail(job_id, result.error_name or "internal_error", result.message or "failed",
+                                        attempt=attempt)
+        except InvalidTransition:  # finished elsewhere, or requeued (StaleAttempt): keep what is stored
             return result
         self.on_finish(record)
         return result
 
-    def _heartbeat(self, job_id: str, progress: _Progress, stop: threading.Event, canceled: threading.Event) -> None:
+    def _heartbeat(self, job_id: str, attempt: int, progress: _Progress, stop: threading.Event,
+                   canceled: threading.Event) -> None:
         while not stop.wait(self.heartbeat_s):
             try:
                 if self.jobs.cancel_requested(job_id):
@@ -294,7 +300,7 @@ class JobRunner:
                     progress.changed = False
                     changes = {"stage": progress.stage, "eta_s": progress.eta_s,
                                "progress": {"step": progress.step, "total": progress.total}}
-                self.jobs.heartbeat(job_id, **changes)
+                self.jobs.heartbeat(job_id, attempt=attempt, **changes)
             except InvalidTransition:
                 return
             except Exception:  # noqa: BLE001 - a store hiccup must not kill the job; the next beat retries

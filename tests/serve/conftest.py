@@ -42,6 +42,9 @@ class ServeGraph:
     handle: object
     store_dir: Path
     config: object
+    jobs: object
+    key: str
+    key_id: str
 
 
 @pytest.fixture(scope="session")
@@ -65,13 +68,22 @@ def serve_graph(tmp_path_factory):
         preset="tiny", store_url=f"file://{base / 'store'}",
         queue=QueueConfig(queue_dir=str(base / "queue"), max_attempts=2, polling_interval_s=0.1),
         heartbeat_s=0.5, sweep_interval_s=2.0, gpu_type="A10G",
+        database_url=f"sqlite:///{base / 'lift3d.db'}",  # API keys on (the default): tests send HTTP.key
+        default_rate_limit_per_min=100_000, default_max_concurrent_jobs=0, max_queue_depth=0,
+        allow_private_webhooks=True,  # the webhook test receives on 127.0.0.1
         torch_threads=1,  # `lift3d generate --threads 1` reproduces the graph's jobs bit for bit
         deployment_options=TEST_DEPLOYMENT_OPTIONS,
     )
     started = time.monotonic()
     handle = serve.run(build_app(config), name=APP_NAME, route_prefix="/")
+    from keyed import HTTP
+    from lift3d.service.state import open_state
+
+    state = open_state(config)  # the same database and store as the replicas
+    created = state.keys.create(name="serve-tests", credits=1_000_000)
+    HTTP.key = created.key
     graph = ServeGraph(f"http://127.0.0.1:{http_port}", f"http://127.0.0.1:{metrics_port}/metrics", handle,
-                       base / "store", config)
+                       base / "store", config, state.jobs, created.key, created.id)
     _wait_healthy(graph.url)
     print(f"\nserve graph up in {time.monotonic() - started:.1f} s")
     yield graph

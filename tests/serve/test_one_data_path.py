@@ -10,11 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
+from keyed import HTTP
 import pytest
 
-from lift3d.io.storage import LocalStore
-from lift3d.service.jobs import JobStore
 from lift3d.service.schemas import GenerationRequest, GenerationResult
 
 DRAGON = Path(__file__).resolve().parents[2] / "examples" / "dragon2_rgba.png"
@@ -23,10 +21,9 @@ COMPARED = ["input.png", "views/000_az000_el0.png", "views/001_az090_el0.png", "
             "views/003_az270_el0.png", "views.png", "model.glb", "model_textured.glb"]
 
 
-def _wait_until_idle(store_dir: Path, timeout_s: float = 240.0) -> None:
+def _wait_until_idle(jobs, timeout_s: float = 240.0) -> None:
     """No other job may run beside the one under test: concurrent jobs share SDS batches, whose batched UNet
     forward changes the last bits of every gradient in it."""
-    jobs = JobStore(LocalStore(store_dir))
     deadline = time.monotonic() + timeout_s
     while jobs.active_ids():
         assert time.monotonic() < deadline, f"jobs still active: {jobs.active_ids()}"
@@ -35,7 +32,7 @@ def _wait_until_idle(store_dir: Path, timeout_s: float = 240.0) -> None:
 
 def _wait_done(url: str, job_id: str, timeout_s: float = 240.0) -> int:
     deadline = time.monotonic() + timeout_s
-    while (code := httpx.get(f"{url}/v1/generation/{job_id}", timeout=30).status_code) == 202:
+    while (code := HTTP.get(f"{url}/v1/generation/{job_id}", timeout=30).status_code) == 202:
         assert time.monotonic() < deadline, f"job {job_id} still running"
         time.sleep(0.5)
     return code
@@ -62,13 +59,13 @@ def cli_run(tmp_path_factory, serve_graph) -> dict[str, bytes]:
 @pytest.mark.slow
 def test_cli_http_and_handle_give_the_same_views_and_glb_bytes(serve_graph, cli_run):
     # 1. HTTP (multipart upload), alone on the graph
-    _wait_until_idle(serve_graph.store_dir)
-    response = httpx.post(f"{serve_graph.url}/v1/generation/image-to-3d", files={"image": DRAGON.read_bytes()},
+    _wait_until_idle(serve_graph.jobs)
+    response = HTTP.post(f"{serve_graph.url}/v1/generation/image-to-3d", files={"image": DRAGON.read_bytes()},
                           data={key: str(value) for key, value in PARAMS.items()}, timeout=30)
     assert response.status_code == 202, response.text
     http_id = response.json()["id"]
     assert _wait_done(serve_graph.url, http_id) == 200
-    glb = httpx.get(f"{serve_graph.url}/v1/generation/{http_id}", timeout=30).content
+    glb = HTTP.get(f"{serve_graph.url}/v1/generation/{http_id}", timeout=30).content
 
     # 2. the Python handle API (base64 image), alone too
     accepted = serve_graph.handle.generate.remote(GenerationRequest.with_image(DRAGON.read_bytes(), **PARAMS)).result()

@@ -79,16 +79,18 @@ def test_presigned_url_downloads_over_http(store):
         assert response.headers["Content-Type"] == "model/gltf-binary"
 
 
-def test_job_records_and_artifacts_on_s3(store):
-    jobs = JobStore(store)
+def test_job_records_and_artifacts_on_s3(store, sqlite_database):
+    jobs = JobStore(sqlite_database, store)
     record = jobs.create(JobRecord.new("image-to-3d", GenerationParams(seed=5)))
     jobs.begin_attempt(record.id, "w1")
     writer = ArtifactWriter(store, record.prefix)
     writer.metadata({"seed": 5})
     jobs.succeed(record.id, JobOutcome(main_key="metadata.json", content_type="application/json",
                                        artifacts=["metadata.json"]))
-    assert JobStore(store).get(record.id).status == "succeeded"  # any replica can answer
+    assert JobStore(sqlite_database, store).get(record.id).status == "succeeded"  # any replica can answer
     assert store.exists(f"generations/{record.id}/metadata.json")
+    jobs.clock = lambda: 10**10  # past result_ttl_s: the sweeper deletes the artifacts through S3
+    assert jobs.expire_due() == [record.id] and not store.exists(f"generations/{record.id}/metadata.json")
     assert jobs.active_ids() == []
 
 

@@ -7,6 +7,7 @@ import time
 import zipfile
 
 import httpx
+from keyed import HTTP
 import pytest
 import trimesh
 
@@ -14,7 +15,7 @@ import trimesh
 def wait_done(url: str, job_id: str, timeout_s: float = 180.0) -> httpx.Response:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        response = httpx.get(f"{url}/v1/generation/{job_id}", headers={"Accept": "application/json"}, timeout=30)
+        response = HTTP.get(f"{url}/v1/generation/{job_id}", headers={"Accept": "application/json"}, timeout=30)
         if response.status_code != 202:
             return response
         time.sleep(0.5)
@@ -42,12 +43,12 @@ def views_jobs(serve_graph, tmp_path_factory):
     render_views(root / "sphere.ply", root / "views", RenderViewsOptions(num_views=8, resolution=32, supersample=1))
     url = f"{serve_graph.url}/v1/generation/views-to-3d"
     ids = {}
-    response = httpx.post(url, files={"views": ("sphere.zip", zip_dir(root / "views", "sphere/"))}, data=FAST,
+    response = HTTP.post(url, files={"views": ("sphere.zip", zip_dir(root / "views", "sphere/"))}, data=FAST,
                           timeout=30)
     assert response.status_code == 202, response.text
     ids["sphere"] = response.json()["id"]
     (root / "views" / "transforms.json").write_text(json.dumps({"camera_angle_x": 0.7, "frames": "nope"}))
-    response = httpx.post(url, files={"views": ("bad.zip", zip_dir(root / "views"))}, data=FAST, timeout=30)
+    response = HTTP.post(url, files={"views": ("bad.zip", zip_dir(root / "views"))}, data=FAST, timeout=30)
     assert response.status_code == 202, response.text
     ids["bad"] = response.json()["id"]
     return ids
@@ -61,7 +62,7 @@ def test_views_to_3d_returns_a_glb_in_the_views_frame(serve_graph, views_jobs):
     assert body["content_type"] == "model/gltf-binary" and body["seed"] == 1
     assert {"model.glb", "preview.png", "metadata.json"} <= {a["name"] for a in body["artifacts"]}
     assert "nerf_training" in body["timings_s"]
-    glb = httpx.get(f"{serve_graph.url}/v1/generation/{views_jobs['sphere']}", timeout=30)
+    glb = HTTP.get(f"{serve_graph.url}/v1/generation/{views_jobs['sphere']}", timeout=30)
     assert glb.status_code == 200 and glb.headers["content-type"] == "model/gltf-binary"
     assert glb.content[:4] == b"glTF"
     mesh = trimesh.load(io.BytesIO(glb.content), file_type="glb", force="mesh")
@@ -94,7 +95,7 @@ def test_views_request_errors_through_the_proxy(serve_graph, files, code, name):
             else:
                 archive.writestr("images/r_0.png", b"x")  # no transforms.json
         files = {"views": (files["views"][0], buffer.getvalue())}
-    response = httpx.post(f"{serve_graph.url}/v1/generation/views-to-3d", files=files, timeout=30)
+    response = HTTP.post(f"{serve_graph.url}/v1/generation/views-to-3d", files=files, timeout=30)
     assert response.status_code == code, response.text
     body = response.json()
     assert set(body) == {"id", "name", "errors"} and body["name"] == name

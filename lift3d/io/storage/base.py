@@ -30,3 +30,6 @@ class ArtifactStore(Protocol):
 
     def url(self, key: str, expires_s: int = 3600) -> str:
         """A URL a client can fetch the object from (presigned for S3, ``file://`` locally)."""
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object whose key starts with ``prefix`` (non-empty); returns how many were deleted."""

@@ -44,3 +44,11 @@ class LocalStore:
 
     def url(self, key: str, expires_s: int = 3600) -> str:
         return self._path(key).as_uri()
+
+    def delete_prefix(self, prefix: str) -> int:
+        if not prefix:
+            raise ValueError("delete_prefix needs a non-empty prefix")
+        keys = self.list(prefix)
+        for key in keys:
+            self._path(key).unlink(missing_ok=True)
+        return len(keys)

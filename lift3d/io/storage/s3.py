@@ -120,6 +120,17 @@ class S3Store:
             "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=int(expires_s)
         )
 
+    def delete_prefix(self, prefix: str) -> int:
+        """Batch deletes (1 000 keys per request). Production buckets should also carry the lifecycle rule in
+        docs/serving.md, so that objects expire even when no sweeper runs."""
+        if not prefix:
+            raise ValueError("delete_prefix needs a non-empty prefix")
+        keys = self.list(prefix)
+        for start in range(0, len(keys), 1000):
+            objects = [{"Key": self._key(k)} for k in keys[start:start + 1000]]
+            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True})
+        return len(keys)
+
     def __repr__(self) -> str:
         where = f" at {self.endpoint_url}" if self.endpoint_url else ""
         return f"S3Store(s3://{self.bucket}/{self.prefix}{where})"

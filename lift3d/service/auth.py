@@ -1,0 +1,215 @@
+"""Who is calling: API-key authentication of the ``/v1/`` routes.
+
+A request names its key as ``Authorization: Bearer sk-…`` or ``x-api-key: sk-…``. :func:`install_auth` adds an
+ASGI middleware that checks it (:meth:`ApiKeyStore.authenticate`) before any ``/v1/`` route runs and stores the
+caller as ``request.state.principal`` (routes read it with :func:`principal`, also usable as a FastAPI
+dependency). A missing, unknown, revoked or expired key gets ``401 unauthorized`` in the API's error envelope with
+``WWW-Authenticate: Bearer``; other paths (``/healthz``, ``/docs``, ``/openapi.json``) are public. Every response to
+an authenticated call carries ``X-Remaining-Credits``: the key's balance after the call, read when the route has
+produced its response.
+
+With ``enabled=False`` (only for an explicitly local setup: ``auth: false`` in the service config) every request is
+the :data:`LOCAL` principal, which owns every job and has no balance.
+
+Examples:
+    >>> api = FastAPI()
+    >>> install_auth(api, ApiKeyStore(database), enabled=True)
+    >>> @api.get("/v1/whoami")
+    ... def whoami(caller: Principal = Depends(principal)) -> dict:
+    ...     return {"key": caller.key_id}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request, Response
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from lift3d.service.http import error_response
+from lift3d.service.keys import ApiKeyStore, KeyInfo, Unauthorized
+from lift3d.service.schemas import ErrorBody
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LOCAL", "PROTECTED_PREFIX", "REMAINING_CREDITS_HEADER", "AuthMiddleware", "Principal", "api_key_of",
+           "install_auth", "principal"]
+
+PROTECTED_PREFIX = "/v1/"
+"""Paths under this prefix need a key; every other path is public."""
+REMAINING_CREDITS_HEADER = "X-Remaining-Credits"
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="lift3d"'}
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller of a request.
+
+    Attributes:
+        key_id: the API key's id; None when authentication is off (the local principal owns every job).
+        name: the key's name (``local`` when authentication is off).
+        rate_limit_per_min: the key's requests per minute; None: the service default.
+        max_concurrent_jobs: the key's queued + running jobs at once; None: the service default.
+        webhook_secret: ``whsec_…`` signing secret of the key's webhooks; None when authentication is off.
+    """
+
+    key_id: str | None
+    name: str
+    rate_limit_per_min: int | None = None
+    max_concurrent_jobs: int | None = None
+    webhook_secret: str | None = None
+
+    @classmethod
+    def of(cls, info: KeyInfo) -> "Principal":
+        return cls(key_id=info.id, name=info.name, rate_limit_per_min=info.rate_limit_per_min,
+                   max_concurrent_jobs=info.max_concurrent_jobs, webhook_secret=info.webhook_secret)
+
+    @property
+    def authenticated(self) -> bool:
+        return self.key_id is not None
+
+
+LOCAL = Principal(key_id=None, name="local")
+"""Every caller when authentication is off."""
+
+
+def api_key_of(headers: Headers) -> str | None:
+    """The key a request presents: ``Authorization: Bearer <key>`` (scheme case-insensitive), else ``x-api-key``;
+    None when neither is there."""
+    authorization = headers.get("authorization", "")
+    scheme, _, credentials = authorization.strip().partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    key = headers.get("x-api-key", "").strip()
+    return key or None
+
+
+def principal(request: Request) -> Principal:
+    """The caller of ``request`` (set by the middleware of :func:`install_auth`); usable as ``Depends(principal)``.
+
+    Raises:
+        Unauthorized: no principal was set (a route outside ``/v1/``, or :func:`install_auth` was not called) —
+            fail closed rather than treat the caller as the local principal.
+    """
+    found = getattr(request.state, "principal", None)
+    if not isinstance(found, Principal):
+        raise Unauthorized("missing or invalid API key")
+    return found
+
+
+class AuthMiddleware:
+    """ASGI middleware: authenticates ``/v1/`` requests and adds ``X-Remaining-Credits`` to their responses.
+
+    Args:
+        app: the inner ASGI app.
+        keys: the key store; required when ``enabled``.
+        enabled: False: every request is :data:`LOCAL` (no key needed, no header added).
+    """
+
+    def __init__(self, app: ASGIApp, keys: ApiKeyStore | None, enabled: bool = True) -> None:
+        if enabled and keys is None:
+            raise ValueError("authentication needs an ApiKeyStore (or enabled=False for a local setup)")
+        self.app, self.keys, self.enabled = app, keys, enabled
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        if not self.enabled:
+            state["principal"] = LOCAL
+            await self.app(scope, receive, send)
+            return
+        try:
+            info = await asyncio.to_thread(self.keys.authenticate, api_key_of(Headers(scope=scope)))
+        except Unauthorized as exc:
+            await error_response(exc.name, [str(exc)], headers=_CHALLENGE)(scope, receive, send)
+            return
+        except Exception:  # noqa: BLE001 - the database is down: 503 in the envelope, details in the log
+            logger.exception("could not check an API key")
+            await error_response("service_unavailable", ["could not check the API key; retry shortly"],
+                                 headers={"Retry-After": "5"})(scope, receive, send)
+            return
+        state["principal"] = Principal.of(info)
+
+        changes_balance = scope["method"] not in ("GET", "HEAD", "OPTIONS")
+
+        async def send_with_balance(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                try:
+                    # Reads cannot spend credits: the balance read with the key is current for them (one
+                    # database round trip less per status poll); a POST or DELETE may reserve or refund.
+                    balance = (await asyncio.to_thread(self.keys.balance, info.id) if changes_balance
+                               else info.balance)
+                except Exception:  # noqa: BLE001 - a header is not worth failing the response for
+                    logger.exception("could not read the balance of API key %s", info.id)
+                else:
+                    MutableHeaders(scope=message)[REMAINING_CREDITS_HEADER] = f"{balance:.3f}"
+            await send(message)
+
+        await self.app(scope, receive, send_with_balance)
+
+
+def install_auth(api: FastAPI, keys: ApiKeyStore | None, enabled: bool = True) -> None:
+    """Authenticate ``api``'s ``/v1/`` routes (see the module docstring) and declare it in the OpenAPI spec
+    (security schemes ``bearer`` (HTTP bearer) and ``apiKey`` (``x-api-key`` header), a 401 response and the
+    ``X-Remaining-Credits`` header on every ``/v1/`` operation).
+
+    Call it once, before the app starts, and after adding any middleware that reads ``request.state.principal``
+    (the middleware added last runs first).
+
+    Raises:
+        ValueError: ``enabled`` without a key store.
+    """
+    if enabled and keys is None:
+        raise ValueError("authentication needs an ApiKeyStore (or enabled=False for a local setup)")
+    api.add_middleware(AuthMiddleware, keys=keys, enabled=enabled)
+
+    async def unauthorized(request: Request, exc: Exception) -> Response:  # principal() outside the middleware
+        return error_response("unauthorized", [str(exc)], headers=_CHALLENGE)
+
+    api.add_exception_handler(Unauthorized, unauthorized)
+    if enabled:
+        _declare_security(api)
+
+
+def _declare_security(api: FastAPI) -> None:
+    build = api.openapi
+
+    def openapi() -> dict:
+        schema = build()  # FastAPI caches it; the changes below are idempotent
+        components = schema.setdefault("components", {})
+        components.setdefault("securitySchemes", {}).update({
+            "bearer": {"type": "http", "scheme": "bearer", "description": "`Authorization: Bearer sk-…` "
+                       "(create a key with `lift3d keys create`)."},
+            "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key", "description": "The same key in "
+                       "an `x-api-key` header."},
+        })
+        schemas = components.setdefault("schemas", {})
+        if "ErrorBody" not in schemas:
+            schemas["ErrorBody"] = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
+        unauthorized = {"description": "Missing, unknown, revoked or expired API key (`unauthorized`).",
+                        "headers": {"WWW-Authenticate": {"schema": {"type": "string"},
+                                                         "description": "`Bearer`."}},
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+        remaining = {"description": "The key's balance in credits after this call, e.g. `97.250`.",
+                     "schema": {"type": "string"}}
+        for path, operations in schema.get("paths", {}).items():
+            if not path.startswith(PROTECTED_PREFIX):
+                continue
+            for method, operation in operations.items():
+                if method not in ("get", "put", "post", "delete", "patch", "head", "options", "trace"):
+                    continue
+                operation["security"] = [{"bearer": []}, {"apiKey": []}]
+                responses = operation.setdefault("responses", {})
+                for status, response in responses.items():
+                    if status != "401":
+                        response.setdefault("headers", {})[REMAINING_CREDITS_HEADER] = dict(remaining)
+                responses.setdefault("401", copy.deepcopy(unauthorized))
+        return schema
+
+    api.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,58 @@
+"""Composition of the HTTP service from a :class:`~lift3d.service.config.ServiceConfig`: the generation service
+(pricing, webhook policy) and the FastAPI app with authentication, admission control and idempotency. The Serve
+ingress (``deployments/ingress.py``) and the tests build it the same way.
+
+Examples:
+    >>> state = open_state(config)
+    >>> service = build_service(config, state, enqueue=queue.append)
+    >>> api = build_api(config, state, service, ServiceMetrics())
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from fastapi import FastAPI
+
+from lift3d.io.images import ImageLimits
+from lift3d.service.app import RequestMetrics, create_api
+from lift3d.service.config import ServiceConfig
+from lift3d.service.costs import price_per_gpu_hour
+from lift3d.service.credits import estimate_credits
+from lift3d.service.generation import GenerationService, WebhookPolicy
+from lift3d.service.state import ServiceState
+
+__all__ = ["build_api", "build_service", "pricing"]
+
+
+def pricing(config: ServiceConfig) -> Callable[[str, Any], float]:
+    """``(kind, params) → credits``: the estimate reserved at submit (:func:`lift3d.service.credits.estimate_credits`
+    with the config's preset, GPU price and USD per credit).
+
+    Raises:
+        ValueError: no price configured and an unknown ``gpu_type``.
+    """
+    price = config.price_per_gpu_hour if config.price_per_gpu_hour is not None else price_per_gpu_hour(config.gpu_type)
+
+    def estimate(kind: str, params: Any) -> float:
+        return estimate_credits(kind, params, config.preset, price, config.usd_per_credit)
+
+    return estimate
+
+
+def build_service(config: ServiceConfig, state: ServiceState, enqueue: Callable[[str], None]) -> GenerationService:
+    """The generation service over ``state``; requests are priced only when API keys are on (``auth``)."""
+    return GenerationService(
+        state.jobs, enqueue, ImageLimits(max_bytes=config.max_upload_bytes), config.queue.max_attempts,
+        config.url_expires_s, price=pricing(config) if state.keys is not None else None,
+        webhooks=WebhookPolicy(allow_private=config.allow_private_webhooks,
+                               service_secret=bool(config.webhook_secret)),
+    )
+
+
+def build_api(config: ServiceConfig, state: ServiceState, service: GenerationService, metrics: RequestMetrics,
+              health: Callable[[], Any] | None = None) -> FastAPI:
+    """The FastAPI app: routes, event streams, account routes, then admission (rate limit, idempotency, job
+    limits) and authentication as middleware (authentication outermost)."""
+    return create_api(service, metrics, health, service.limits, keys=state.keys, database=state.database,
+                      config=config)

@@ -1,0 +1,66 @@
+"""The service's state handles, opened the same way by every replica, the CLI and the tests: the database
+(migrated), the artifact store, the job store and the API keys.
+
+Examples:
+    >>> state = open_state(ServiceConfig(preset="tiny"))  # or a replica's TrainerSettings / ConsumerSettings
+    >>> state.jobs.count_queued()
+    0
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from lift3d.io.storage import make_store
+from lift3d.io.storage.base import ArtifactStore
+from lift3d.service.config import StateSettings
+from lift3d.service.db import Database, database_url_from_env, migrate
+from lift3d.service.jobs import JobRecord, JobStore
+from lift3d.service.keys import ApiKeyStore
+from lift3d.service.webhooks import WebhookEvents
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ServiceState", "open_state"]
+
+
+@dataclass
+class ServiceState:
+    """What a replica holds: ``keys`` is None when the service runs without API keys (``auth: false``)."""
+
+    database: Database
+    store: ArtifactStore
+    jobs: JobStore
+    keys: ApiKeyStore | None
+
+    def close(self) -> None:
+        self.database.dispose()
+
+
+def open_state(settings: StateSettings, *, run_migrations: bool = True,
+               on_write: Callable[[Any, JobRecord, JobRecord], None] | None = None) -> ServiceState:
+    """Connect (and, by default, migrate: replicas starting together take turns) and build the stores.
+
+    Args:
+        settings: store and database URLs, auth, credit and expiry settings (every ``*Settings`` and
+            :class:`~lift3d.service.config.ServiceConfig` is one).
+        on_write: the job store's write hook (tests); default: the webhook outbox of
+            :func:`lift3d.service.webhooks.job_webhook_hook` with the settings' progress interval.
+
+    Raises:
+        sqlalchemy.exc.OperationalError: the database cannot be reached.
+    """
+    database = Database(settings.database_url or database_url_from_env())
+    if run_migrations:
+        migrate(database)
+    store = make_store(settings.store_url)
+    if on_write is None:
+        on_write = WebhookEvents(progress_interval_s=settings.webhook_progress_interval_s,
+                                 usd_per_credit=settings.usd_per_credit)
+    jobs = JobStore(database, store, usd_per_credit=settings.usd_per_credit, result_ttl_s=settings.result_ttl_s,
+                    on_write=on_write)
+    logger.info("service state: database %s, store %r, auth %s", database.redacted_url(), store, settings.auth)
+    return ServiceState(database=database, store=store, jobs=jobs,
+                        keys=ApiKeyStore(database) if settings.auth else None)

@@ -1,0 +1,285 @@
+"""Admission control (lift3d.service.admission): per-key rate limits on the in-process store and on a REAL Redis
+server (started here from Debian's redis-server; missing binary → the tests fail, never skip), per-key concurrency
+and the global queue depth counted on the jobs table (SQLite and PostgreSQL), and the order of install_admission."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from types import SimpleNamespace
+
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.testclient import TestClient
+
+from lift3d.service.admission import (JobAdmissionMiddleware, RateLimiter, RateLimitMiddleware, count_active_jobs,
+                                      count_queued_jobs, install_admission)
+from lift3d.service.db.models import ApiKey, Job
+
+T0 = 1_700_000_000.0
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    """A throwaway redis-server on a free loopback port, data in a temp dir; its ``redis://`` URL."""
+    import redis
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server not found: install Debian's redis-server package (.ci/run does); the Redis "
+                    "rate-limit tests must not be skipped")
+    folder = tmp_path_factory.mktemp("redis")
+    port = _free_port()
+    log = open(folder / "redis.log", "wb")
+    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
+                                "--save", "", "--appendonly", "no", "--daemonize", "no"],
+                               stdout=log, stderr=subprocess.STDOUT)
+    client = redis.Redis(host="127.0.0.1", port=port)
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"redis-server did not start: {(folder / 'redis.log').read_text()[-2000:]}")
+            time.sleep(0.05)
+    try:
+        yield SimpleNamespace(url=f"redis://127.0.0.1:{port}/0", client=client)
+    finally:
+        client.close()
+        process.terminate()
+        process.wait(10)
+        log.close()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def storage_url(request) -> str:
+    """``memory://`` or the Redis server's URL (flushed, so that every test starts with no counts)."""
+    if request.param == "memory":
+        return "memory://"
+    server = request.getfixturevalue("redis_server")
+    server.client.flushall()
+    return server.url
+
+
+def add_keys(database, *keys: tuple[str, int | None]) -> None:
+    with database.transaction() as session:
+        for key_id, max_concurrent in keys:
+            session.add(ApiKey(id=key_id, name=key_id, key_hash=hashlib.sha256(key_id.encode()).hexdigest(),
+                               prefix=key_id[:8], webhook_secret="whsec_test", balance_mc=0, created_at=T0,
+                               max_concurrent_jobs=max_concurrent))
+
+
+def add_jobs(database, owner: str | None, *statuses: str) -> None:
+    with database.transaction() as session:
+        for status in statuses:
+            session.add(Job(id=uuid.uuid4().hex, owner_id=owner, kind="text-to-3d", status=status, created_at=T0,
+                            updated_at=T0, record={}))
+
+
+def build_app(database=None) -> FastAPI:
+    """Routes: POST /v1/generation/text-to-3d (inserts a queued job, 202 {"id"}), GET /v1/generation/{id},
+    GET /healthz. Install middleware on the result, then :func:`with_principals` (the auth stand-in, outermost)."""
+    api = FastAPI()
+
+    @api.post("/v1/generation/text-to-3d")
+    async def submit(request: Request) -> Response:
+        await request.body()
+        principal = getattr(request.state, "principal", None)
+        job_id = uuid.uuid4().hex
+        with database.transaction() as session:
+            session.add(Job(id=job_id, owner_id=getattr(principal, "key_id", None), kind="text-to-3d",
+                            status="queued", created_at=T0, updated_at=T0, record={}))
+        return JSONResponse({"id": job_id}, status_code=202, headers={"Location": f"/v1/generation/{job_id}"})
+
+    @api.get("/v1/generation/{id}")
+    async def status(id: str) -> Response:
+        return JSONResponse({"id": id, "status": "queued"}, status_code=202)
+
+    @api.get("/healthz")
+    async def healthz() -> Response:
+        return JSONResponse({"status": "ok"})
+
+    return api
+
+
+def with_principals(api: FastAPI, principals: dict[str, SimpleNamespace]) -> FastAPI:
+    """Stand-in for the auth middleware (added last: runs first): ``x-test-key`` names the principal."""
+
+    @api.middleware("http")
+    async def principal(request: Request, call_next):
+        key = request.headers.get("x-test-key")
+        if key:
+            request.state.principal = principals[key]
+        return await call_next(request)
+
+    return api
+
+
+def principal(key_id: str, rate_limit_per_min: int | None = None, max_concurrent_jobs: int | None = None):
+    return SimpleNamespace(key_id=key_id, rate_limit_per_min=rate_limit_per_min,
+                           max_concurrent_jobs=max_concurrent_jobs)
+
+
+PRINCIPALS = {"k1": principal("k1"), "k2": principal("k2"), "k3": principal("k3", rate_limit_per_min=1),
+              "k4": principal("k4", rate_limit_per_min=0), "k5": principal("k5", max_concurrent_jobs=1)}
+
+
+def rate_limited_app(storage_url: str, per_min: int = 3) -> FastAPI:
+    api = build_app()
+    api.add_middleware(RateLimitMiddleware, limiter=RateLimiter(storage_url, default_per_min=per_min))
+    return with_principals(api, PRINCIPALS)
+
+
+def get(client: TestClient, key: str | None, path: str = "/v1/generation/abc"):
+    return client.get(path, headers={"x-test-key": key} if key else {})
+
+
+# ---------------------------------------------------------------------------------------------- rate limit
+def test_rate_limit_per_key(storage_url):
+    with TestClient(rate_limited_app(storage_url, per_min=3)) as client:
+        assert [get(client, "k1").status_code for _ in range(3)] == [202, 202, 202]
+        refused = get(client, "k1")
+        assert refused.status_code == 429
+        assert refused.json()["name"] == "rate_limited"
+        assert refused.json()["errors"] == [f"rate limit of 3 requests per minute reached for this API key; retry in "
+                                            f"{refused.headers['retry-after']} s"]
+        assert int(refused.headers["retry-after"]) in (59, 60)  # the oldest of the 3 leaves the window in ~60 s
+        assert get(client, "k1").status_code == 429  # refusals are not counted, and do not unlock either
+        assert [get(client, "k2").status_code for _ in range(3)] == [202, 202, 202]  # another key: its own count
+        assert [get(client, "k3").status_code for _ in range(2)] == [202, 429]  # its own limit: 1 per minute
+        assert {get(client, "k4").status_code for _ in range(10)} == {202}  # 0: no limit
+        assert [get(client, None).status_code for _ in range(4)] == [202, 202, 202, 429]  # no principal: "local"
+        assert {get(client, "k1", "/healthz").status_code for _ in range(5)} == {200}  # only /v1/ is limited
+
+
+def test_replicas_share_counts_on_redis_but_not_in_memory(redis_server):
+    redis_server.client.flushall()
+    replica_a, replica_b = (TestClient(rate_limited_app(redis_server.url, per_min=3)) for _ in range(2))
+    assert [get(replica_a, "k1").status_code, get(replica_a, "k1").status_code,
+            get(replica_b, "k1").status_code, get(replica_b, "k1").status_code] == [202, 202, 202, 429]
+    assert get(replica_a, "k1").status_code == 429
+    keys = [key.decode() for key in redis_server.client.keys("*")]
+    assert len(keys) == 1 and keys[0].endswith("lift3d-requests/k1/3/1/minute")
+    assert redis_server.client.llen(keys[0]) == 3  # the moving window: one entry per admitted request
+
+    memory_a, memory_b = (TestClient(rate_limited_app("memory://", per_min=3)) for _ in range(2))
+    assert [get(memory_a, "k1").status_code for _ in range(3)] + [get(memory_b, "k1").status_code
+                                                                  for _ in range(3)] == [202] * 6
+
+
+def test_an_unreachable_redis_admits_and_logs(caplog):
+    limiter = RateLimiter(f"redis://127.0.0.1:{_free_port()}/0", default_per_min=1)
+    with caplog.at_level(logging.ERROR, logger="lift3d.service.admission"):
+        limiter.check("k1")
+        limiter.check("k1")  # would be over the limit; the storage is down: admitted
+    assert [r.getMessage() for r in caplog.records] == ["rate limit storage unavailable; admitting the request "
+                                                        "of k1"] * 2
+
+
+def test_unknown_storage_schemes_fail_at_startup():
+    from limits.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError):
+        RateLimiter("postgresql://x/y")
+    with pytest.raises(ValueError, match=">= 0"):
+        RateLimiter("memory://", default_per_min=-1)
+
+
+# ------------------------------------------------------------------------------------ concurrency, queue depth
+def job_app(database, max_concurrent: int = 4, max_queue_depth: int = 100) -> FastAPI:
+    api = build_app(database)
+    api.add_middleware(JobAdmissionMiddleware, database=database, default_max_concurrent_jobs=max_concurrent,
+                       max_queue_depth=max_queue_depth)
+    return with_principals(api, PRINCIPALS)
+
+
+def submit(client: TestClient, key: str | None, idempotency_key: str | None = None):
+    headers = {"x-test-key": key} if key else {}
+    if idempotency_key:
+        headers["Idempotency-Key"] = idempotency_key
+    return client.post("/v1/generation/text-to-3d", json={"prompt": "p"}, headers=headers)
+
+
+def test_counts_on_the_jobs_table(database):
+    add_keys(database, ("k1", None), ("k2", None))
+    add_jobs(database, "k1", "queued", "queued", "running", "succeeded", "failed", "canceled", "expired")
+    add_jobs(database, "k2", "running")
+    add_jobs(database, None, "queued", "running", "succeeded")
+    with database.transaction() as session:
+        assert count_active_jobs(session, "k1") == 3
+        assert count_active_jobs(session, "k2") == 1
+        assert count_active_jobs(session, "nobody") == 0
+        assert count_active_jobs(session, None) == 2  # jobs without owner (auth off)
+        assert count_queued_jobs(session) == 3
+
+
+def test_concurrency_limit_per_key(database):
+    add_keys(database, ("k1", None), ("k2", None), ("k5", 1))
+    add_jobs(database, "k1", "queued", "queued", "running", "running", "succeeded", "failed", "canceled")
+    add_jobs(database, "k2", "running", "succeeded", "succeeded", "succeeded", "succeeded")
+    with TestClient(job_app(database, max_concurrent=4)) as client:
+        refused = submit(client, "k1")
+        assert refused.status_code == 429 and refused.headers["retry-after"] == "10"
+        assert refused.json()["name"] == "rate_limited"
+        assert refused.json()["errors"] == ["this API key has 4 queued or running jobs (limit 4); retry when one has "
+                                            "finished"]
+        assert get(client, "k1").status_code == 202  # reads are not job submissions
+        assert [submit(client, "k2").status_code for _ in range(4)] == [202, 202, 202, 429]  # 1 → 4 active
+        assert [submit(client, "k5").status_code for _ in range(2)] == [202, 429]  # principal's own limit: 1
+        assert [submit(client, None).status_code for _ in range(5)] == [202] * 4 + [429]  # "local": ownerless jobs
+
+
+def test_queue_depth_limit(database):
+    add_keys(database, ("k1", None), ("k2", None))
+    add_jobs(database, "k1", "queued", "queued", "running", "running", "running")
+    add_jobs(database, None, "queued", "queued")
+    with TestClient(job_app(database, max_concurrent=0, max_queue_depth=5)) as client:
+        assert submit(client, "k2").status_code == 202  # 4 queued → 5
+        refused = submit(client, "k2")
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "10"
+        assert refused.json()["name"] == "overloaded"
+        assert refused.json()["errors"] == ["the queue is full (5 jobs waiting); retry later"]
+        with database.transaction() as session:  # a queued job starts running
+            session.query(Job).filter(Job.owner_id.is_(None)).limit(1).first().status = "running"
+        assert [submit(client, "k1").status_code for _ in range(2)] == [202, 503]
+
+
+def test_install_admission_orders_rate_limit_idempotency_then_job_limits(database):
+    add_keys(database, ("k1", None), ("k2", None))
+    config = SimpleNamespace(idempotency_ttl_s=86400, rate_limit_storage_url="memory://",
+                             default_rate_limit_per_min=5, default_max_concurrent_jobs=1, max_queue_depth=100)
+    api = build_app(database)
+    install_admission(api, database, config, clock=lambda: T0)
+    with TestClient(with_principals(api, PRINCIPALS)) as client:
+        first = submit(client, "k1", "once")
+        assert first.status_code == 202
+        replay = submit(client, "k1", "once")  # k1 is at its job limit now: the retry is replayed, not refused
+        assert replay.status_code == 202 and replay.json() == first.json()
+        assert replay.headers["idempotent-replayed"] == "true"
+        refused = submit(client, "k1", "another")  # a new job is refused, and that refusal is not stored
+        assert refused.status_code == 429 and refused.headers["retry-after"] == "10"
+        with database.transaction() as session:
+            session.get(Job, first.json()["id"]).status = "succeeded"
+        accepted = submit(client, "k1", "another")  # so the same key works once a slot is free
+        assert accepted.status_code == 202 and accepted.json() != first.json()
+        assert submit(client, "k1", "once").json() == first.json()  # the 5th /v1/ request in the minute
+        rate_refused = submit(client, "k1", "once")  # the 6th: refused, replay or not
+        assert rate_refused.status_code == 429 and int(rate_refused.headers["retry-after"]) in (59, 60)
+        assert "requests per minute" in rate_refused.json()["errors"][0]
+        assert submit(client, "k2").status_code == 202
