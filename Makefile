@@ -5,15 +5,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_OUT ?= out/dragon
+BATCH_OUT ?= out/batch
 
-.PHONY: install demo test test-fast serve bench bench-gpu clean k8s
+.PHONY: install demo test test-fast serve bench bench-gpu clean k8s batch-demo
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, pinned: here it resolves to the local CPU wheel (an unpinned torch pulls CUDA packages).
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[serve,test]"
+	$(PY) -m pip install --quiet -e ".[serve,test,batch]"
 	touch $(STAMP)
 
 # The Khronos glTF-Validator (npm) checks every GLB the tests write.
@@ -26,6 +27,11 @@ install: $(STAMP) $(NODE_STAMP)
 demo: install
 	time $(VENV)/bin/lift3d generate --image examples/dragon2_rgba.png --out $(DEMO_OUT) --seed 0
 	@echo "wrote: $$(ls $(DEMO_OUT))"
+
+batch-demo: install  ## examples/batch.jsonl (prompts and example images) → out/batch; run it twice: the rerun skips
+	$(VENV)/bin/lift3d batch --input examples/batch.jsonl --out $(BATCH_OUT) --preset tiny --num-gpus 0 \
+		--num-views 4 --num-multiview-steps 4 --num-inference-steps 4 --num-3d-max-steps 60
+	@echo "results: $(BATCH_OUT)/results.jsonl"
 
 test: install
 	LIFT3D_REQUIRE_GLTF_VALIDATOR=1 $(PY) -m pytest -q

@@ -10,6 +10,7 @@ import sys
 
 import typer
 
+from lift3d.cli.batch import batch
 from lift3d.cli.convert import convert_zero123
 from lift3d.cli.generate import generate
 from lift3d.cli.keys import keys_app
@@ -36,6 +37,7 @@ app.command("generate")(generate)
 app.command("reconstruct")(reconstruct)
 app.command("convert-zero123")(convert_zero123)
 app.command("render-views")(render_views)
+app.command("batch")(batch)
 app.add_typer(keys_app, name="keys")
 app.add_typer(remote_app, name="remote")
 
