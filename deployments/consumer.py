@@ -4,7 +4,7 @@ A replica receives job ids in its Celery worker threads, starts an attempt (:fun
 and runs it on ``NerfTrainer`` through a handle. Retryable failures go back to Celery (bounded by the job record's
 ``max_attempts``); every replica also sweeps for jobs whose worker vanished
 (:func:`lift3d.service.delivery.sweep_stale_jobs`), because the embedded broker loses a message whose consumer dies
-mid-job, and does the database's housekeeping (:func:`lift3d.service.housekeeping.housekeeping`: expired results,
+mid-job (the job's lease runs out), and does the database's housekeeping (:func:`lift3d.service.housekeeping.housekeeping`: expired results,
 idempotency records, due webhook deliveries).
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -52,14 +53,21 @@ class JobConsumer:
 
     @task_handler(name=TASK_NAME)
     def generate(self, job_id: str) -> str:
-        """Handle one delivery of ``job_id``; raises :class:`~lift3d.service.delivery.RetryJob` to have Celery retry."""
-        return consume_job(job_id, self.jobs, self._attempt, self.worker, stale_after_s=self.settings.stale_after_s)
+        """Handle one delivery of ``job_id``; raises :class:`~lift3d.service.delivery.RetryJob` to have Celery retry.
+
+        The delivery holds the job's lease (renewed while it waits for a trainer slot), under a holder name unique
+        to this delivery, so a second delivery of the same job — even to this replica — is dropped as a duplicate.
+        """
+        holder = f"{self.worker}/{uuid.uuid4().hex[:8]}"
+        return consume_job(job_id, self.jobs, self._attempt, holder, stale_after_s=self.settings.stale_after_s)
 
     def _attempt(self, job_id: str):
         return self.trainer.run.remote(job_id).result()
 
     def _sweep_forever(self) -> None:
-        while not self._stop.wait(self.settings.sweep_interval_s):
+        # The first sweep runs at once: after a restart, jobs of the previous replicas are requeued as soon as their
+        # leases run out, not a whole interval later.
+        while True:
             try:
                 actions = sweep_stale_jobs(self.jobs, self.queue.enqueue, stale_after_s=self.settings.stale_after_s,
                                            queued_timeout_s=self.settings.queued_timeout_s)
@@ -69,6 +77,8 @@ class JobConsumer:
                 self._report_depth()
             except Exception:  # noqa: BLE001 - keep sweeping; the store may come back
                 logger.warning("stale-job sweep failed", exc_info=True)
+            if self._stop.wait(self.settings.sweep_interval_s):
+                return
 
     def _deliver_forever(self) -> None:
         while not self._stop.wait(1.0):

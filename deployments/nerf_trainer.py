@@ -52,6 +52,7 @@ class NerfTrainerDeployment:
             self.jobs, RemoteStages(text_to_image, background, multiview),
             get_preset(settings.preset), cost_model, device=replica_device(settings.device, settings.torch_threads),
             heartbeat_s=settings.heartbeat_s, on_finish=self._observe,
+            worker=serve.get_replica_context().replica_id.unique_id,
         )
 
     async def run(self, job_id: str) -> AttemptResult:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 __all__ = ["ConsumerSettings", "QueueConfig", "ServiceConfig", "StateSettings", "TrainerSettings"]
 
@@ -55,6 +55,10 @@ class StateSettings(BaseModel):
                                        "None: such jobs cannot ask for webhooks.")
     result_ttl_s: float = Field(24 * 3600.0, gt=0, description="Seconds results and uploads are kept after a job "
                                 "ends (Stability keeps 24 h); then deleted, and the job answers 410 generation_expired.")
+    lease_s: float = Field(30.0, gt=0, description="Seconds an attempt's lease lasts after each renewal. Holders "
+                           "(the consumer waiting for a trainer slot, then the trainer's heartbeats every heartbeat_s) "
+                           "renew it; a job whose lease ran out is requeued by the next sweep, so a dead replica's "
+                           "job starts again within lease_s + sweep_interval_s. Keep it ≥ 3 × heartbeat_s.")
 
     def state_settings(self) -> "StateSettings":
         """Just these fields (what :func:`lift3d.service.state.open_state` needs)."""
@@ -65,9 +69,10 @@ class ConsumerSettings(StateSettings):
     """What a consumer replica needs besides the trainer handle."""
 
     queue: QueueConfig
-    stale_after_s: float = Field(300.0, description="A running job without heartbeat for this long is requeued.")
+    stale_after_s: float = Field(300.0, description="Records from before leases (no lease_expires_at): a running job "
+                                 "without heartbeat for this long is requeued.")
     queued_timeout_s: float = Field(24 * 3600.0, description="A job queued this long without starting fails.")
-    sweep_interval_s: float = Field(30.0, description="Seconds between sweeps for stale jobs.")
+    sweep_interval_s: float = Field(5.0, description="Seconds between sweeps for jobs whose lease ran out.")
 
 
 class TrainerSettings(StateSettings):
@@ -91,8 +96,9 @@ class ServiceConfig(StateSettings):
     price_per_gpu_hour: float | None = Field(None, ge=0, description="USD per GPU-hour; default: the AWS "
                                              "on-demand price of gpu_type (lift3d.service.costs).")
     heartbeat_s: float = Field(5.0, gt=0, description="Seconds between job-record writes while a job runs.")
-    stale_after_s: float = Field(300.0, gt=0, description="Requeue running jobs without heartbeat this long.")
-    sweep_interval_s: float = Field(30.0, gt=0, description="Seconds between stale-job sweeps.")
+    stale_after_s: float = Field(300.0, gt=0, description="Records from before leases: requeue running jobs "
+                                 "without heartbeat this long.")
+    sweep_interval_s: float = Field(5.0, gt=0, description="Seconds between sweeps for jobs whose lease ran out.")
     sds_max_batch_size: int = Field(8, ge=1, description="Most SDS requests per Zero123 UNet forward.")
     sds_batch_wait_timeout_s: float = Field(0.01, ge=0, description="Wait for more SDS requests per batch.")
     max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0, description="Largest accepted image upload.")
@@ -117,6 +123,13 @@ class ServiceConfig(StateSettings):
     deployment_options: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Per deployment name, `.options()` overrides (tests; for `serve "
         "deploy` prefer the config file's `deployments:` section).")
+
+    @model_validator(mode="after")
+    def _lease_outlives_heartbeats(self) -> "ServiceConfig":
+        if self.lease_s < 3 * self.heartbeat_s:
+            raise ValueError(f"lease_s ({self.lease_s}) must be at least 3 × heartbeat_s ({self.heartbeat_s}): a job "
+                             "whose trainer misses one heartbeat would be requeued while it runs")
+        return self
 
     def trainer_settings(self) -> TrainerSettings:
         """What every ``NerfTrainer`` replica needs besides its handles."""

@@ -7,8 +7,18 @@ writer did not mean to change is overwritten. Writes from a worker name their at
 attempt that is no longer the job's current one is refused (:class:`StaleAttempt`), so a worker presumed dead cannot
 finish a job a second time after it was requeued.
 
-Status only moves forward: ``queued → running → succeeded | failed | canceled → expired``; a finished record is never
-rewritten except to expire it. ``attempts`` counts started attempts, bounded by ``max_attempts``.
+Status only moves forward — ``queued → running → succeeded | failed | canceled → expired`` — except that an attempt
+which ended in a retryable failure, or whose worker vanished, puts its job back to ``queued`` (:meth:`JobStore.requeue`).
+A finished record is never rewritten except to expire it. ``attempts`` counts dispatched attempts, bounded by
+``max_attempts``.
+
+Leases: whoever holds an attempt holds the job's lease (``lease_expires_at``) and renews it every few seconds. A
+consumer that has taken a job from the queue *dispatches* it (:meth:`JobStore.dispatch`): the job stays ``queued``
+(stage ``waiting_for_worker``) while it waits for a free trainer slot, and the consumer renews the lease. The
+trainer makes it ``running`` when it really starts (:meth:`JobStore.start_attempt`) and its heartbeats renew the
+lease from then on. A lease that runs out means its holder is gone (a killed replica, a restarted service): the
+sweep requeues the job within seconds (:func:`lift3d.service.delivery.sweep_stale_jobs`), where a heartbeat age
+alone could not tell a dead worker from a job waiting its turn.
 
 Credits and webhooks change in the same transaction as the job: :meth:`JobStore.create` reserves the estimate
 (:func:`lift3d.service.credits.reserve`), a terminal transition settles to the measured cost or refunds it, and every
@@ -145,7 +155,10 @@ class JobRecord(BaseModel):
     expires_at: float | None = Field(None, description="When results and upload are deleted (set when it ends).")
     attempts: int = 0
     max_attempts: int = 3
-    worker: str | None = None
+    worker: str | None = Field(None, description="Who holds the current attempt (a consumer while it waits for a "
+                               "trainer slot, then the trainer).")
+    lease_expires_at: float | None = Field(None, description="The current attempt's holder must renew its lease "
+                                           "before this time (seconds since the epoch); None: nobody holds the job.")
     cancel_requested: bool = False
     error: JobError | None = None
     outcome: JobOutcome | None = None
@@ -181,6 +194,14 @@ def check_transition(old: JobStatus, new: JobStatus) -> None:
         raise InvalidTransition(f"job status cannot go back from {old} to {new}")
 
 
+def _check_current(record: JobRecord, attempt: int) -> None:
+    """Raises StaleAttempt unless attempt ``attempt`` is the job's current one and still held (a requeued job is
+    held by nobody until its next attempt is dispatched, so the requeued attempt's late writes are refused)."""
+    if record.attempts != attempt or record.worker is None:
+        raise StaleAttempt(f"attempt {attempt} of job {record.id} is stale (current: {record.attempts}, "
+                           f"status {record.status}, held by {record.worker})")
+
+
 Hook = Callable[[Any, JobRecord, JobRecord], None]
 """Called inside the transaction of a successful write: ``(session, before, after)``."""
 
@@ -195,15 +216,18 @@ class JobStore:
         usd_per_credit: converts a job's measured ``cost_usd`` into credits when it settles (> 0).
         result_ttl_s: a finished job's results expire this long after it ends (``expires_at``), > 0.
         on_write: called inside the transaction of every successful write (webhook outbox, metrics).
+        lease_s: seconds an attempt's lease lasts after each renewal (dispatch, start, heartbeat), > 0. Holders
+            renew it every ``lease_s / 3`` seconds or more often, so two missed renewals still keep it.
     """
 
     def __init__(self, database: Database, store: ArtifactStore, clock: Callable[[], float] = time.time, *,
                  usd_per_credit: float = 0.01, result_ttl_s: float = 24 * 3600.0,
-                 on_write: Hook | None = None) -> None:
-        if not usd_per_credit > 0 or not result_ttl_s > 0:
-            raise ValueError("usd_per_credit and result_ttl_s must be > 0")
+                 on_write: Hook | None = None, lease_s: float = 30.0) -> None:
+        if not usd_per_credit > 0 or not result_ttl_s > 0 or not lease_s > 0:
+            raise ValueError("usd_per_credit, result_ttl_s and lease_s must be > 0")
         self.database, self.store, self.clock = database, store, clock
         self.usd_per_credit, self.result_ttl_s, self.on_write = usd_per_credit, result_ttl_s, on_write
+        self.lease_s = lease_s
 
     # ------------------------------------------------------------------------------------------ read / create
     def create(self, record: JobRecord, *, reserve_mc: int = 0) -> JobRecord:
@@ -278,9 +302,8 @@ class JobStore:
             JobNotFound, InvalidTransition (backward or after the end), StaleAttempt.
         """
         def apply(current: JobRecord) -> JobRecord:
-            if attempt is not None and current.attempts != attempt:
-                raise StaleAttempt(f"attempt {attempt} of job {job_id} is stale (current: {current.attempts}, "
-                                   f"status {current.status})")
+            if attempt is not None:
+                _check_current(current, attempt)
             check_transition(current.status, changes.get("status", current.status))
             data = current.model_dump()
             data.update({k: v.model_dump() if isinstance(v, BaseModel) else v for k, v in changes.items()})
@@ -327,34 +350,118 @@ class JobStore:
 
     # ------------------------------------------------------------------------------------------ transitions
     def begin_attempt(self, job_id: str, worker: str) -> JobRecord:
-        """queued/running → running, one more attempt (the returned record's ``attempts`` is its number)."""
+        """queued/running → running at once, one more attempt (the returned record's ``attempts`` is its number);
+        for in-process callers that run the job themselves. The queue side uses :meth:`dispatch`."""
         def apply(current: JobRecord) -> JobRecord:
             check_transition(current.status, "running")
             now = self.clock()
             return current.model_copy(update=dict(
                 status="running", stage="starting", progress=None, attempts=current.attempts + 1, worker=worker,
-                started_at=current.started_at or now, heartbeat_at=now, updated_at=now))
+                started_at=current.started_at or now, heartbeat_at=now, lease_expires_at=now + self.lease_s,
+                updated_at=now))
 
         return self._swap(job_id, apply)
 
+    def dispatch(self, job_id: str, worker: str) -> JobRecord:
+        """A consumer takes a queued job: one more attempt, held by ``worker`` under a fresh lease; the job stays
+        ``queued`` (stage ``waiting_for_worker``) until the trainer starts it (:meth:`start_attempt`).
+
+        Raises:
+            InvalidTransition: the job is not queued (running elsewhere, or finished), or another holder's lease on
+            it is live.
+        """
+        def apply(current: JobRecord) -> JobRecord:
+            if current.status != "queued":
+                raise InvalidTransition(f"job is {current.status}; only a queued job can be dispatched")
+            now = self.clock()
+            if current.worker is not None and not self.lease_expired(current, now):
+                raise InvalidTransition(f"job is held by {current.worker} until {current.lease_expires_at}")
+            return current.model_copy(update=dict(
+                stage="waiting_for_worker", progress=None, attempts=current.attempts + 1, worker=worker,
+                heartbeat_at=now, lease_expires_at=now + self.lease_s, updated_at=now))
+
+        return self._swap(job_id, apply)
+
+    def start_attempt(self, job_id: str, attempt: int, worker: str) -> JobRecord:
+        """The trainer starts dispatched attempt ``attempt``: queued → running, the lease now renewed by its
+        heartbeats. Starting an attempt that is already running is a no-op (the same attempt redelivered).
+
+        Raises:
+            StaleAttempt: the job was requeued since (or finished: InvalidTransition).
+        """
+        def apply(current: JobRecord) -> JobRecord:
+            _check_current(current, attempt)
+            check_transition(current.status, "running")
+            now = self.clock()
+            return current.model_copy(update=dict(
+                status="running", stage="starting", progress=None, worker=worker,
+                started_at=current.started_at or now, heartbeat_at=now, lease_expires_at=now + self.lease_s,
+                updated_at=now))
+
+        return self._swap(job_id, apply)
+
+    def requeue(self, job_id: str, *, attempt: int | None = None, stage: str = "requeued",
+                error: JobError | None = None, only_if_lease_expired: bool = False) -> JobRecord:
+        """Put a job whose attempt ended without finishing it back to ``queued``: nobody holds it, no lease.
+
+        Args:
+            attempt: the attempt being given up; refused if the job has moved on to another.
+            stage: ``retrying`` (the attempt failed in a retryable way) or ``requeued`` (its holder vanished).
+            error: the failure, kept on the record for the final message.
+            only_if_lease_expired: refuse unless the lease ran out (the sweep: a renewal that raced it wins).
+
+        Raises:
+            StaleAttempt: another attempt is current, or the lease was renewed meanwhile. InvalidTransition: the job
+            finished.
+        """
+        def apply(current: JobRecord) -> JobRecord:
+            if attempt is not None:
+                _check_current(current, attempt)
+            if current.terminal:
+                raise InvalidTransition(f"job already {current.status}")
+            now = self.clock()
+            if only_if_lease_expired and not self.lease_expired(current, now):
+                raise StaleAttempt(f"job {job_id}: the lease was renewed")
+            return current.model_copy(update=dict(
+                status="queued", stage=stage, progress=None, eta_s=None, worker=None, lease_expires_at=None,
+                heartbeat_at=now, updated_at=now, error=error if error is not None else current.error))
+
+        return self._swap(job_id, apply)
+
+    def renew_lease(self, job_id: str, attempt: int) -> JobRecord:
+        """Extend the lease of attempt ``attempt`` by :attr:`lease_s` from now (a consumer waiting for a trainer
+        slot). Raises StaleAttempt / InvalidTransition when the attempt is no longer the job's current one."""
+        return self.update(job_id, attempt=attempt, heartbeat_at=self.clock(),
+                           lease_expires_at=self.clock() + self.lease_s)
+
+    def lease_expired(self, record: JobRecord, now: float | None = None) -> bool:
+        """Whether ``record``'s attempt lost its holder: dispatched or running, and the lease ran out."""
+        if record.terminal or record.worker is None or record.lease_expires_at is None:
+            return False
+        return (self.clock() if now is None else now) > record.lease_expires_at
+
     def heartbeat(self, job_id: str, attempt: int | None = None, **changes: Any) -> JobRecord:
-        """Refresh ``heartbeat_at`` (and e.g. stage, progress, eta_s) of a job not yet finished."""
-        return self.update(job_id, attempt=attempt, heartbeat_at=self.clock(), **changes)
+        """Refresh ``heartbeat_at`` and the lease (and e.g. stage, progress, eta_s) of a job not yet finished."""
+        now = self.clock()
+        return self.update(job_id, attempt=attempt, heartbeat_at=now, lease_expires_at=now + self.lease_s,
+                           **changes)
 
     def succeed(self, job_id: str, outcome: JobOutcome, attempt: int | None = None) -> JobRecord:
         now = self.clock()
         return self.update(job_id, attempt=attempt, status="succeeded", stage=None, progress=None, eta_s=0.0,
-                           outcome=outcome, finished_at=now, expires_at=now + self.result_ttl_s, error=None)
+                           outcome=outcome, finished_at=now, expires_at=now + self.result_ttl_s, error=None,
+                           lease_expires_at=None)
 
     def fail(self, job_id: str, name: str, message: str, attempt: int | None = None) -> JobRecord:
         now = self.clock()
         return self.update(job_id, attempt=attempt, status="failed", eta_s=None, finished_at=now,
-                           expires_at=now + self.result_ttl_s, error=JobError(name=name, message=message[:500]))
+                           expires_at=now + self.result_ttl_s, error=JobError(name=name, message=message[:500]),
+                           lease_expires_at=None)
 
     def cancel(self, job_id: str, attempt: int | None = None) -> JobRecord:
         now = self.clock()
         return self.update(job_id, attempt=attempt, status="canceled", eta_s=None, finished_at=now,
-                           expires_at=now + self.result_ttl_s)
+                           expires_at=now + self.result_ttl_s, lease_expires_at=None)
 
     # ------------------------------------------------------------------------------------------ cancellation
     def request_cancel(self, job_id: str, owner_id: str | None = ANY_OWNER) -> JobRecord:

@@ -60,7 +60,7 @@ def open_state(settings: StateSettings, *, run_migrations: bool = True,
         on_write = WebhookEvents(progress_interval_s=settings.webhook_progress_interval_s,
                                  usd_per_credit=settings.usd_per_credit)
     jobs = JobStore(database, store, usd_per_credit=settings.usd_per_credit, result_ttl_s=settings.result_ttl_s,
-                    on_write=on_write)
+                    on_write=on_write, lease_s=settings.lease_s)
     logger.info("service state: database %s, store %r, auth %s", database.redacted_url(), store, settings.auth)
     return ServiceState(database=database, store=store, jobs=jobs,
                         keys=ApiKeyStore(database) if settings.auth else None)

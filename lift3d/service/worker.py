@@ -211,22 +211,36 @@ class JobRunner:
         preset: model preset (NeRF size, input size).
         cost_model: prices stage busy time.
         device: where the NeRF trains.
-        heartbeat_s: seconds between job-record writes while running.
+        heartbeat_s: seconds between job-record writes while running; each renews the attempt's lease, so keep it
+            well under the job store's ``lease_s`` (a third or less).
         on_finish: called with the finished record (metrics).
+        worker: this runner's name in job records (e.g. the replica id).
     """
 
     def __init__(self, jobs: JobStore, stages: StageProvider, preset: ModelPreset, cost_model: CostModel, *,
                  device: torch.device | str = "cpu", heartbeat_s: float = 2.0,
-                 on_finish: Callable[[JobRecord], None] = lambda record: None) -> None:
+                 on_finish: Callable[[JobRecord], None] = lambda record: None, worker: str = "local") -> None:
         self.jobs, self.stages, self.preset, self.cost_model = jobs, stages, preset, cost_model
-        self.device, self.heartbeat_s, self.on_finish = device, heartbeat_s, on_finish
+        self.device, self.heartbeat_s, self.on_finish, self.worker = device, heartbeat_s, on_finish, worker
 
     def attempt(self, job_id: str) -> AttemptResult:
-        """Run the job (already ``running``) once; record success, final failure or cancellation.
+        """Run the job's current attempt once — dispatched (``queued``, the queue's consumer holds it: it starts
+        running here) or already ``running`` — and record success, final failure or cancellation.
 
-        Failures worth a retry are not recorded: the result says ``retry`` and the caller decides.
+        Failures worth a retry are not recorded: the result says ``retry`` and the caller decides. An attempt that
+        is no longer current when it would start (canceled while it waited: ``canceled``; requeued: ``retry``) does
+        not run.
         """
         record = self.jobs.get(job_id)
+        if record.terminal:  # canceled while it waited for this trainer, or finished by an earlier delivery
+            return AttemptResult(record.status if record.status in ("succeeded", "failed", "canceled") else "failed")
+        if record.status == "queued":
+            try:
+                record = self.jobs.start_attempt(job_id, record.attempts, self.worker)
+            except InvalidTransition:
+                current = self.jobs.get(job_id)
+                return AttemptResult("canceled" if current.status == "canceled" else "retry",
+                                     message=f"attempt {record.attempts} no longer current ({current.status})")
         progress = _Progress()
         stop = threading.Event()
         canceled = threading.Event()
