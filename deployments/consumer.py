@@ -40,7 +40,7 @@ class JobConsumer:
     def __init__(self, trainer: DeploymentHandle, settings: ConsumerSettings) -> None:
         self.trainer = trainer
         self.settings = settings
-        self.state = open_state(settings)
+        self.state = open_state(settings, store_retry_s=settings.store_retry_s)
         self.jobs = self.state.jobs
         self.queue = JobQueue(settings.queue)
         self.metrics = RayMetrics()

@@ -47,7 +47,7 @@ class NerfTrainerDeployment:
         fraction = assigned_gpu_fraction()
         cost_model = CostModel.for_gpu(settings.gpu_type, {"sds_training": fraction, "mesh_export": fraction},
                                        settings.price_per_gpu_hour)
-        self.jobs = open_state(settings).jobs
+        self.jobs = open_state(settings, store_retry_s=settings.store_retry_s).jobs
         self.runner = JobRunner(
             self.jobs, RemoteStages(text_to_image, background, multiview),
             get_preset(settings.preset), cost_model, device=replica_device(settings.device, settings.torch_threads),

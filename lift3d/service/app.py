@@ -48,7 +48,8 @@ from lift3d.service.events_routes import add_service_event_routes, apply_prefer_
 from lift3d.service.generation import GenerationService, _visible_to
 from lift3d.service.idempotency import OPENAPI_PARAMETER as IDEMPOTENCY_KEY_PARAMETER
 from lift3d.service.keys import ApiKeyStore
-from lift3d.service.http import body_doc, error_response, parse_generation, parse_views, views_body_doc, wants_json
+from lift3d.service.http import (body_doc, error_response, parse_generation, parse_views, unexpected_error_response,
+                                 views_body_doc, wants_json)
 from lift3d.service.schemas import ErrorBody, GenerationAccepted, GenerationKind, GenerationResult, GenerationStatus
 
 logger = logging.getLogger(__name__)
@@ -81,12 +82,19 @@ def create_api(service: GenerationService, metrics: RequestMetrics,
     async def count_and_contain(request: Request, call_next):
         try:
             response = await call_next(request)
-        except Exception:  # noqa: BLE001 - logged here; the client gets the envelope, never a traceback
+        except Exception as exc:  # noqa: BLE001 - logged here; the client gets the envelope, never a traceback
             logger.exception("unhandled error in %s %s", request.method, request.url.path)
-            response = error_response("internal_error", ["internal error; the server logged the details"])
+            response = unexpected_error_response(exc)  # 503 + Retry-After when a backing service is down
         route = request.scope.get("route")
         metrics.count_request(getattr(route, "path", "unmatched"), request.method, response.status_code)
         return response
+
+    @api.exception_handler(Exception)
+    async def outside_routes(request: Request, exc: Exception) -> JSONResponse:
+        # Errors raised in the middleware around the routes (admission, idempotency) reach Starlette's outermost
+        # handler: the same envelope, and 503 rather than 500 when the database or the store is unreachable.
+        logger.exception("unhandled error around %s %s", request.method, request.url.path)
+        return unexpected_error_response(exc)
 
     @api.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

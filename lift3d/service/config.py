@@ -73,6 +73,8 @@ class ConsumerSettings(StateSettings):
                                  "without heartbeat for this long is requeued.")
     queued_timeout_s: float = Field(24 * 3600.0, description="A job queued this long without starting fails.")
     sweep_interval_s: float = Field(5.0, description="Seconds between sweeps for jobs whose lease ran out.")
+    store_retry_s: float = Field(120.0, ge=0, description="Seconds a store call waits for an unreachable artifact "
+                                 "store to come back (0: fail at once).")
 
 
 class TrainerSettings(StateSettings):
@@ -84,6 +86,9 @@ class TrainerSettings(StateSettings):
     price_per_gpu_hour: float | None = Field(None, ge=0, description="USD per GPU-hour; None: gpu_type's price.")
     heartbeat_s: float = Field(5.0, gt=0, description="Seconds between job-record writes while a job runs.")
     torch_threads: int | None = Field(None, ge=1, description="Torch CPU threads; None: as Ray sets them.")
+    store_retry_s: float = Field(120.0, ge=0, description="Seconds a job's store call waits for an unreachable "
+                                 "artifact store to come back (the job pauses, its lease renewed); 0: fail at once "
+                                 "(the attempt is retried).")
 
 
 class ServiceConfig(StateSettings):
@@ -99,6 +104,8 @@ class ServiceConfig(StateSettings):
     stale_after_s: float = Field(300.0, gt=0, description="Records from before leases: requeue running jobs "
                                  "without heartbeat this long.")
     sweep_interval_s: float = Field(5.0, gt=0, description="Seconds between sweeps for jobs whose lease ran out.")
+    store_retry_s: float = Field(120.0, ge=0, description="Workers (trainer, consumer): seconds a store call waits "
+                                 "for an unreachable artifact store to come back; the ingress never waits (503).")
     sds_max_batch_size: int = Field(8, ge=1, description="Most SDS requests per Zero123 UNet forward.")
     sds_batch_wait_timeout_s: float = Field(0.01, ge=0, description="Wait for more SDS requests per batch.")
     max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0, description="Largest accepted image upload.")
@@ -135,12 +142,14 @@ class ServiceConfig(StateSettings):
         """What every ``NerfTrainer`` replica needs besides its handles."""
         return TrainerSettings(**self.state_settings().model_dump(), preset=self.preset, device=self.device,
                                gpu_type=self.gpu_type, price_per_gpu_hour=self.price_per_gpu_hour,
-                               heartbeat_s=self.heartbeat_s, torch_threads=self.torch_threads)
+                               heartbeat_s=self.heartbeat_s, torch_threads=self.torch_threads,
+                               store_retry_s=self.store_retry_s)
 
     def consumer_settings(self) -> ConsumerSettings:
         """What every ``JobConsumer`` replica needs besides the trainer handle."""
         return ConsumerSettings(**self.state_settings().model_dump(), queue=self.queue,
-                                stale_after_s=self.stale_after_s, sweep_interval_s=self.sweep_interval_s)
+                                stale_after_s=self.stale_after_s, sweep_interval_s=self.sweep_interval_s,
+                                store_retry_s=self.store_retry_s)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "ServiceConfig":

@@ -26,6 +26,7 @@ from starlette.formparsers import FormParser, MultiPartException, MultiPartParse
 
 from lift3d.errors import InvalidInputError, Lift3DError, PayloadTooLargeError
 from lift3d.io.images import ImageLimits
+from lift3d.io.storage.retrying import is_unavailable_error
 from lift3d.params import MAX_SEED, TEXTURE_SIZES, GenerationParams
 from lift3d.service.schemas import (
     BadRequestError,
@@ -58,11 +59,28 @@ def _messages(exc: ValidationError) -> list[str]:
             for e in exc.errors()]
 
 
+UNAVAILABLE_RETRY_AFTER_S = 5
+"""``Retry-After`` (seconds) of a ``503`` that did not set its own: a backing service or deployment is down."""
+
+
 def error_response(name: str, errors: list[str], id: str | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
-    """The error envelope as a response, with the HTTP status of ``name``; ``id`` defaults to a request id."""
+    """The error envelope as a response, with the HTTP status of ``name``; ``id`` defaults to a request id. Every
+    ``503`` carries ``Retry-After`` (:data:`UNAVAILABLE_RETRY_AFTER_S` unless ``headers`` set one)."""
     body = ErrorBody(id=id or uuid.uuid4().hex, name=name, errors=errors)
+    if body.http_status == 503 and "Retry-After" not in (headers or {}):
+        headers = {**(headers or {}), "Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)}
     return JSONResponse(body.model_dump(), status_code=body.http_status, headers=headers)
+
+
+def unexpected_error_response(exc: BaseException) -> JSONResponse:
+    """The envelope for an exception no route handled: ``503 service_unavailable`` (with ``Retry-After``) when a
+    backing service could not be reached (:func:`~lift3d.io.storage.retrying.is_unavailable_error`: the database,
+    the artifact store, the queue's broker), else ``500 internal_error``. Details stay in the server's log."""
+    if is_unavailable_error(exc):
+        return error_response("service_unavailable", ["a backing service (database, artifact store or job queue) "
+                                                      "is unavailable; retry shortly"])
+    return error_response("internal_error", ["internal error; the server logged the details"])
 
 
 def wants_json(accept: str | None) -> bool:

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from lift3d.io.storage import make_store
 from lift3d.io.storage.base import ArtifactStore
+from lift3d.io.storage.retrying import RetryingStore
 from lift3d.service.config import StateSettings
 from lift3d.service.db import Database, database_url_from_env, migrate
 from lift3d.service.jobs import JobRecord, JobStore
@@ -40,7 +41,8 @@ class ServiceState:
 
 
 def open_state(settings: StateSettings, *, run_migrations: bool = True,
-               on_write: Callable[[Any, JobRecord, JobRecord], None] | None = None) -> ServiceState:
+               on_write: Callable[[Any, JobRecord, JobRecord], None] | None = None,
+               store_retry_s: float = 0.0) -> ServiceState:
     """Connect (and, by default, migrate: replicas starting together take turns) and build the stores.
 
     Args:
@@ -48,6 +50,9 @@ def open_state(settings: StateSettings, *, run_migrations: bool = True,
             :class:`~lift3d.service.config.ServiceConfig` is one).
         on_write: the job store's write hook (tests); default: the webhook outbox of
             :func:`lift3d.service.webhooks.job_webhook_hook` with the settings' progress interval.
+        store_retry_s: > 0: store calls that fail because the store is unreachable are retried for up to this many
+            seconds (:class:`~lift3d.io.storage.retrying.RetryingStore`; workers ride out an outage). 0: fail at
+            once (the ingress answers 503).
 
     Raises:
         sqlalchemy.exc.OperationalError: the database cannot be reached.
@@ -56,6 +61,8 @@ def open_state(settings: StateSettings, *, run_migrations: bool = True,
     if run_migrations:
         migrate(database)
     store = make_store(settings.store_url)
+    if store_retry_s > 0:
+        store = RetryingStore(store, budget_s=store_retry_s)
     if on_write is None:
         on_write = WebhookEvents(progress_interval_s=settings.webhook_progress_interval_s,
                                  usd_per_credit=settings.usd_per_credit)
