@@ -26,8 +26,9 @@ MANIFEST = Path("k8s") / "rayservice.yaml"
 COMMAND = "make k8s"
 GENERATED_HEADER = "# generated from serve_config.yaml by tools/sync_rayservice.py (make k8s); do not edit"
 # In the cluster image the repository lives at /app (the pods' workingDir), so every application's code is taken
-# from there rather than from serve_config.yaml's local runtime_env.
-CLUSTER_RUNTIME_ENV = {"working_dir": "file:///app"}
+# from there rather than from serve_config.yaml's local runtime_env. `local://` names a directory that already
+# exists on every node; Ray refuses a `file://` working_dir that is not an archive (.zip, .tar.gz, ...).
+CLUSTER_RUNTIME_ENV = {"working_dir": "local:///app"}
 BLOCK_KEY = re.compile(r"^(?P<indent> *)serveConfigV2: \|[ \t]*$")
 
 
