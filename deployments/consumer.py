@@ -92,8 +92,17 @@ class JobConsumer:
         self.metrics.set_queue_depth(queued, self.jobs.count_active() - queued)
 
     def check_health(self) -> None:
+        """Unhealthy (Serve replaces the replica) when a background thread died — including the Celery worker,
+        which stops for good on some broker connection losses (kombu 5.x: restoring the unacknowledged messages of
+        running jobs on a closed Redis connection raises, and Celery calls that unrecoverable): a replica that
+        consumes nothing must not look healthy."""
         if not self._sweeper.is_alive() or not self._webhooks.is_alive():
             raise RuntimeError("stale-job sweeper or webhook delivery thread died")
+        # The adapter is set by Serve's @task_consumer wrapper; its worker thread is not public API, so a missing
+        # attribute is not an error.
+        worker = getattr(getattr(self, "_adapter", None), "_worker_thread", None)
+        if worker is not None and not worker.is_alive():
+            raise RuntimeError("the Celery worker thread stopped (broker connection lost); restarting the consumer")
 
     def __del__(self) -> None:
         self._stop.set()
@@ -108,7 +117,8 @@ def make_job_consumer(config: QueueConfig):
         ray_actor_options={"num_cpus": 0.25, "memory": 1024**3},
         max_ongoing_requests=8,  # = Celery worker threads = jobs in flight per consumer replica
         # Queue work is not a Serve request, so ongoing-request autoscaling does not apply here; with Redis,
-        # ray.serve.async_inference_autoscaling_policy can scale consumers on queue length (serve_config.yaml).
+        # deployments.autoscaling.JobQueueAutoscalingPolicy scales consumers on queue length (serve_config.yaml).
         num_replicas=1,
         graceful_shutdown_timeout_s=30,
+        health_check_period_s=5,  # a consumer whose Celery worker stopped is replaced within seconds
     )

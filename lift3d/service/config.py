@@ -21,8 +21,9 @@ class QueueConfig(BaseModel):
     queue_dir: str = Field("/tmp/lift3d/queue", description="Embedded broker's folder (one machine only).")
     queue_name: str = Field("lift3d-generations", description="Queue (and Celery app) name.")
     polling_interval_s: float = Field(0.25, description="Embedded broker: seconds between folder polls.")
-    visibility_timeout_s: int = Field(4 * 3600, description="Redis: seconds before an unacknowledged job is "
-                                      "delivered again (duplicates are dropped by the job record's heartbeat).")
+    visibility_timeout_s: int = Field(120, description="Redis: seconds after its delivery before an unacknowledged "
+                                      "job is delivered again; keep it > 60 s (the adapter's retry backoff cap). "
+                                      "Duplicates are dropped by the job's lease (deployments/queue.py).")
     max_attempts: int = Field(3, ge=1, description="Attempts per job, retries included.")
 
     @property
