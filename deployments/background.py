@@ -16,6 +16,7 @@ from lift3d.pipeline.remote import PrepareRequest
 from lift3d.pipeline.steps import PreparedInput, prepare_input
 from lift3d.stages.background import BackgroundRemover
 from lift3d.stages.loading import load_stage
+from lift3d.service.logs import install_job_log_filter
 
 __all__ = ["BackgroundRemovalDeployment"]
 
@@ -35,6 +36,7 @@ class BackgroundRemovalDeployment:
     """
 
     def __init__(self, model: str, device: str = "cpu") -> None:
+        install_job_log_filter()
         self.remover = load_stage(BackgroundRemover, model, device)
         self.gpu_fraction = assigned_gpu_fraction()
 

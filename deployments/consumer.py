@@ -24,6 +24,7 @@ from lift3d.service.config import ConsumerSettings, QueueConfig
 from lift3d.service.delivery import consume_job, sweep_stale_jobs
 from lift3d.service.housekeeping import deliver_webhooks, housekeeping
 from lift3d.service.state import open_state
+from lift3d.service.logs import install_job_log_filter
 
 logger = logging.getLogger(__name__)
 
@@ -38,12 +39,13 @@ class JobConsumer:
     """
 
     def __init__(self, trainer: DeploymentHandle, settings: ConsumerSettings) -> None:
+        install_job_log_filter()
         self.trainer = trainer
         self.settings = settings
-        self.state = open_state(settings, store_retry_s=settings.store_retry_s)
+        self.metrics = RayMetrics()
+        self.state = open_state(settings, store_retry_s=settings.store_retry_s, metrics=self.metrics)
         self.jobs = self.state.jobs
         self.queue = JobQueue(settings.queue)
-        self.metrics = RayMetrics()
         self.worker = serve.get_replica_context().replica_id.unique_id
         self._stop = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep_forever, name="lift3d-sweeper", daemon=True)

@@ -26,6 +26,7 @@ from lift3d.service.config import ServiceConfig
 from lift3d.service.server import build_api, build_service
 from lift3d.service.state import open_state
 from lift3d.service.schemas import ErrorBody, GenerationAccepted, GenerationRequest, GenerationResult, GenerationStatus
+from lift3d.service.logs import install_job_log_filter
 
 __all__ = ["IngressDeployment"]
 
@@ -41,10 +42,11 @@ class IngressDeployment:
     """HTTP and handle front door. ``consumer`` is bound only so that the queue's consumer deploys with the app."""
 
     def __init__(self, config: ServiceConfig, consumer: DeploymentHandle) -> None:
+        install_job_log_filter()
         self.consumer = consumer
         self.config = config
-        self.state = open_state(config)
         self.metrics = RayMetrics()
+        self.state = open_state(config, metrics=self.metrics)  # counts jobs ended here (cancels, failed enqueues)
         self.service = build_service(config, self.state, JobQueue(config.queue).enqueue)
         self.app_name = serve.get_replica_context().app_name
 

@@ -2,7 +2,9 @@
 
 Ray Serve tags each sample with ``deployment``, ``replica`` and ``application`` and exports it, prefixed
 ``ray_``, on every node's metrics port (``ray start --metrics-export-port``), which KubeRay's PodMonitor scrapes.
-One :class:`RayMetrics` per replica (metrics objects are per instance, not module globals).
+One :class:`RayMetrics` per replica (metrics objects are per instance, not module globals). The series a scrape
+shows are :func:`lift3d.service.metrics.exported_series` of each metric (counters end in ``_total``); the Grafana
+dashboard over them is ``dashboards/lift3d.json``.
 
 Examples:
     >>> metrics = RayMetrics()            # inside a replica
@@ -52,6 +54,13 @@ class RayMetrics:
             self.observe_stage(stage, seconds_busy, gpu_seconds.get(stage, 0.0))
         if cost_usd is not None:
             self["lift3d_request_cost_usd"].observe(cost_usd, tags={"kind": kind})
+            if cost_usd > 0:  # Ray counters refuse increments <= 0
+                self["lift3d_spent_usd"].inc(cost_usd, tags={"kind": kind})
+
+    def count_finished_job(self, kind: str, status: str, error: str | None = None) -> None:
+        """One job reached the final ``status`` (``error``: its error name when it failed); see
+        :func:`lift3d.service.metrics.count_finished_jobs` for the job-store hook that calls this."""
+        self["lift3d_jobs_finished"].inc(tags={"kind": kind, "status": status, "error": error or ""})
 
     def count_credits(self, key_id: str, credits: float) -> None:
         """Credits charged to a key (a settled job)."""
@@ -64,3 +73,5 @@ class RayMetrics:
 
     def observe_sds_batch(self, size: int) -> None:
         self["lift3d_sds_batch_size"].observe(size)
+        if size > 0:
+            self["lift3d_sds_requests"].inc(size)

@@ -27,6 +27,7 @@ from lift3d.pipeline.remote import NovelViewsRequest
 from lift3d.pipeline.steps import NovelView, encode_condition, generate_views
 from lift3d.stages.loading import load_stage
 from lift3d.stages.zero123 import ConditionEmbedding, SDSRequest, SDSResult, Zero123
+from lift3d.service.logs import install_job_log_filter
 
 __all__ = ["MultiViewDeployment"]
 
@@ -50,6 +51,7 @@ class MultiViewDeployment:
 
     def __init__(self, source: str, device: str = "auto", max_batch_size: int = 8,
                  batch_wait_timeout_s: float = 0.01, torch_threads: int | None = None) -> None:
+        install_job_log_filter()
         self.model = load_stage(Zero123, source, replica_device(device, torch_threads))
         self.gpu_fraction = assigned_gpu_fraction()
         self.metrics = RayMetrics()

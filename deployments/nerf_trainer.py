@@ -26,6 +26,7 @@ from lift3d.service.delivery import AttemptResult
 from lift3d.service.jobs import JobRecord
 from lift3d.service.state import open_state
 from lift3d.service.worker import JobRunner
+from lift3d.service.logs import install_job_log_filter
 
 __all__ = ["NerfTrainerDeployment"]
 
@@ -43,11 +44,12 @@ class NerfTrainerDeployment:
 
     def __init__(self, text_to_image: DeploymentHandle, background: DeploymentHandle, multiview: DeploymentHandle,
                  settings: TrainerSettings) -> None:
+        install_job_log_filter()
         self.metrics = RayMetrics()
         fraction = assigned_gpu_fraction()
         cost_model = CostModel.for_gpu(settings.gpu_type, {"sds_training": fraction, "mesh_export": fraction},
                                        settings.price_per_gpu_hour)
-        self.jobs = open_state(settings, store_retry_s=settings.store_retry_s).jobs
+        self.jobs = open_state(settings, store_retry_s=settings.store_retry_s, metrics=self.metrics).jobs
         self.runner = JobRunner(
             self.jobs, RemoteStages(text_to_image, background, multiview),
             get_preset(settings.preset), cost_model, device=replica_device(settings.device, settings.torch_threads),

@@ -16,6 +16,7 @@ from lift3d.pipeline.providers import Timed
 from lift3d.pipeline.remote import TextToImageRequest
 from lift3d.stages.loading import load_stage
 from lift3d.stages.text_to_image import TextToImage
+from lift3d.service.logs import install_job_log_filter
 
 __all__ = ["TextToImageDeployment"]
 
@@ -37,6 +38,7 @@ class TextToImageDeployment:
     """
 
     def __init__(self, source: str, device: str = "auto", torch_threads: int | None = None) -> None:
+        install_job_log_filter()
         self.model = load_stage(TextToImage, source, replica_device(device, torch_threads))
         self.gpu_fraction = assigned_gpu_fraction()
 

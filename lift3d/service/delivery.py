@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
 from lift3d.errors import Lift3DError
+from lift3d.service.logs import in_current_context, job_log_context, set_job_attempt
 from lift3d.service.jobs import InvalidTransition, JobError, JobNotFound, JobOutcome, JobRecord, JobStore
 
 logger = logging.getLogger(__name__)
@@ -101,6 +102,12 @@ def consume_job(
         RetryJob: the attempt failed in a retryable way and attempts remain (the job is back to ``queued``, stage
             ``retrying``; the queue should deliver it again).
     """
+    with job_log_context(job_id):
+        return _consume_job(job_id, jobs, attempt, worker, stale_after_s, renew_every_s)
+
+
+def _consume_job(job_id: str, jobs: JobStore, attempt: Callable[[str], AttemptResult], worker: str,
+                 stale_after_s: float, renew_every_s: float | None) -> str:
     try:
         record = jobs.get(job_id)
     except JobNotFound:
@@ -122,6 +129,7 @@ def consume_job(
         number = jobs.dispatch(job_id, worker).attempts
     except InvalidTransition:
         return "duplicate"  # another delivery dispatched it between our read and write
+    set_job_attempt(number)
     with LeaseRenewal(jobs, job_id, number, renew_every_s or jobs.lease_s / 3):
         try:
             result = attempt(job_id)
@@ -160,7 +168,8 @@ class LeaseRenewal:
     def __init__(self, jobs: JobStore, job_id: str, attempt: int, every_s: float) -> None:
         self.jobs, self.job_id, self.attempt, self.every_s = jobs, job_id, attempt, every_s
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name=f"lease-{job_id[:8]}")
+        self._thread = threading.Thread(target=in_current_context(self._run), daemon=True,
+                                        name=f"lease-{job_id[:8]}")
 
     def __enter__(self) -> "LeaseRenewal":
         self._thread.start()
@@ -207,26 +216,33 @@ def sweep_stale_jobs(
     actions: dict[str, str] = {}
     now = jobs.clock()
     for job_id in jobs.active_ids():
-        try:
-            record = jobs.get(job_id)
-            if record.terminal:
-                continue
-            if _holder_lost(jobs, record, now, stale_after_s):
-                jobs.requeue(job_id, attempt=record.attempts, only_if_lease_expired=record.lease_expires_at is not None)
-                if record.attempts >= record.max_attempts:
-                    jobs.fail(job_id, "internal_error", f"worker lost (after {record.attempts} attempts)")
-                    actions[job_id] = "failed"
-                else:
-                    enqueue(job_id)
-                    actions[job_id] = "requeued"
-            elif record.status == "queued" and record.worker is None and now - record.created_at > queued_timeout_s:
-                jobs.fail(job_id, "internal_error", f"not started within {queued_timeout_s:.0f} s of submission")
-                actions[job_id] = "failed"
-        except (JobNotFound, InvalidTransition):
-            continue
-        except Exception:  # noqa: BLE001 - one bad record must not stop the sweep
-            logger.warning("sweep of job %s failed", job_id, exc_info=True)
+        with job_log_context(job_id):
+            _sweep_one(jobs, job_id, enqueue, now, stale_after_s, queued_timeout_s, actions)
     return actions
+
+
+def _sweep_one(jobs: JobStore, job_id: str, enqueue: Callable[[str], None], now: float, stale_after_s: float,
+               queued_timeout_s: float, actions: dict[str, str]) -> None:
+    """Sweep one job (see :func:`sweep_stale_jobs`); its errors are logged, and the sweep goes on."""
+    try:
+        record = jobs.get(job_id)
+        if record.terminal:
+            return
+        if _holder_lost(jobs, record, now, stale_after_s):
+            jobs.requeue(job_id, attempt=record.attempts, only_if_lease_expired=record.lease_expires_at is not None)
+            if record.attempts >= record.max_attempts:
+                jobs.fail(job_id, "internal_error", f"worker lost (after {record.attempts} attempts)")
+                actions[job_id] = "failed"
+            else:
+                enqueue(job_id)
+                actions[job_id] = "requeued"
+        elif record.status == "queued" and record.worker is None and now - record.created_at > queued_timeout_s:
+            jobs.fail(job_id, "internal_error", f"not started within {queued_timeout_s:.0f} s of submission")
+            actions[job_id] = "failed"
+    except (JobNotFound, InvalidTransition):
+        return
+    except Exception:  # noqa: BLE001 - one bad record must not stop the sweep
+        logger.warning("sweep of job %s failed", job_id, exc_info=True)
 
 
 def _holder_lost(jobs: JobStore, record: JobRecord, now: float, stale_after_s: float) -> bool:

@@ -3,6 +3,8 @@
 :data:`METRICS` names every metric once. The Ray Serve graph records them through Ray's metrics pipeline
 (``deployments/metrics.py``; Ray prefixes exported names with ``ray_``). Where Ray's pipeline does not reach (the
 CLI and batch path, tests) :class:`ServiceMetrics` records the same metrics in a ``prometheus_client`` registry.
+:func:`exported_series` gives the series names a Prometheus scrape of Ray shows for each metric (what
+``dashboards/lift3d.json`` queries).
 
 Examples:
     >>> metrics = ServiceMetrics()
@@ -14,7 +16,7 @@ Examples:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Callable, Literal, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -22,10 +24,14 @@ from prometheus_client.samples import Sample
 
 __all__ = [
     "COST_BUCKETS_USD",
+    "FinishedJobCounter",
     "METRICS",
     "MetricSpec",
+    "RAY_PREFIX",
     "STAGE_BUCKETS_S",
     "ServiceMetrics",
+    "count_finished_jobs",
+    "exported_series",
     "parse_exposition",
 ]
 
@@ -66,8 +72,39 @@ METRICS: dict[str, MetricSpec] = {
                    (), (1, 2, 3, 4, 6, 8, 12, 16)),
         MetricSpec("lift3d_credits_spent", "counter", "Credits charged per API key (settled jobs; refunds "
                    "excluded).", ("key_id",)),
+        MetricSpec("lift3d_jobs_finished", "counter", "Jobs that reached a final state (succeeded, failed, "
+                   "canceled), by kind; error: the failure's error name, empty otherwise.",
+                   ("kind", "status", "error")),
+        MetricSpec("lift3d_spent_usd", "counter", "Measured cost of succeeded jobs in USD (the exact total; under "
+                   "Ray the cost histogram's _sum is rebuilt from bucket midpoints).", ("kind",)),
+        MetricSpec("lift3d_sds_requests", "counter", "SDS requests served by batched Zero123 forwards (the exact "
+                   "total of the batch-size histogram).", ()),
     )
 }
+
+RAY_PREFIX = "ray_"
+"""What Ray's metrics agent puts before every metric name it exports (its namespace)."""
+
+
+def exported_series(spec: MetricSpec, prefix: str = RAY_PREFIX) -> tuple[str, ...]:
+    """The Prometheus series names a scrape shows for ``spec`` (Ray's exporter: ``prefix`` = ``"ray_"``).
+
+    Counters gain ``_total`` (OpenMetrics; Ray >= 2.10 exports counters as counters), histograms are their
+    ``_bucket``, ``_sum`` and ``_count`` series, gauges keep their name. ``dashboards/README.md`` traces this
+    through Ray's exporter; ``tests/test_dashboard.py`` checks it against that exporter.
+
+    Examples:
+        >>> exported_series(METRICS["lift3d_requests"])
+        ('ray_lift3d_requests_total',)
+        >>> exported_series(METRICS["lift3d_sds_batch_size"], prefix="")
+        ('lift3d_sds_batch_size_bucket', 'lift3d_sds_batch_size_sum', 'lift3d_sds_batch_size_count')
+    """
+    name = prefix + spec.name
+    if spec.kind == "counter":
+        return (name + "_total",)
+    if spec.kind == "histogram":
+        return (name + "_bucket", name + "_sum", name + "_count")
+    return (name,)
 
 
 class ServiceMetrics:
@@ -100,6 +137,16 @@ class ServiceMetrics:
         for stage, seconds in gpu_seconds.items():
             self["lift3d_gpu_seconds"].labels(stage=stage).inc(seconds)
         self["lift3d_request_cost_usd"].labels(kind=kind).observe(cost_usd)
+        self["lift3d_spent_usd"].labels(kind=kind).inc(cost_usd)
+
+    def count_finished_job(self, kind: str, status: str, error: str | None = None) -> None:
+        """One job reached the final ``status`` (``error``: its error name when it failed)."""
+        self["lift3d_jobs_finished"].labels(kind=kind, status=status, error=error or "").inc()
+
+    def observe_sds_batch(self, size: int) -> None:
+        """One batched SDS forward served ``size`` requests."""
+        self["lift3d_sds_batch_size"].observe(size)
+        self["lift3d_sds_requests"].inc(size)
 
     def count_credits(self, key_id: str, credits: float) -> None:
         """Add ``credits`` (>= 0) charged to key ``key_id`` (call after a job's credits are settled)."""
@@ -109,6 +156,33 @@ class ServiceMetrics:
     def exposition(self) -> str:
         """The registry in Prometheus text format."""
         return generate_latest(self.registry).decode()
+
+
+class FinishedJobCounter(Protocol):
+    """What :func:`count_finished_jobs` records into: :class:`ServiceMetrics` or ``deployments.metrics.RayMetrics``."""
+
+    def count_finished_job(self, kind: str, status: str, error: str | None = None) -> None: ...
+
+
+def count_finished_jobs(metrics: FinishedJobCounter) -> Callable[[Any, Any, Any], None]:
+    """A job-store write hook (``JobStore(on_write=...)``, called as ``hook(session, before, after)``) that counts
+    each job once, on its first transition to a final state, in ``metrics`` (:class:`ServiceMetrics` or
+    ``deployments.metrics.RayMetrics``).
+
+    Every path that ends a job writes through the job store (the trainer, the consumer's last retry, the stale-job
+    sweep, a cancel, a failed enqueue), so the count covers them all. The hook runs inside the write's transaction:
+    when that transaction fails to commit after the hook ran, the job is counted once more when it does end (rare).
+
+    Examples:
+        >>> metrics = ServiceMetrics()
+        >>> hook = count_finished_jobs(metrics)   # JobStore(database, store, on_write=hook)
+    """
+
+    def hook(session: Any, before: Any, after: Any) -> None:
+        if after.terminal and not before.terminal:
+            metrics.count_finished_job(after.kind, after.status, after.error.name if after.error else None)
+
+    return hook
 
 
 def parse_exposition(text: str) -> dict[str, list[Sample]]:

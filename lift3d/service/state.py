@@ -20,6 +20,7 @@ from lift3d.service.config import StateSettings
 from lift3d.service.db import Database, database_url_from_env, migrate
 from lift3d.service.jobs import JobRecord, JobStore
 from lift3d.service.keys import ApiKeyStore
+from lift3d.service.metrics import FinishedJobCounter, count_finished_jobs
 from lift3d.service.webhooks import WebhookEvents
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class ServiceState:
 
 def open_state(settings: StateSettings, *, run_migrations: bool = True,
                on_write: Callable[[Any, JobRecord, JobRecord], None] | None = None,
-               store_retry_s: float = 0.0) -> ServiceState:
+               store_retry_s: float = 0.0, metrics: FinishedJobCounter | None = None) -> ServiceState:
     """Connect (and, by default, migrate: replicas starting together take turns) and build the stores.
 
     Args:
@@ -53,6 +54,7 @@ def open_state(settings: StateSettings, *, run_migrations: bool = True,
         store_retry_s: > 0: store calls that fail because the store is unreachable are retried for up to this many
             seconds (:class:`~lift3d.io.storage.retrying.RetryingStore`; workers ride out an outage). 0: fail at
             once (the ingress answers 503).
+        metrics: counts every job once when it ends (``lift3d_jobs_finished``), whichever replica ends it.
 
     Raises:
         sqlalchemy.exc.OperationalError: the database cannot be reached.
@@ -66,8 +68,19 @@ def open_state(settings: StateSettings, *, run_migrations: bool = True,
     if on_write is None:
         on_write = WebhookEvents(progress_interval_s=settings.webhook_progress_interval_s,
                                  usd_per_credit=settings.usd_per_credit)
+    if metrics is not None:
+        on_write = _both(on_write, count_finished_jobs(metrics))
     jobs = JobStore(database, store, usd_per_credit=settings.usd_per_credit, result_ttl_s=settings.result_ttl_s,
                     on_write=on_write, lease_s=settings.lease_s)
     logger.info("service state: database %s, store %r, auth %s", database.redacted_url(), store, settings.auth)
     return ServiceState(database=database, store=store, jobs=jobs,
                         keys=ApiKeyStore(database) if settings.auth else None)
+
+
+def _both(first: Callable[[Any, JobRecord, JobRecord], None],
+          second: Callable[[Any, JobRecord, JobRecord], None]) -> Callable[[Any, JobRecord, JobRecord], None]:
+    def hook(session: Any, before: JobRecord, after: JobRecord) -> None:
+        first(session, before, after)
+        second(session, before, after)
+
+    return hook

@@ -46,6 +46,7 @@ from lift3d.reconstruct import ReconstructOptions, reconstruct
 from lift3d.service.costs import CostModel
 from lift3d.service.delivery import AttemptResult, describe_error, find_cause
 from lift3d.service.jobs import InvalidTransition, JobOutcome, JobRecord, JobStore
+from lift3d.service.logs import in_current_context, job_log_context, set_job_attempt
 from lift3d.service.uploads import ReconstructParams, extract_views_zip
 from nerf.mesh import EmptyIsosurfaceError
 from nerf.trainers.photometric import ReconstructionConfig
@@ -229,8 +230,12 @@ class JobRunner:
 
         Failures worth a retry are not recorded: the result says ``retry`` and the caller decides. An attempt that
         is no longer current when it would start (canceled while it waited: ``canceled``; requeued: ``retry``) does
-        not run.
+        not run. Every log line of the attempt carries the job id (:func:`lift3d.service.logs.job_log_context`).
         """
+        with job_log_context(job_id):
+            return self._attempt(job_id)
+
+    def _attempt(self, job_id: str) -> AttemptResult:
         record = self.jobs.get(job_id)
         if record.terminal:  # canceled while it waited for this trainer, or finished by an earlier delivery
             return AttemptResult(record.status if record.status in ("succeeded", "failed", "canceled") else "failed")
@@ -245,7 +250,8 @@ class JobRunner:
         stop = threading.Event()
         canceled = threading.Event()
         number = record.attempts  # fences every write below: a requeued job's new attempt makes this one stale
-        beat = threading.Thread(target=self._heartbeat, args=(job_id, number, progress, stop, canceled), daemon=True,
+        set_job_attempt(number)
+        beat = threading.Thread(target=in_current_context(self._heartbeat), args=(job_id, number, progress, stop, canceled), daemon=True,
                                 name=f"heartbeat-{job_id[:8]}")
         beat.start()
         started = time.perf_counter()

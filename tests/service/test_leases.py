@@ -159,3 +159,37 @@ def test_a_lease_shorter_than_three_heartbeats_is_refused():
     with pytest.raises(ValueError, match="at least 3 × heartbeat_s"):
         ServiceConfig(heartbeat_s=5, lease_s=12)
     assert ServiceConfig(heartbeat_s=5, lease_s=15).lease_s == 15
+
+
+def test_every_log_line_of_a_delivery_names_the_job_and_attempt(jobs):
+    import logging
+
+    from lift3d.service.logs import JOB_ID_FIELD, JobContextFilter
+
+    record = new_job(jobs)
+    seen = []
+
+    class Collect(logging.Handler):
+        def emit(self, entry):
+            seen.append((entry.getMessage(), getattr(entry, JOB_ID_FIELD, None), getattr(entry, "lift3d_attempt", None)))
+
+    handler = Collect()
+    handler.addFilter(JobContextFilter())
+    logger = logging.getLogger("lift3d")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        def attempt(job_id):
+            logging.getLogger("lift3d.test").info("inside the attempt")
+            raise ConnectionError("trainer replica died")  # delivery.py logs it from the same context
+
+        with pytest.raises(RetryJob):
+            consume_job(record.id, jobs, attempt, "consumer-a/1")
+        logging.getLogger("lift3d.test").info("after the delivery")
+    finally:
+        logger.removeHandler(handler)
+    inside = [entry for entry in seen if entry[0] != "after the delivery"]
+    assert ("inside the attempt", record.id, 1) in inside
+    assert any("attempt raised" in message for message, _, _ in inside)
+    assert all(job == record.id and number == 1 for _, job, number in inside)
+    assert ("after the delivery", None, None) in seen
