@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 DEMO_OUT ?= out/dragon
 BATCH_OUT ?= out/batch
 
-.PHONY: install demo test test-fast serve bench bench-gpu clean k8s batch-demo
+.PHONY: install demo test test-fast serve bench bench-gpu clean k8s batch-demo loadtest
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,18 @@ bench: install
 	$(PY) benchmarks/bench_serve.py
 	$(PY) benchmarks/reconstruct_shapes.py
 	$(PY) benchmarks/bench_hashgrid.py
+
+# Load test: `make serve` must already run in another shell. `make loadtest USERS=50 RUN_TIME=5m` for the long run.
+USERS ?= 12
+SPAWN_RATE ?= 4
+RUN_TIME ?= 60s
+LOAD_STAMP := $(VENV)/.load-installed-stamp
+$(LOAD_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[load]"
+	touch $(LOAD_STAMP)
+
+loadtest: $(LOAD_STAMP)  ## headless Locust mix against `make serve`; report in loadtest/reports/<time>/ (docs/serving.md)
+	$(PY) loadtest/run.py --users $(USERS) --spawn-rate $(SPAWN_RATE) --run-time $(RUN_TIME)
 
 bench-gpu: install  ## full-size models with random weights on CUDA (see benchmarks/README.md)
 	$(PY) benchmarks/bench_gpu.py --json out/bench_gpu.json
