@@ -6,7 +6,11 @@ caller as ``request.state.principal`` (routes read it with :func:`principal`, al
 dependency). A missing, unknown, revoked or expired key gets ``401 unauthorized`` in the API's error envelope with
 ``WWW-Authenticate: Bearer``; other paths (``/healthz``, ``/docs``, ``/openapi.json``) are public. Every response to
 an authenticated call carries ``X-Remaining-Credits``: the key's balance after the call, read when the route has
-produced its response.
+produced its response (for reads, which spend nothing, the balance read with the key).
+
+Reads (``GET``/``HEAD``: status polls) reuse a key checked within :data:`READ_CACHE_TTL_S` seconds in this process,
+so a revoked key may still read its jobs, and a read's balance header may lag, for that long; every request that
+changes something checks the database.
 
 With ``enabled=False`` (only for an explicitly local setup: ``auth: false`` in the service config) every request is
 the :data:`LOCAL` principal, which owns every job and has no balance.
@@ -26,12 +30,13 @@ import copy
 import logging
 from dataclasses import dataclass
 
+from cachetools import TTLCache
 from fastapi import FastAPI, Request, Response
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lift3d.service.http import error_response
-from lift3d.service.keys import ApiKeyStore, KeyInfo, Unauthorized
+from lift3d.service.keys import ApiKeyStore, KeyInfo, Unauthorized, hash_key
 from lift3d.service.schemas import ErrorBody
 
 logger = logging.getLogger(__name__)
@@ -73,6 +78,9 @@ class Principal:
         return self.key_id is not None
 
 
+READ_CACHE_TTL_S = 2.0
+"""Seconds a key checked for a read (GET/HEAD) is trusted without asking the database again."""
+
 LOCAL = Principal(key_id=None, name="local")
 """Every caller when authentication is off."""
 
@@ -110,10 +118,29 @@ class AuthMiddleware:
         enabled: False: every request is :data:`LOCAL` (no key needed, no header added).
     """
 
-    def __init__(self, app: ASGIApp, keys: ApiKeyStore | None, enabled: bool = True) -> None:
+    def __init__(self, app: ASGIApp, keys: ApiKeyStore | None, enabled: bool = True,
+                 read_cache_ttl_s: float = READ_CACHE_TTL_S) -> None:
         if enabled and keys is None:
             raise ValueError("authentication needs an ApiKeyStore (or enabled=False for a local setup)")
         self.app, self.keys, self.enabled = app, keys, enabled
+        # Reads (status polls) reuse a key checked within the last read_cache_ttl_s seconds: a poll then costs
+        # no database round trip for the key (the largest single cost of a poll in the profile). Requests that
+        # change anything (POST, DELETE) always check the database, so a revoked key cannot start or cancel
+        # work; it can read its own jobs for at most read_cache_ttl_s more seconds.
+        self._read_cache: TTLCache | None = (TTLCache(maxsize=10_000, ttl=read_cache_ttl_s, timer=keys.clock)
+                                             if enabled and read_cache_ttl_s > 0 else None)
+
+    async def _authenticate(self, presented: str | None, method: str) -> KeyInfo:
+        cacheable = self._read_cache is not None and presented is not None and method in ("GET", "HEAD")
+        digest = hash_key(presented) if cacheable else None
+        if cacheable:
+            info = self._read_cache.get(digest)
+            if info is not None and info.usable(self.keys.clock()):
+                return info
+        info = await asyncio.to_thread(self.keys.authenticate, presented)
+        if cacheable:
+            self._read_cache[digest] = info
+        return info
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIX):
@@ -125,7 +152,7 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            info = await asyncio.to_thread(self.keys.authenticate, api_key_of(Headers(scope=scope)))
+            info = await self._authenticate(api_key_of(Headers(scope=scope)), scope["method"])
         except Unauthorized as exc:
             await error_response(exc.name, [str(exc)], headers=_CHALLENGE)(scope, receive, send)
             return
@@ -141,8 +168,9 @@ class AuthMiddleware:
         async def send_with_balance(message: Message) -> None:
             if message["type"] == "http.response.start":
                 try:
-                    # Reads cannot spend credits: the balance read with the key is current for them (one
-                    # database round trip less per status poll); a POST or DELETE may reserve or refund.
+                    # Reads cannot spend credits: the balance read with the key (at most READ_CACHE_TTL_S old)
+                    # serves them (one database round trip less per status poll); a POST or DELETE may reserve
+                    # or refund.
                     balance = (await asyncio.to_thread(self.keys.balance, info.id) if changes_balance
                                else info.balance)
                 except Exception:  # noqa: BLE001 - a header is not worth failing the response for

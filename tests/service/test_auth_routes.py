@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from lift3d.service import credits
 from lift3d.service.account_routes import add_account_routes
-from lift3d.service.auth import LOCAL, Principal, install_auth, principal
+from lift3d.service.auth import LOCAL, READ_CACHE_TTL_S, Principal, install_auth, principal
 from lift3d.service.db.models import Job
 from lift3d.service.keys import ApiKeyStore
 
@@ -113,9 +113,13 @@ def test_expired_and_revoked_keys_get_401(setup):
     bob = keys.create(name="bob", credits=1)
     assert client.get("/v1/whoami", headers=bearer(bob.key)).status_code == 200
     keys.revoke(bob.id)
+    assert_unauthorized(client.post("/v1/spend", headers=bearer(bob.key)))  # changes: checked at once
+    assert client.get("/v1/whoami", headers=bearer(bob.key)).status_code == 200  # a read within the 2 s
+    clock.now += READ_CACHE_TTL_S + 0.01
     assert_unauthorized(client.get("/v1/whoami", headers=bearer(bob.key)))
     assert client.get("/v1/whoami", headers=bearer(alice.key)).status_code == 200
-    clock.now += 3600  # alice's expires_at
+    clock.now += 3600  # alice's expires_at: also checked on a cached key
+    assert_unauthorized(client.get("/v1/whoami", headers=bearer(alice.key)))
     assert_unauthorized(client.get("/v1/user/account", headers=bearer(alice.key)))
 
 
