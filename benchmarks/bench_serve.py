@@ -3,6 +3,7 @@ throughput through the Serve proxy.
 
     python benchmarks/bench_serve.py                 # local Ray: 2 CPUs, 2 fake GPUs, tiny preset
     python benchmarks/bench_serve.py --runs 3 --poll-seconds 20 --concurrency 32
+    python benchmarks/bench_serve.py --polls-only --ceiling   # polls only, and the same load on a no-op app
 
 Prints wall seconds per run for both paths (the first in-process run includes loading the tiny models; the
 graph loads them at deploy time), then p50/p99 latency of ``--submits`` sequential text-to-3d submissions (each
@@ -12,7 +13,12 @@ keys (one is created for the benchmark, with limits high enough not to throttle 
 
 The in-process runs use ``--torch-threads`` intra-op threads (default 1: Ray starts replicas with less than one
 CPU with ``OMP_NUM_THREADS=1``, so 1 compares like with like; on a busy 2-core machine, 2 threads were 3-4×
-slower than 1 here).
+slower than 1 here). ``--omp-threads`` sets ``OMP_NUM_THREADS`` of the in-process run (default 1, as Ray sets it
+in a replica with one CPU or less: the mesh export's non-torch libraries follow it).
+
+``--ceiling`` adds the same poll load against a second Serve application whose one route returns a constant
+(``GET /ceiling/v1/x``, no auth, no database): what Ray Serve's proxy and a replica cost on this machine with
+nothing of lift3d's in the path, the most the real poll could reach here.
 """
 
 from __future__ import annotations
@@ -124,7 +130,11 @@ def bench_http(url: str, runs: int) -> list[float]:
     return times
 
 
-async def bench_polls(url: str, job_id: str, seconds: float, concurrency: int) -> tuple[int, list[float]]:
+async def bench_polls(url: str, job_id: str, seconds: float, concurrency: int,
+                      path: str | None = None) -> tuple[int, list[float]]:
+    """Requests answered and their latencies: ``concurrency`` clients polling ``GET path`` (default: the job's
+    status) for ``seconds``."""
+    path = path or f"/v1/generation/{job_id}"
     latencies: list[float] = []
     deadline = time.perf_counter() + seconds
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -132,9 +142,8 @@ async def bench_polls(url: str, job_id: str, seconds: float, concurrency: int) -
         async def worker() -> None:
             while time.perf_counter() < deadline:
                 start = time.perf_counter()
-                response = await client.get(f"/v1/generation/{job_id}",
-                                            headers={**HEADERS, "Accept": "application/json"})
-                if response.status_code != 202:
+                response = await client.get(path, headers={**HEADERS, "Accept": "application/json"})
+                if response.status_code not in (200, 202):
                     raise RuntimeError(f"unexpected {response.status_code}")
                 latencies.append(time.perf_counter() - start)
 
@@ -156,6 +165,24 @@ def bench_submits(url: str, count: int) -> list[float]:
     return latencies
 
 
+def deploy_ceiling(url: str) -> str:
+    """Deploy the no-op application (see the module docstring) beside lift3d; returns its poll URL path."""
+    from fastapi import FastAPI
+    from ray import serve
+
+    app = FastAPI()
+
+    @serve.deployment(name="Ceiling", max_ongoing_requests=200, ray_actor_options={"num_cpus": 0.1})
+    @serve.ingress(app)
+    class Ceiling:
+        @app.get("/v1/x")
+        async def status(self) -> dict:
+            return {"id": "0" * 32, "status": "queued", "stage": "queued", "progress": None, "eta_s": None}
+
+    serve.run(Ceiling.bind(), name="ceiling", route_prefix="/ceiling")
+    return "/ceiling/v1/x"
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
@@ -168,25 +195,41 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--submits", type=int, default=50, help="sequential submissions timed (default 50)")
     parser.add_argument("--torch-threads", type=int, default=1, help="in-process intra-op threads (default 1)")
+    parser.add_argument("--omp-threads", type=int, default=1, help="in-process OMP_NUM_THREADS (default 1)")
+    parser.add_argument("--polls-only", action="store_true", help="skip the jobs and the submissions")
+    parser.add_argument("--ceiling", action="store_true", help="also poll a no-op Serve app (the proxy's cost)")
     options = parser.parse_args(argv)
+    os.environ["OMP_NUM_THREADS"] = str(options.omp_threads)  # before torch and the mesh libraries load
     base = Path(tempfile.mkdtemp(prefix="lift3d-bench-"))
 
-    cli = bench_in_process(options.runs, base / "cli", options.torch_threads)
+    cli = [] if options.polls_only else bench_in_process(options.runs, base / "cli", options.torch_threads)
     url, config = start_graph(base)
-    http = bench_http(url, options.runs)
-
-    submits = bench_submits(url, options.submits)
+    http = [] if options.polls_only else bench_http(url, options.runs)
+    submits = [] if options.polls_only else bench_submits(url, options.submits)
     queued = queued_job(config)
+    asyncio.run(bench_polls(url, queued, 2.0, options.concurrency))  # warm-up: connections, caches
     count, latencies = asyncio.run(bench_polls(url, queued, options.poll_seconds, options.concurrency))
+    if options.ceiling:
+        path = deploy_ceiling(url)
+        asyncio.run(bench_polls(url, queued, 2.0, options.concurrency, path))
+        ceiling = asyncio.run(bench_polls(url, queued, options.poll_seconds, options.concurrency, path))
 
-    print(f"tiny image-to-3d job ({JOB}), wall seconds per run:")
-    print(f"  in-process (CLI path, {options.torch_threads} torch thread(s)): {', '.join(f'{t:.1f}' for t in cli)}")
-    print(f"  HTTP through Serve:    {', '.join(f'{t:.1f}' for t in http)}  (submit → poll every 0.1 s → GLB)")
+    if not options.polls_only:
+        print(f"tiny image-to-3d job ({JOB}), wall seconds per run:")
+        print(f"  in-process (CLI path, {options.torch_threads} torch thread(s), OMP_NUM_THREADS="
+              f"{options.omp_threads}): {', '.join(f'{t:.1f}' for t in cli)}")
+        print(f"  HTTP through Serve:    {', '.join(f'{t:.1f}' for t in http)}  (submit → poll every 0.1 s → GLB)")
+        print(f"  ratio of the last runs (HTTP / in-process): {http[-1] / cli[-1]:.2f}")
     print(f"status polls, {options.concurrency} concurrent clients, {options.poll_seconds:.0f} s: "
           f"{count / options.poll_seconds:.0f} requests/s, p50 {percentile(latencies, 0.5) * 1000:.1f} ms, "
           f"p99 {percentile(latencies, 0.99) * 1000:.1f} ms")
-    print(f"submissions (text-to-3d JSON, sequential, n={len(submits)}): p50 {percentile(submits, 0.5) * 1000:.1f} ms, "
-          f"p99 {percentile(submits, 0.99) * 1000:.1f} ms")
+    if options.ceiling:
+        count, latencies = ceiling
+        print(f"  the same load on a no-op Serve app (the ceiling here): {count / options.poll_seconds:.0f} "
+              f"requests/s, p50 {percentile(latencies, 0.5) * 1000:.1f} ms, p99 {percentile(latencies, 0.99) * 1000:.1f} ms")
+    if submits:
+        print(f"submissions (text-to-3d JSON, sequential, n={len(submits)}): p50 "
+              f"{percentile(submits, 0.5) * 1000:.1f} ms, p99 {percentile(submits, 0.99) * 1000:.1f} ms")
 
     from ray import serve
 

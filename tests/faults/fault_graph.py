@@ -37,8 +37,10 @@ FAULT_DEPLOYMENT_OPTIONS = {
     "NerfTrainer": {"ray_actor_options": {"num_cpus": 0.5, "num_gpus": 0.5}, "autoscaling_config": _ONE,
                     "max_ongoing_requests": 2, "graceful_shutdown_timeout_s": 1},
 }
-FAST = {"num_views": 4, "num_multiview_steps": 2, "num_inference_steps": 2, "num_3d_max_steps": 12, "seed": 3}
-"""Parameters of the jobs here (the serve tests' sizes)."""
+FAST = {"num_views": 4, "num_multiview_steps": 2, "num_inference_steps": 2, "num_3d_max_steps": 12, "seed": 3,
+        "texture": False}
+"""Parameters of the jobs here: the serve tests' sizes, without the texture bake (the slowest part of a tiny job's
+export on 2 cores; nothing here is about textures)."""
 
 
 def free_port() -> int:

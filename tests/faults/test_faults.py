@@ -76,7 +76,7 @@ def test_s3_down_for_30_s_pauses_the_job_and_the_door_says_503(fault_graph):
     try:
         upload = httpx.post(f"{fault_graph.url}/v1/generation/image-to-3d", headers=fault_graph.headers(),
                             files={"image": ("a.png", (fault_graph_dragon()), "image/png")},
-                            data={k: str(v) for k, v in FAST.items()}, timeout=60)
+                            data={k: str(v).lower() for k, v in FAST.items()}, timeout=60)
         assert upload.status_code == 503, upload.text
         assert upload.json()["name"] == "service_unavailable" and upload.headers["Retry-After"] == "5"
         poll = httpx.get(f"{fault_graph.url}/v1/generation/{job_id}", headers=fault_graph.headers(), timeout=30)
