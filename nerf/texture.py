@@ -82,7 +82,7 @@ class TexturedMesh:
 def decimate(mesh: trimesh.Trimesh, target_faces: int, aggressiveness: float = 7.0) -> trimesh.Trimesh:
     """Reduce ``mesh`` to about ``target_faces`` faces with fast-simplification (Garland–Heckbert quadrics).
 
-    Vertex colours are carried over from the nearest input vertex. Duplicate faces (same three vertices, any
+    Vertex colours are carried over from the nearest input vertex, and ``mesh.metadata`` as it is. Duplicate faces (same three vertices, any
     winding) and degenerate faces left by the collapses are removed. A mesh already at or below the budget is
     returned unchanged (a copy).
 
@@ -113,6 +113,7 @@ def decimate(mesh: trimesh.Trimesh, target_faces: int, aggressiveness: float = 7
     if mesh.visual.kind == "vertex":
         _, nearest = cKDTree(np.asarray(mesh.vertices)).query(np.asarray(out.vertices))
         out.visual.vertex_colors = np.asarray(mesh.visual.vertex_colors)[nearest]
+    out.metadata.update(mesh.metadata)  # how the surface was found (threshold, silhouette IoU) stays true
     return out
 
 

@@ -74,8 +74,10 @@ def test_rasterize_uv_covers_the_texels_whose_centres_are_inside():
 
 def test_decimate_reaches_the_budget_and_keeps_colours_and_unit_normals():
     mesh = _coloured_sphere()
+    mesh.metadata.update(isosurface_threshold=11.8, silhouette_iou=0.94)
     small = decimate(mesh, 300)
     assert 250 <= len(small.faces) <= 320
+    assert small.metadata["isosurface_threshold"] == 11.8 and small.metadata["silhouette_iou"] == 0.94
     assert small.visual.kind == "vertex"
     np.testing.assert_allclose(np.linalg.norm(small.vertex_normals, axis=1), 1.0, atol=1e-6)
     assert decimate(mesh, 10**6).faces.shape == mesh.faces.shape
