@@ -176,6 +176,7 @@ def test_every_log_line_of_a_delivery_names_the_job_and_attempt(jobs):
     handler = Collect()
     handler.addFilter(JobContextFilter())
     logger = logging.getLogger("lift3d")
+    level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
@@ -188,6 +189,7 @@ def test_every_log_line_of_a_delivery_names_the_job_and_attempt(jobs):
         logging.getLogger("lift3d.test").info("after the delivery")
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(level)  # other tests' output depends on the project logger's level
     inside = [entry for entry in seen if entry[0] != "after the delivery"]
     assert ("inside the attempt", record.id, 1) in inside
     assert any("attempt raised" in message for message, _, _ in inside)
