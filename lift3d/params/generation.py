@@ -10,10 +10,10 @@ import secrets
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lift3d.errors import InvalidInputError
+from lift3d.params.images import MAX_SEED, PromptControls
+from lift3d.params.video import VideoParams
 
 __all__ = ["GenerationParams", "MAX_SEED", "SDXL_GUIDANCE_SCALE_RANGE", "TEXTURE_SIZES", "TextureParams", "check_one_input", "parse_params"]
-
-MAX_SEED = 2**32 - 1
 
 SDXL_GUIDANCE_SCALE_RANGE = (1.0, 50.0)
 """Accepted SDXL classifier-free guidance scales (Replicate's SDXL range; the stage enforces the same one)."""
@@ -57,7 +57,7 @@ class TextureParams(BaseModel):
         return value
 
 
-class GenerationParams(TextureParams):
+class GenerationParams(TextureParams, PromptControls, VideoParams):
     """Parameters of one generation. The input image travels separately (bytes or a file)."""
 
     prompt: str | None = Field(

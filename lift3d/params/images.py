@@ -20,21 +20,31 @@ Examples:
 from __future__ import annotations
 
 import secrets
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator, model_validator
 
 from lift3d.errors import InvalidInputError
-from lift3d.params import MAX_SEED
-from lift3d.samplers import canonical_sampler, canonical_schedule
+from lift3d.params.samplers import SAMPLER_NAMES, canonical_sampler
 
 __all__ = [
-    "MAX_SAMPLES", "MAX_IMAGE_SIDE", "PoseParams", "PromptControls", "RegionParams", "TextPrompt",
+    "MAX_SAMPLES", "MAX_IMAGE_SIDE", "MAX_SEED", "PoseParams", "PromptControls", "RegionParams", "TextPrompt",
     "TextToImageParams", "draw_seed", "parse_model",
 ]
 
+MAX_SEED = 2**32 - 1
+"""Largest seed (seeds are unsigned 32-bit, as Stability's and diffusers' CPU generators take them)."""
+
 MAX_SAMPLES = 4
 """Images per request (Stability allows 10; four bound one synchronous request's latency on one GPU)."""
+
+EXAMPLE_MASK_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAAAAADhZOFXAAAAEElEQVR4nGP8zwABTAwUMQBJQQEPeWDz+AAAAABJRU5ErkJggg=="
+"""An 8×8 all-white PNG, base64 (the OpenAPI examples' mask: the region covers the whole image)."""
+EXAMPLE_PHOTO_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAFElEQVR4nGNsaGhgwAaYsIoOWgkAMBcBkGHHl6YAAAAASUVORK5CYII="
+"""An 8×8 grey PNG, base64 (stands in for a reference photo in the OpenAPI examples)."""
+
+_MAX_BASE64 = 4 * 1024 * 1024
+"""Longest base64 image inside a 3D job's parameters, characters (3 MiB of image): they are stored with the job."""
 
 MAX_IMAGE_SIDE = 2048
 """Largest height/width in pixels (SDXL is trained around 1024²)."""
@@ -45,31 +55,47 @@ def draw_seed(seed: int | None) -> int:
     return int(seed) if seed else 1 + secrets.randbelow(MAX_SEED)
 
 
-def _side(value: int | None, label: str) -> int | None:
-    if value is not None and (value % 64 or not 64 <= value <= MAX_IMAGE_SIDE):
-        raise ValueError(f"{label} must be a multiple of 64 in [64, {MAX_IMAGE_SIDE}], got {value}")
-    return value
+def _string_int(number_schema: dict[str, Any], string_schema: dict[str, Any]) -> Any:
+    """An integer that may also arrive as a decimal string matching ``string_schema`` (the region API's clients
+    send ``"512"``); other strings are refused. The OpenAPI schema says both, so the document matches the service."""
+
+    def parse(value: Any) -> Any:
+        if isinstance(value, str):
+            import re
+
+            pattern = string_schema.get("pattern")
+            allowed = string_schema.get("enum")
+            if (pattern and re.fullmatch(pattern, value)) or (allowed and value in allowed):
+                return int(value)
+            raise ValueError(f"a number, or a decimal string of one in range, got {value!r}")
+        return value
+
+    return Annotated[int, BeforeValidator(parse), WithJsonSchema(
+        {"anyOf": [{"type": "integer", **number_schema}, {"type": "string", **string_schema}]})]
+
+
+_SIDE_STRINGS = [str(64 * k) for k in range(1, MAX_IMAGE_SIDE // 64 + 1)]
+_StringSide = _string_int({"minimum": 64, "maximum": MAX_IMAGE_SIDE, "multipleOf": 64}, {"enum": _SIDE_STRINGS})
+_StringSteps = _string_int({"minimum": 1, "maximum": 200}, {"pattern": r"^(?:[1-9][0-9]?|1[0-9][0-9]|200)$"})
+_StringBootstrap = _string_int({"minimum": 0, "maximum": 200}, {"pattern": r"^(?:0|[1-9][0-9]?|1[0-9][0-9]|200)$"})
+_StringSeed = _string_int({"minimum": 0, "maximum": MAX_SEED}, {"pattern": r"^(?:0|[1-9][0-9]{0,8})$"})
+"""A seed as a string has at most 9 digits (larger seeds go as JSON numbers): a range a pattern can state."""
 
 
 class _Sampling(BaseModel):
-    """Sampler and schedule, validated to canonical names (:mod:`lift3d.samplers`)."""
+    """Sampler and schedule, validated to canonical names (:mod:`lift3d.params.samplers`)."""
 
     sampler: str | None = Field(None, description="Sampler: ddim, ddpm, euler, euler_a, heun, dpm2, dpm2_a, dpmpp_2m, "
                                 "dpmpp_2m_sde, dpmpp_sde, dpmpp_2s, lms, unipc, deis (Stability's K_* names too); "
                                 "omitted: the model's own scheduler (SDXL: euler).",
-                                examples=["dpmpp_2m"])
-    scheduler: str = Field("normal", description="Noise schedule: normal, karras, exponential or sgm_uniform.",
-                           examples=["karras"])
+                                json_schema_extra={"enum": [*SAMPLER_NAMES, None]})
+    scheduler: Literal["normal", "karras", "exponential", "sgm_uniform"] = Field(
+        "normal", description="Noise schedule: normal, karras, exponential or sgm_uniform.")
 
     @field_validator("sampler")
     @classmethod
     def _known_sampler(cls, value: str | None) -> str | None:
         return None if value is None else canonical_sampler(value)
-
-    @field_validator("scheduler")
-    @classmethod
-    def _known_schedule(cls, value: str) -> str:
-        return canonical_schedule(value)
 
 
 class TextPrompt(BaseModel):
@@ -83,8 +109,14 @@ class TextPrompt(BaseModel):
                           "weight |w|; 0: ignored.")
 
 
+_ONE_POSITIVE = {"contains": {"anyOf": [{"type": "object", "not": {"required": ["weight"]}},
+                                        {"type": "object", "properties": {"weight": {"exclusiveMinimum": 0}}}]}}
+"""JSON Schema for "at least one prompt with a positive weight" (the weight defaults to 1)."""
+
+
 class _PromptList(BaseModel):
-    text_prompts: list[TextPrompt] = Field(..., min_length=1, max_length=10)
+    text_prompts: list[TextPrompt] = Field(..., min_length=1, max_length=10, json_schema_extra=_ONE_POSITIVE,
+                                           description="Prompts with weights; at least one positive.")
 
     @model_validator(mode="after")
     def _one_positive(self):
@@ -110,25 +142,20 @@ class TextToImageParams(_PromptList, _Sampling):
         "cfg_scale": 7, "steps": 30, "seed": 42, "samples": 1, "height": 1024, "width": 1024,
         "sampler": "dpmpp_2m", "scheduler": "karras"}]})
 
-    cfg_scale: float = Field(7.0, ge=0, le=35, description="Classifier-free guidance scale; ≤ 1 disables guidance "
+    cfg_scale: float = Field(7.0, ge=0, le=50, description="Classifier-free guidance scale; ≤ 1 disables guidance "
                              "(and negative prompts).")
-    steps: int = Field(30, ge=1, le=150, description="Denoising steps (Stability allows 10–50).")
+    steps: int = Field(30, ge=1, le=200, description="Denoising steps (Stability allows 10–50).")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the first sample (sample i uses seed + i); 0: "
                       "random. Echoed in each artifact.")
     samples: int = Field(1, ge=1, le=MAX_SAMPLES, description=f"Images to generate, 1–{MAX_SAMPLES}.")
-    height: int | None = Field(None, description="Pixels, a multiple of 64 (SDXL: 1024; the tiny preset: 64); "
-                               "omitted: the model's size, or the init image's.")
-    width: int | None = Field(None, description="Pixels, a multiple of 64; as `height`.")
+    height: int | None = Field(None, ge=64, le=MAX_IMAGE_SIDE, multiple_of=64, description="Pixels, a multiple of "
+                               "64 (SDXL: 1024; the tiny preset: 64); omitted: the model's size, or the init image's.")
+    width: int | None = Field(None, ge=64, le=MAX_IMAGE_SIDE, multiple_of=64, description="Pixels; as `height`.")
     image_strength: float = Field(0.35, ge=0, le=1, description="With `init_image`: how much of the init image to "
                                   "keep (Stability's meaning: 1 returns it unchanged, 0 ignores it).")
     mask_source: Literal["MASK_IMAGE_WHITE", "MASK_IMAGE_BLACK", "INIT_IMAGE_ALPHA"] = Field(
         "MASK_IMAGE_WHITE", description="Inpainting: which pixels to repaint — white ones of `mask_image` "
         "(default), black ones, or the transparent ones of `init_image`.")
-
-    @field_validator("height", "width")
-    @classmethod
-    def _sides(cls, value: int | None, info) -> int | None:
-        return _side(value, info.field_name)
 
 
 class RegionParams(BaseModel):
@@ -138,7 +165,7 @@ class RegionParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
         "bg_prompt": "a photo of a wooden table", "bg_nprompt": "", "fg_prompt": ["a red toy robot"],
-        "fg_nprompt": ["blurry"], "masks": ["<base64 PNG, white where the robot goes>"], "width": "1024",
+        "fg_nprompt": ["blurry"], "masks": [EXAMPLE_MASK_PNG], "width": "1024",
         "height": "1024", "ddim_steps": "50", "bootstrapping": "20", "seed": "7"}]})
 
     bg_prompt: str = Field(..., min_length=1, max_length=2000, description="Prompt of the whole image.")
@@ -146,18 +173,14 @@ class RegionParams(BaseModel):
     fg_prompt: list[str] = Field(..., min_length=1, max_length=8, description="One prompt per mask.")
     fg_nprompt: list[str] | None = Field(None, description="One negative prompt per mask; omitted: none.")
     masks: list[str] = Field(..., min_length=1, max_length=8, description="Base64 images, white = the region.")
-    width: int = Field(1024, description="Pixels, a multiple of 64.")
-    height: int = Field(1024, description="Pixels, a multiple of 64.")
-    ddim_steps: int = Field(50, ge=1, le=150, description="DDIM denoising steps.")
-    bootstrapping: int = Field(20, ge=0, le=150, description="First steps in which each region is denoised over "
-                               "a constant-colour background (MultiDiffusion's bootstrapping); ≤ ddim_steps.")
-    guidance_scale: float = Field(7.5, ge=1, le=35, description="Classifier-free guidance scale.")
-    seed: int = Field(0, ge=0, le=MAX_SEED, description="0: random; echoed back.")
-
-    @field_validator("height", "width")
-    @classmethod
-    def _sides(cls, value: int, info) -> int:
-        return _side(value, info.field_name)
+    width: _StringSide = Field(1024, ge=64, le=MAX_IMAGE_SIDE, multiple_of=64, description="Pixels, a multiple of 64.")
+    height: _StringSide = Field(1024, ge=64, le=MAX_IMAGE_SIDE, multiple_of=64, description="Pixels, a multiple of 64.")
+    ddim_steps: _StringSteps = Field(50, ge=1, le=200, description="DDIM denoising steps.")
+    bootstrapping: _StringBootstrap = Field(20, ge=0, le=200, description="First steps in which each region is "
+                                            "denoised over a constant-colour background (MultiDiffusion's "
+                                            "bootstrapping); ≤ ddim_steps.")
+    guidance_scale: float = Field(7.5, ge=1, le=50, description="Classifier-free guidance scale.")
+    seed: _StringSeed = Field(0, ge=0, le=MAX_SEED, description="0: random; echoed back.")
 
     @model_validator(mode="after")
     def _counts_match(self):
@@ -181,7 +204,7 @@ class PoseParams(_Sampling):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
         "prompt": "a knight in shining armour, full body", "negative_prompt": "low quality, less details",
-        "image": "<base64 JPEG/PNG of a person>", "num_inference_steps": 20, "guidance_scale": 7, "seed": 698845,
+        "image": EXAMPLE_PHOTO_PNG, "num_inference_steps": 20, "guidance_scale": 7, "seed": 698845,
         "samples": 1, "strength": 0.8, "sampler": "dpmpp_2m", "scheduler": "sgm_uniform", "base64": False,
         "width": 1024, "height": 1024}]})
 
@@ -195,13 +218,10 @@ class PoseParams(_Sampling):
     strength: float = Field(0.8, ge=0, le=2, description="ControlNet conditioning scale: how strictly the pose "
                             "is followed.")
     base64: bool = Field(False, description="true: JSON with base64 images; false: the image as `image/jpeg`.")
-    width: int | None = Field(None, description="Pixels, a multiple of 64; omitted: the model's size.")
-    height: int | None = Field(None, description="Pixels, a multiple of 64; omitted: the model's size.")
-
-    @field_validator("height", "width")
-    @classmethod
-    def _sides(cls, value: int | None, info) -> int | None:
-        return _side(value, info.field_name)
+    width: int | None = Field(None, ge=64, le=MAX_IMAGE_SIDE, multiple_of=64,
+                              description="Pixels, a multiple of 64; omitted: the model's size.")
+    height: int | None = Field(None, ge=64, le=MAX_IMAGE_SIDE, multiple_of=64,
+                               description="Pixels, a multiple of 64; omitted: the model's size.")
 
 
 class RegionPrompts(BaseModel):
@@ -211,8 +231,9 @@ class RegionPrompts(BaseModel):
 
     fg_prompt: list[str] = Field(..., min_length=1, max_length=8)
     fg_nprompt: list[str] | None = None
-    masks: list[str] = Field(..., min_length=1, max_length=8, description="Base64 images, white = the region.")
-    bootstrapping: int = Field(20, ge=0, le=150)
+    masks: list[Annotated[str, Field(max_length=_MAX_BASE64)]] = Field(
+        ..., min_length=1, max_length=8, description="Base64 images, white = the region.")
+    bootstrapping: int = Field(20, ge=0, le=200)
 
     @model_validator(mode="after")
     def _counts_match(self):
@@ -228,14 +249,33 @@ class PromptControls(_Sampling):
     text_prompts: list[TextPrompt] | None = Field(None, max_length=10, description="Weighted prompts (Stability "
                                                   "style); when given they replace `prompt` and `negative_prompt`.")
     regions: RegionPrompts | None = Field(None, description="MultiDiffusion regions; `prompt` is the background.")
-    pose_image: str | None = Field(None, description="Base64 photo whose detected pose conditions the image "
-                                   "(OpenPose ControlNet).")
+    pose_image: str | None = Field(None, max_length=_MAX_BASE64, description="Base64 photo whose detected pose "
+                                   "conditions the image (OpenPose ControlNet).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _prompt_from_text_prompts(cls, values):
+        # A job is a prompt job when it has a prompt: weighted prompts alone name it by their first positive text.
+        if isinstance(values, dict) and values.get("text_prompts") and not values.get("prompt"):
+            positives = [p for p in values["text_prompts"]
+                         if isinstance(p, dict) and float(p.get("weight", 1.0) or 0) > 0 and p.get("text")]
+            if positives and "prompt" in cls.model_fields:
+                values = {**values, "prompt": positives[0]["text"][:1000]}
+        return values
+
+    @model_validator(mode="after")
+    def _controls_are_usable(self):
+        if self.text_prompts is not None and not any(p.weight > 0 for p in self.text_prompts):
+            raise ValueError("text_prompts needs at least one prompt with a positive weight")
+        return self
 
 
-def parse_model(cls: type[BaseModel], values: dict) -> BaseModel:
-    """Validate ``values`` into ``cls``; raise :class:`InvalidInputError` with one message per invalid field."""
+def parse_model(cls: type[BaseModel], values: dict, *, strict: bool = True) -> BaseModel:
+    """Validate ``values`` into ``cls`` (strictly by default: JSON types as the schema states them, so ``"8"`` is
+    not an integer except where a field says so); raise :class:`InvalidInputError` with one message per invalid
+    field."""
     try:
-        return cls(**values)
+        return cls.model_validate(values, strict=strict)
     except ValidationError as exc:
         messages = [f"{'.'.join(str(p) for p in e.get('loc', ())) or 'body'}: {e.get('msg', 'invalid value')}"
                     for e in exc.errors()]

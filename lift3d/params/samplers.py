@@ -8,7 +8,7 @@ Stability v1's enum (``K_EULER_ANCESTRAL``, ``DDIM``…) and ComfyUI's long spel
 Examples:
     >>> canonical_sampler("K_DPMPP_2M"), canonical_sampler("euler_ancestral")
     ('dpmpp_2m', 'euler_a')
-    >>> canonical_schedule("Karras")
+    >>> canonical_schedule("karras")
     'karras'
 """
 
@@ -18,7 +18,7 @@ from types import MappingProxyType
 
 from lift3d.errors import InvalidInputError
 
-__all__ = ["SAMPLERS", "SAMPLER_ALIASES", "SCHEDULES", "canonical_sampler", "canonical_schedule"]
+__all__ = ["SAMPLERS", "SAMPLER_ALIASES", "SAMPLER_NAMES", "SCHEDULES", "canonical_sampler", "canonical_schedule"]
 
 SAMPLERS: tuple[str, ...] = (
     "ddim", "ddpm", "euler", "euler_a", "heun", "dpm2", "dpm2_a", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_sde",
@@ -39,31 +39,32 @@ SAMPLER_ALIASES = MappingProxyType({
     "euler_ancestral": "euler_a", "dpm_2": "dpm2", "dpm_2_ancestral": "dpm2_a", "uni_pc": "unipc",
     "dpmpp_2m_sde_gpu": "dpmpp_2m_sde", "dpmpp_sde_gpu": "dpmpp_sde",
 })
-"""Other spellings → canonical name (matched case-sensitively first, then in lower case)."""
+"""Other spellings → canonical name."""
 
 
 def canonical_sampler(name: str) -> str:
-    """The canonical sampler name for ``name`` (a canonical name or an alias).
+    """The canonical sampler name for ``name`` (a canonical name or an alias, spelled exactly as listed).
 
     Raises:
         InvalidInputError: unknown name; the message lists the accepted ones.
     """
     if name in SAMPLERS:
         return name
-    lowered = {alias.lower(): target for alias, target in SAMPLER_ALIASES.items()}
-    found = SAMPLER_ALIASES.get(name) or lowered.get(name.lower()) or (name.lower() if name.lower() in SAMPLERS else None)
-    if found is None:
-        raise InvalidInputError(f"sampler must be one of {', '.join(SAMPLERS)} (or Stability's K_* names), got {name!r}")
-    return found
+    if name in SAMPLER_ALIASES:
+        return SAMPLER_ALIASES[name]
+    raise InvalidInputError(f"sampler must be one of {', '.join(SAMPLERS)} (or Stability's K_* names), got {name!r}")
 
 
 def canonical_schedule(name: str) -> str:
-    """The canonical schedule name for ``name`` (case-insensitive).
+    """``name`` when it is one of :data:`SCHEDULES`.
 
     Raises:
         InvalidInputError: unknown name.
     """
-    lowered = name.lower()
-    if lowered not in SCHEDULES:
+    if name not in SCHEDULES:
         raise InvalidInputError(f"scheduler must be one of {', '.join(SCHEDULES)}, got {name!r}")
-    return lowered
+    return name
+
+
+SAMPLER_NAMES: tuple[str, ...] = SAMPLERS + tuple(SAMPLER_ALIASES)
+"""Every accepted spelling (the enum of the API's ``sampler`` field)."""
