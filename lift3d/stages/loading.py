@@ -135,8 +135,9 @@ def select_hub_files(filenames: Sequence[str]) -> list[str]:
     """Choose the files of a diffusers-layout repo that loading needs.
 
     Keeps every ``.json``/``.txt`` file (configs, tokenizer vocab/merges, shard indexes) and, per component folder
-    (one level deep), the non-variant weights in one format: ``.safetensors`` when the folder has any, else
-    ``.bin``. Skips single-file checkpoints at the repo root, ``fp16``-style variants, ONNX/OpenVINO/Flax exports.
+    (one level deep, or the root of a one-model repo such as a ControlNet: ``diffusion_pytorch_model.*``), the
+    non-variant weights in one format: ``.safetensors`` when the folder has any, else ``.bin``. Skips other
+    single-file checkpoints at the repo root, ``fp16``-style variants, ONNX/OpenVINO/Flax exports.
 
     Args:
         filenames: repo-relative POSIX paths (``ModelInfo.siblings[i].rfilename``).
@@ -150,9 +151,10 @@ def select_hub_files(filenames: Sequence[str]) -> list[str]:
         path = PurePosixPath(name)
         if path.suffix in (".json", ".txt"):
             chosen.append(name)
-        elif path.suffix in _WEIGHT_SUFFIXES and len(path.parts) == 2 and "." not in path.stem:
+        elif path.suffix in _WEIGHT_SUFFIXES and "." not in path.stem and (
+                len(path.parts) == 2 or path.stem == "diffusion_pytorch_model"):
             if not path.name.startswith(("openvino", "onnx", "flax")):
-                weights.setdefault(path.parts[0], []).append(name)
+                weights.setdefault(str(path.parent), []).append(name)
     for files in weights.values():
         safetensors = [f for f in files if f.endswith(".safetensors")]
         chosen.extend(safetensors or files)
