@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -19,9 +20,11 @@ from PIL import Image
 from lift3d.io.artifacts import ArtifactWriter, package_versions
 from lift3d.io.encoded import EncodedImage
 from lift3d.io.mesh_assets import MeshExportOptions, write_mesh_assets
+from lift3d.io.video import MP4
 from lift3d.params import GenerationParams, check_one_input
 from lift3d.pipeline.providers import InProcessStages, StageProvider, Timed
 from lift3d.pipeline.steps import NovelView, PreparedInput, albedo_fn, train_mesh
+from lift3d.pipeline.turntable import turntable_mp4, video_metadata
 from lift3d.presets import ModelPreset
 from lift3d.progress import NoProgress, ProgressReporter
 from nerf.trainers.stats import StepStats
@@ -47,6 +50,7 @@ class Lift3DPipelineOutput:
         timings_s: wall seconds per stage, as seen by the caller.
         busy_s: seconds each stage kept its worker busy (queueing excluded), for cost accounting.
         gpu_fractions: GPU fraction reported by the worker of a stage, where known.
+        video: what ``turntable.mp4`` holds (frames, fps, size, camera path), or None when none was written.
     """
 
     seed: int
@@ -58,6 +62,7 @@ class Lift3DPipelineOutput:
     timings_s: dict[str, float] = field(default_factory=dict)
     busy_s: dict[str, float] = field(default_factory=dict)
     gpu_fractions: dict[str, float] = field(default_factory=dict)
+    video: dict[str, Any] | None = None
 
 
 class Lift3DPipeline:
@@ -133,7 +138,7 @@ class Lift3DPipeline:
             writer.views([(v.filename, v.png) for v in views])
 
         # 5. NeRF optimisation with SDS guidance, then marching cubes.
-        mesh, history = None, []
+        mesh, history, video = None, [], None
         if params.return_3d:
             nerf = self.preset.nerf
             if params.num_3d_max_steps is not None:
@@ -153,9 +158,17 @@ class Lift3DPipeline:
                                              recenter=True)
                 stage.busy["mesh_export"] = stage.timings["mesh_export"]
 
+            # 7. Turntable video along the camera path, from the exported mesh (or the NeRF), over white.
+            if writer and params.video:
+                with stage.timed("turntable", params.video_frames) as timer:
+                    data = turntable_mp4(mesh, params, field=field_, renderer_config=nerf.renderer,
+                                         progress=lambda done, total: timer.step(StepStats(done, total, math.nan)))
+                    writer.put("turntable.mp4", data, MP4)
+                stage.busy["turntable"], video = stage.timings["turntable"], video_metadata(params)
+
         output = Lift3DPipelineOutput(
             seed=seed, prepared=prepared, views=views, mesh=mesh, history=history, timings_s=stage.timings,
-            busy_s=stage.busy, gpu_fractions=stage.fractions,
+            busy_s=stage.busy, gpu_fractions=stage.fractions, video=video,
         )
         output.metadata = self._metadata(params, output)
         return output
@@ -179,6 +192,7 @@ class Lift3DPipeline:
                 {"file": f"views/{i:03d}_{v.filename}", "elevation_deg": v.elevation_deg, "azimuth_deg": v.azimuth_deg}
                 for i, v in enumerate(output.views)
             ],
+            "video": output.video,
             "mesh": None if mesh is None else {
                 "vertices": len(mesh.vertices),
                 "faces": len(mesh.faces),
