@@ -48,7 +48,8 @@ class NerfTrainerDeployment:
         install_job_log_filter()
         self.metrics = RayMetrics()
         fraction = assigned_gpu_fraction()
-        cost_model = CostModel.for_gpu(settings.gpu_type, {"sds_training": fraction, "mesh_export": fraction},
+        cost_model = CostModel.for_gpu(settings.gpu_type, {"sds_training": fraction, "mesh_export": fraction,
+                                                              "turntable": fraction},
                                        settings.price_per_gpu_hour)
         self.jobs = open_state(settings, store_retry_s=settings.store_retry_s, metrics=self.metrics).jobs
         self.runner = JobRunner(

@@ -95,6 +95,10 @@ class ModelPreset:
         input_size: side of the square conditioning image in pixels (Stable Zero123: 256).
         reconstruction: trainer configuration of ``views-to-3d`` jobs (steps, seed and mesh resolution come from
             the job).
+        pose_controlnet: SDXL OpenPose ControlNet (diffusers layout) hub id or local directory, or ``"tiny"``;
+            loaded on the first pose request (:class:`lift3d.stages.pose_to_image.PoseToImage`).
+        pose_detector: directory of the pose detector's ONNX files (None: ``$LIFT3D_POSE_HOME``, default
+            ``~/.cache/lift3d/pose``), or ``"tiny"`` (:class:`lift3d.stages.pose.PoseDetector`).
     """
 
     name: str
@@ -104,6 +108,8 @@ class ModelPreset:
     nerf: NerfPreset
     input_size: int = 256
     reconstruction: ReconstructionConfig = default(default_factory=ReconstructionConfig)
+    pose_controlnet: str = "thibaud/controlnet-openpose-sdxl-1.0"
+    pose_detector: str | None = None
 
     def with_models(self, **sources: str | None) -> "ModelPreset":
         """Override model sources (keys: text_to_image, background, zero123); None keeps the preset's."""
@@ -147,6 +153,7 @@ PRESETS: dict[str, ModelPreset] = {
         nerf=NerfPreset(),
     ),
     TINY: ModelPreset(name=TINY, text_to_image=TINY, background=TINY, zero123=TINY, nerf=_tiny_nerf(),
+                      pose_controlnet=TINY, pose_detector=TINY,
                       reconstruction=ReconstructionConfig(batch_rays=1024, hull_init_steps=60, hull_resolution=64)),
 }
 
@@ -170,6 +177,7 @@ def resolve_preset(
     zero123: str | None = None,
     background: str | None = None,
     needs_text_to_image: bool = False,
+    needs_zero123: bool = True,
 ) -> ModelPreset:
     """The preset to run, with per-stage overrides applied.
 
@@ -182,7 +190,7 @@ def resolve_preset(
     if name != "auto":
         return get_preset(name).with_models(text_to_image=text_to_image, zero123=zero123, background=background)
     preset = get_preset("default").with_models(text_to_image=text_to_image, zero123=zero123, background=background)
-    needed = [preset.zero123] + ([preset.text_to_image] if needs_text_to_image else [])
+    needed = ([preset.zero123] if needs_zero123 else []) + ([preset.text_to_image] if needs_text_to_image else [])
     try:
         for source in needed:
             locate_pretrained(source)

@@ -57,6 +57,20 @@ def generate(
     sdxl_model: Optional[str] = typer.Option(None, "--sdxl-model", help="SDXL hub id or local directory."),
     zero123_model: Optional[str] = typer.Option(None, "--zero123-model", help="Stable Zero123 hub id or directory."),
     rembg_model: Optional[str] = typer.Option(None, "--rembg-model", help="rembg model name (files in REMBG_HOME)."),
+    text_prompt: list[str] = typer.Option([], "--text-prompt", help="Weighted SDXL prompt 'TEXT::WEIGHT', "
+                                          "repeatable (negative weight: a negative prompt); replaces --prompt's "
+                                          "conditioning."),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="SDXL sampler: euler, euler_a, dpmpp_2m, ddim, "
+                                          "… (docs/images.md)."),
+    scheduler: str = typer.Option("normal", "--scheduler", help="normal, karras, exponential or sgm_uniform."),
+    regions: Optional[Path] = typer.Option(None, "--regions", help="MultiDiffusion regions JSON for the SDXL image "
+                                           "(--prompt is the background)."),
+    pose_image: Optional[Path] = typer.Option(None, "--pose-image", help="Photo whose pose conditions the SDXL image."),
+    video: bool = typer.Option(False, "--video/--no-video", help="Also write turntable.mp4."),
+    camera_path: str = typer.Option("orbit", "--camera-path", help="orbit, spiral, or a keyframes JSON file."),
+    video_frames: int = typer.Option(48, "--video-frames", help="Frames of the video, 8–600."),
+    video_fps: int = typer.Option(24, "--video-fps", help="Frames per second, 1–60."),
+    video_size: int = typer.Option(256, "--video-size", help="Video side in pixels, even, 64–1024."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
     threads: Optional[int] = typer.Option(
         None, "--threads", help="Torch CPU threads (default: torch's). Same seed + device + threads → same files."
@@ -69,7 +83,9 @@ def generate(
         # transformers warns on import about optional backends (torchvision); not actionable for CLI users.
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     # Imported here so that `lift3d --help` stays fast.
+    from lift3d.cli.image_options import file_base64, read_regions, text_prompts
     from lift3d.cli.progress import RichProgress
+    from lift3d.cli.render_video import parse_camera_path
     from lift3d.devices import resolve_device, set_torch_threads
     from lift3d.io.images import load_image
     from lift3d.params import check_one_input, parse_params
@@ -82,10 +98,15 @@ def generate(
             "num_multiview_steps": num_multiview_steps, "multiview_guidance_scale": multiview_guidance_scale,
             "num_3d_max_steps": num_3d_max_steps, "remove_background": remove_background,
             "return_3d": not views_only, "seed": seed, "texture": texture, "texture_size": texture_size,
-            "target_faces": target_faces,
+            "target_faces": target_faces, "sampler": sampler, "scheduler": scheduler,
+            "text_prompts": text_prompts(text_prompt, []) or None,
+            "regions": None if regions is None else read_regions(regions),
+            "pose_image": None if pose_image is None else file_base64(pose_image, "--pose-image"),
+            "video": video, "camera_path": parse_camera_path(camera_path), "video_frames": video_frames,
+            "video_fps": video_fps, "video_size": video_size,
         }
     )
-    check_one_input(image is not None, prompt is not None, "--image", "--prompt")
+    check_one_input(image is not None, params.prompt is not None, "--image", "--prompt")
     loaded = load_image(image) if image is not None else None
     torch_device = resolve_device(device)
     set_torch_threads(threads)

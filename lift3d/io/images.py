@@ -14,6 +14,8 @@ Examples:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 import logging
 import struct
@@ -26,7 +28,7 @@ from PIL import Image, ImageOps, JpegImagePlugin, PngImagePlugin, WebPImagePlugi
 
 from lift3d.errors import InvalidInputError, PayloadTooLargeError
 
-__all__ = ["ImageLimits", "detect_kind", "has_meaningful_alpha", "load_image"]
+__all__ = ["ImageLimits", "decode_base64_image", "detect_kind", "has_meaningful_alpha", "load_image"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +89,34 @@ def load_image(source: str | Path | bytes, limits: ImageLimits = ImageLimits()) 
     # 5. orientation and mode
     image = _apply_exif_orientation(image)
     return _to_rgb_or_rgba(image)
+
+
+def decode_base64_image(value: str, field: str, limits: ImageLimits = ImageLimits()) -> Image.Image:
+    """Decode an image sent as base64 (optionally a ``data:`` URL) in a JSON field, validated as :func:`load_image`.
+
+    Args:
+        value: the base64 text.
+        field: the field's name, used in error messages (e.g. ``masks[1]``).
+        limits: size limits.
+
+    Raises:
+        InvalidInputError: not base64, or not a usable image (the message names ``field``);
+        PayloadTooLargeError: over ``limits``.
+    """
+    if value.startswith("data:"):
+        value = value.partition(",")[2]
+    if len(value) * 3 // 4 > limits.max_bytes + 3:
+        raise PayloadTooLargeError(f"{field}: image is larger than {limits.max_bytes // (1024 * 1024)} MiB")
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInputError(f"{field}: not valid base64") from None
+    try:
+        return load_image(data, limits)
+    except PayloadTooLargeError as error:
+        raise PayloadTooLargeError(f"{field}: {error}") from None
+    except InvalidInputError as error:
+        raise InvalidInputError(f"{field}: {error}") from None
 
 
 def has_meaningful_alpha(image: Image.Image) -> bool:

@@ -16,6 +16,7 @@ import torch
 
 from lift3d.params import GenerationParams
 from lift3d.io.encoded import EncodedImage
+from lift3d.pipeline.image_generation import ImageModels, pose_loader, uses_prompt_controls
 from lift3d.pipeline.steps import (
     NovelView,
     PreparedInput,
@@ -93,6 +94,12 @@ class StageModels:
     def text_to_image(self) -> TextToImage:
         return self._load("text_to_image", TextToImage, self.preset.text_to_image)
 
+    def images(self) -> ImageModels:
+        """The image calls (weighted prompts, samplers, regions, pose) on this instance's SDXL."""
+        if "images" not in self._loaded:
+            self._loaded["images"] = ImageModels(self.text_to_image(), pose=pose_loader(self.preset))
+        return self._loaded["images"]
+
     def background_remover(self) -> BackgroundRemover:
         return self._load("background", BackgroundRemover, self.preset.background)
 
@@ -103,7 +110,7 @@ class StageModels:
         """Source and ``random_weights`` of every stage loaded so far."""
         return {
             name: {"source": stage.source, "random_weights": bool(stage.random_weights)}
-            for name, stage in self._loaded.items()
+            for name, stage in self._loaded.items() if name != "images"
         }
 
 
@@ -133,6 +140,8 @@ class InProcessStages:
 
     def text_to_image(self, params: GenerationParams, seed: int) -> Timed[EncodedImage]:
         start = time.perf_counter()
+        if uses_prompt_controls(params):
+            return _timed(start, self.models.images().image_for_3d(params, seed))
         image = self.models.text_to_image()(
             params.prompt, params.negative_prompt, guidance_scale=params.guidance_scale,
             num_inference_steps=params.num_inference_steps, seed=seed,

@@ -5,6 +5,8 @@ This module needs no Ray: a handle is anything whose methods have ``.remote(...)
 bytes, tensors as CPU tensors, and each replica answers with a :class:`~lift3d.pipeline.providers.Timed` value.
 
 Replica methods (``deployments/``): ``TextToImage.generate(TextToImageRequest) -> Timed[EncodedImage]``,
+``TextToImage.images(ImageCall) -> Timed[list[EncodedSample]]`` (:mod:`lift3d.pipeline.image_generation`),
+``TextToImage.image_for_3d(GenerationParams, seed) -> Timed[EncodedImage]`` (a job's image with prompt controls),
 ``BackgroundRemoval.prepare(PrepareRequest) -> Timed[PreparedInput]``, ``MultiView.encode_condition(rgb) ->
 Timed[ConditionEmbedding]``, ``MultiView.novel_views(NovelViewsRequest) -> Timed[list[NovelView]]``,
 ``MultiView.guidance(SDSRequest) -> Timed[SDSResult]`` (batched across jobs) and ``describe() -> dict`` on each.
@@ -19,6 +21,7 @@ import torch
 
 from lift3d.io.encoded import EncodedImage
 from lift3d.params import GenerationParams
+from lift3d.pipeline.image_generation import uses_prompt_controls
 from lift3d.pipeline.providers import Timed
 from lift3d.pipeline.steps import NovelView, PreparedInput, sds_request
 from lift3d.stages.zero123 import ConditionEmbedding
@@ -98,6 +101,8 @@ class RemoteStages:
         self.handles = {"text_to_image": text_to_image, "background": background, "zero123": multiview}
 
     def text_to_image(self, params: GenerationParams, seed: int) -> Timed[EncodedImage]:
+        if uses_prompt_controls(params):
+            return self.handles["text_to_image"].image_for_3d.remote(params, seed).result()
         request = TextToImageRequest(params.prompt, params.negative_prompt, params.guidance_scale,
                                      params.num_inference_steps, seed)
         return self.handles["text_to_image"].generate.remote(request).result()
