@@ -54,7 +54,8 @@ def build_app(args: ServiceConfig) -> Application:
         return deployment.options(**config.deployment_options.get(deployment.name, {}))
 
     # 1. model deployments
-    text_to_image = configured(TextToImageDeployment).bind(preset.text_to_image, config.device, config.torch_threads)
+    text_to_image = configured(TextToImageDeployment).bind(preset.text_to_image, config.device, config.torch_threads,
+                                                          preset)
     background = configured(BackgroundRemovalDeployment).bind(preset.background)
     multiview = configured(MultiViewDeployment).bind(preset.zero123, config.device, config.sds_max_batch_size,
                                                      config.sds_batch_wait_timeout_s, config.torch_threads)
@@ -62,8 +63,9 @@ def build_app(args: ServiceConfig) -> Application:
     trainer = configured(NerfTrainerDeployment).bind(text_to_image, background, multiview, config.trainer_settings())
     # 3. the queue's consumer, which hands jobs to the trainer
     consumer = configured(make_job_consumer(config.queue)).bind(trainer, config.consumer_settings())
-    # 4. the HTTP ingress; it enqueues jobs and holds the consumer handle only so the graph deploys it
-    return configured(IngressDeployment).bind(config, consumer)
+    # 4. the HTTP ingress; it enqueues jobs (the consumer handle is held only so the graph deploys it) and answers
+    #    the synchronous image endpoints on the SDXL pool
+    return configured(IngressDeployment).bind(config, consumer, text_to_image)
 
 
 app = build_app(ServiceConfig.from_env())

@@ -23,7 +23,7 @@ from deployments.queue import JobQueue
 from lift3d.errors import Lift3DError
 from lift3d.service.auth import Principal
 from lift3d.service.config import ServiceConfig
-from lift3d.service.server import build_api, build_service
+from lift3d.service.server import build_api, build_images, build_service
 from lift3d.service.state import open_state
 from lift3d.service.schemas import ErrorBody, GenerationAccepted, GenerationRequest, GenerationResult, GenerationStatus
 from lift3d.service.logs import install_job_log_filter
@@ -39,19 +39,23 @@ __all__ = ["IngressDeployment"]
 )
 @serve.ingress()
 class IngressDeployment:
-    """HTTP and handle front door. ``consumer`` is bound only so that the queue's consumer deploys with the app."""
+    """HTTP and handle front door. ``consumer`` is bound only so that the queue's consumer deploys with the app;
+    ``text_to_image`` (the SDXL deployment) answers the synchronous image endpoints."""
 
-    def __init__(self, config: ServiceConfig, consumer: DeploymentHandle) -> None:
+    def __init__(self, config: ServiceConfig, consumer: DeploymentHandle,
+                 text_to_image: DeploymentHandle | None = None) -> None:
         install_job_log_filter()
         self.consumer = consumer
         self.config = config
         self.metrics = RayMetrics()
         self.state = open_state(config, metrics=self.metrics)  # counts jobs ended here (cancels, failed enqueues)
         self.service = build_service(config, self.state, JobQueue(config.queue).enqueue)
+        self.images = None if text_to_image is None else build_images(
+            config, self.state, lambda call: text_to_image.images.remote(call).result().value)
         self.app_name = serve.get_replica_context().app_name
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return build_api(self.config, self.state, self.service, self.metrics, self.health)
+        return build_api(self.config, self.state, self.service, self.metrics, self.health, self.images)
 
     async def health(self) -> tuple[bool, dict[str, str]]:
         """Whether every deployment of this application is HEALTHY, and each one's status."""

@@ -208,6 +208,11 @@ def check_job_admission(session: Session, owner_id: str | None, *, max_concurren
         raise OverloadedError(f"the queue is full ({max_queue_depth} jobs waiting); retry later", retry_after_s)
 
 
+SYNCHRONOUS_PREFIXES = ("/v1/generation/text-to-image",)
+"""POSTs under ``/v1/generation/`` that answer at once and create no job: the job limits do not apply to them
+(the rate limit does)."""
+
+
 class JobAdmissionMiddleware:
     """ASGI middleware: :func:`check_job_admission` for every POST whose path starts with ``prefix``.
 
@@ -218,12 +223,13 @@ class JobAdmissionMiddleware:
         max_queue_depth: queued jobs in all (≥ 0; 0: no limit).
         retry_after_s: ``Retry-After`` of a refusal.
         prefix: paths of job-creating POSTs.
+        exclude: paths under ``prefix`` that create no job (the synchronous image endpoints).
     """
 
     def __init__(self, app: ASGIApp, database: Database, default_max_concurrent_jobs: int = 4,
                  max_queue_depth: int = 100, retry_after_s: int = BUSY_RETRY_AFTER_S,
-                 prefix: str = "/v1/generation/") -> None:
-        self.app, self.database, self.prefix = app, database, prefix
+                 prefix: str = "/v1/generation/", exclude: tuple[str, ...] = SYNCHRONOUS_PREFIXES) -> None:
+        self.app, self.database, self.prefix, self.exclude = app, database, prefix, exclude
         self.default_max_concurrent_jobs, self.max_queue_depth = default_max_concurrent_jobs, max_queue_depth
         self.retry_after_s = retry_after_s
 
@@ -233,7 +239,8 @@ class JobAdmissionMiddleware:
                                 max_queue_depth=self.max_queue_depth, retry_after_s=self.retry_after_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith(self.prefix):
+        if (scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith(self.prefix)
+                and not scope["path"].startswith(self.exclude)):
             key_id, _, own_limit = principal_limits(scope)
             limit = self.default_max_concurrent_jobs if own_limit is None else own_limit
             try:

@@ -11,6 +11,8 @@ response. Nothing long runs inside a request, so a client disconnect cancels not
   views, or with ``Accept: application/json`` a :class:`~lift3d.service.schemas.GenerationResult`.
 - ``GET /v1/generation/{id}/artifacts/{name}`` → one artifact of a succeeded generation (``name`` as listed in the
   result's ``artifacts``, e.g. ``views/000_az000_el0.png``), with its media type.
+- ``POST /v1/generation/text-to-image`` (``/regions``, ``/pose``) → ``200`` with the image(s), synchronously
+  (:mod:`lift3d.service.image_routes`).
 - ``DELETE /v1/generation/{id}`` → cancel (409 once finished). ``GET /healthz`` → 200 when every deployment is
   healthy, else 503.
 
@@ -47,6 +49,8 @@ from lift3d.service.db import Database
 from lift3d.service.events_routes import add_service_event_routes, apply_prefer_wait
 from lift3d.service.generation import GenerationService, _visible_to
 from lift3d.service.idempotency import OPENAPI_PARAMETER as IDEMPOTENCY_KEY_PARAMETER
+from lift3d.service.image_routes import add_image_routes
+from lift3d.service.images import ImageService
 from lift3d.service.keys import ApiKeyStore
 from lift3d.service.http import (body_doc, error_response, parse_generation, parse_views, unexpected_error_response,
                                  views_body_doc, wants_json)
@@ -68,12 +72,13 @@ class RequestMetrics(Protocol):
 def create_api(service: GenerationService, metrics: RequestMetrics,
                health: Callable[[], Any] | None = None, limits: ImageLimits = ImageLimits(), *,
                keys: ApiKeyStore | None = None, database: Database | None = None,
-               config: ServiceConfig | None = None) -> FastAPI:
+               config: ServiceConfig | None = None, images: ImageService | None = None) -> FastAPI:
     """The FastAPI app over ``service``. ``health`` (async) returns ``(ok, details)``. With ``keys`` every ``/v1/``
     route needs an API key and ``/v1/user/balance|account`` exist; without, every caller is the local principal
     (``auth: false``, an explicitly local setup). With ``database`` and ``config``: rate limits, job admission and
     ``Idempotency-Key`` (:func:`lift3d.service.admission.install_admission`); ``config`` also sets the event-stream
-    poll interval. :func:`lift3d.service.server.build_api` passes all of them."""
+    poll interval. ``images``: the synchronous image endpoints (:mod:`lift3d.service.image_routes`; without, they
+    answer 503). :func:`lift3d.service.server.build_api` passes all of them."""
     config = config or ServiceConfig()
     api = FastAPI(title="lift3d", version="1.0",
                   description="Image or prompt → novel views → NeRF with SDS → GLB. Submit, poll, download.")
@@ -230,6 +235,8 @@ def create_api(service: GenerationService, metrics: RequestMetrics,
         return error_response("service_unavailable", [f"{name}: {status}" for name, status in details.items()
                                               if status != "HEALTHY"] or ["not ready"])
 
+    # POST /v1/generation/text-to-image[/regions|/pose] (synchronous)
+    add_image_routes(api, images, limits)
     # GET /v1/generation/{id}/events (server-sent events)
     add_service_event_routes(api, service, poll_interval_s=config.events_poll_interval_s)
     if keys is not None:
@@ -259,7 +266,7 @@ def _without_default_422(api: FastAPI, schema: dict) -> dict:
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 _ARTIFACT_MEDIA_TYPES = ("model/gltf-binary", "image/png", "image/jpeg", "image/webp", "application/json",
-                         "application/zip", "application/octet-stream")
+                         "application/zip", "video/mp4", "application/octet-stream")
 _HEALTHY = {"type": "object", "required": ["status"], "properties": {
     "status": {"type": "string", "enum": ["ok"]},
     "deployments": {"type": "object", "additionalProperties": {"type": "string"},

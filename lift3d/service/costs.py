@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 
 __all__ = ["GPU_PRICES_USD_PER_HOUR", "STAGES", "CostModel", "price_per_gpu_hour"]
 
-STAGES = ("text_to_image", "background_removal", "novel_views", "sds_guidance", "sds_training", "mesh_export")
+STAGES = ("text_to_image", "background_removal", "novel_views", "sds_guidance", "sds_training", "mesh_export",
+          "turntable")
 """Stages whose busy time is metered. ``sds_guidance`` is the Zero123 share of the SDS loop (MultiView),
-``sds_training`` the NeRF's own share (NerfTrainer)."""
+``sds_training`` the NeRF's own share (NerfTrainer); ``turntable`` the video (NerfTrainer)."""
 
 # AWS EC2 on-demand price per GPU-hour: the hourly Linux price in us-east-1 of the smallest instance carrying
 # that GPU, divided by its GPU count. Source: https://aws.amazon.com/ec2/pricing/on-demand/ (prices as listed

@@ -14,6 +14,10 @@ The life of a job's credits (all inside the job store's transactions, so they co
    difference only, and the next submit is refused until credits are added).
 3. :func:`refund` when it fails or is canceled: all of the reservation goes back.
 
+Synchronous image requests (``/v1/generation/text-to-image``…) have no job: :func:`charge` takes their estimate
+with the same guarded statement before the model runs, and :func:`return_charge` gives it back when the request
+fails. The estimate is the price (images are cheap and their cost is nearly fixed per step and pixel).
+
 Settle and refund are each guarded by ``UPDATE jobs SET charged_mc = :x WHERE id = :j AND charged_mc IS NULL``, so
 of two replicas finishing the same job only one moves money. Every movement writes a ledger row
 (:class:`~lift3d.service.db.models.CreditEntry`) with the balance after it.
@@ -50,8 +54,11 @@ __all__ = [
     "estimate_credits",
     "estimate_gpu_seconds",
     "grant",
+    "IMAGE_KINDS",
+    "charge",
     "refund",
     "reserve",
+    "return_charge",
     "settle",
     "to_credits",
     "to_mc",
@@ -129,6 +136,8 @@ GPU_SECONDS: dict[str, dict[str, StageCost]] = {
         "mesh_export": StageCost(fixed=10.0, per_unit=5.0),  # + per megatexel of baked texture (0 without texture)
         "nerf_training": StageCost(fixed=5.0, per_unit=0.015),  # views-to-3d: per photometric step (+ hull)
         "views_mesh_export": StageCost(fixed=10.0, per_unit=5.0),  # views-to-3d: + per megatexel (any mesh_resolution)
+        # turntable video: per frame × (video_size / 512)² — mesh ray casting on the trainer's CPU share; estimate
+        "turntable": StageCost(fixed=0.5, per_unit=0.05),
     },
     # The tiny preset on CPU under serve_config.local.yaml (fractions of one fake GPU: TextToImage 0.25,
     # MultiView 0.25, NerfTrainer 0.5). MEASURED on a 2-core machine with one torch thread (busy seconds from
@@ -144,6 +153,7 @@ GPU_SECONDS: dict[str, dict[str, StageCost]] = {
         "mesh_export": StageCost(fixed=2.75, per_unit=1.85),  # 9.5 s at 1024² texels, bake ≈ 3.7 s/megatexel
         "nerf_training": StageCost(fixed=1.85, per_unit=0.0275),  # 9.1 s at 100 steps, 25.5 s at 400
         "views_mesh_export": StageCost(fixed=13.5, per_unit=1.85),  # 31 s at mesh_resolution 128, 1024² texels
+        "turntable": StageCost(fixed=0.0, per_unit=0.02),  # per frame at 512² (mesh ray casting) × 0.5
     },
 }
 """Expected GPU-seconds per stage and preset (see :class:`StageCost`); the source of each table is in its comment."""
@@ -154,6 +164,27 @@ module may not import the torch-backed presets; a test checks that they agree)."
 
 SAFETY_MARGIN = 1.25
 """The estimate is the expected cost × this: most jobs settle below their reservation and get the rest back."""
+
+
+IMAGE_KINDS = ("text-to-image", "regions", "pose")
+"""Synchronous image requests priced by :func:`estimate_gpu_seconds`."""
+
+_UNET_PASSES = {"text-to-image": 1.0, "pose": 1.5}
+"""UNet-equivalents per step: a ControlNet adds about half a UNet (its encoder copy); regions: one per prompt."""
+
+
+def _image_gpu_seconds(kind: str, params: Any, table: dict[str, StageCost]) -> dict[str, float]:
+    """SDXL GPU-seconds of an image request: the ``text_to_image`` cost per step (at 1024²) × steps × pixels /
+    1024² × samples × UNet passes per step (regions: background + one per region)."""
+    if kind == "regions":
+        steps, samples, passes = params.ddim_steps, 1, 1.0 + len(params.fg_prompt)
+    elif kind == "pose":
+        steps, samples, passes = params.num_inference_steps, params.samples, _UNET_PASSES["pose"]
+    else:
+        steps, samples, passes = params.steps, params.samples, _UNET_PASSES["text-to-image"]
+    pixels = (params.width or 1024) * (params.height or 1024) / 1024**2
+    cost = table["text_to_image"]
+    return {"text_to_image": samples * (cost.fixed + cost.per_unit * steps * passes) * pixels}
 
 
 def estimate_gpu_seconds(kind: str, params: Any, preset_name: str) -> dict[str, float]:
@@ -173,6 +204,8 @@ def estimate_gpu_seconds(kind: str, params: Any, preset_name: str) -> dict[str, 
     if preset_name not in GPU_SECONDS:
         raise ValueError(f"no GPU-second table for preset {preset_name!r}; known: {', '.join(GPU_SECONDS)}")
     table = GPU_SECONDS[preset_name]
+    if kind in IMAGE_KINDS:
+        return _image_gpu_seconds(kind, params, table)
     megatexels = (params.texture_size ** 2) / 1e6 if getattr(params, "texture", True) else 0.0
     if kind == "views-to-3d":
         return {"nerf_training": table["nerf_training"].gpu_seconds(params.steps),
@@ -181,7 +214,12 @@ def estimate_gpu_seconds(kind: str, params: Any, preset_name: str) -> dict[str, 
         raise ValueError(f"unknown generation kind {kind!r}")
     stages: dict[str, float] = {}
     if params.prompt is not None:  # text-to-3d, or multiview from a prompt: SDXL first
-        stages["text_to_image"] = table["text_to_image"].gpu_seconds(params.num_inference_steps)
+        passes = 1.0  # UNet passes per step: regions add one per region, a pose ControlNet about half a UNet
+        if getattr(params, "regions", None) is not None:
+            passes += len(params.regions.fg_prompt)
+        elif getattr(params, "pose_image", None) is not None:
+            passes = _UNET_PASSES["pose"]
+        stages["text_to_image"] = table["text_to_image"].gpu_seconds(params.num_inference_steps * passes)
     stages["background_removal"] = table["background_removal"].gpu_seconds()
     stages["novel_views"] = table["novel_views"].gpu_seconds(params.num_views * params.num_multiview_steps)
     if kind != "multiview" and params.return_3d:
@@ -189,6 +227,9 @@ def estimate_gpu_seconds(kind: str, params: Any, preset_name: str) -> dict[str, 
         stages["sds_guidance"] = table["sds_guidance"].gpu_seconds(steps)
         stages["sds_training"] = table["sds_training"].gpu_seconds(steps)
         stages["mesh_export"] = table["mesh_export"].gpu_seconds(megatexels)
+        if getattr(params, "video", False):
+            frames = params.video_frames * (params.video_size / 512) ** 2
+            stages["turntable"] = table["turntable"].gpu_seconds(frames)
     return stages
 
 
@@ -276,7 +317,22 @@ def grant(session: Session, key_id: str, amount_mc: int, now: float) -> int | No
     return balance
 
 
-def reserve(session: Session, key_id: str, job_id: str, amount_mc: int, now: float) -> None:
+def charge(session: Session, key_id: str, request_id: str, amount_mc: int, now: float) -> None:
+    """Take ``amount_mc`` for a synchronous request ``request_id`` (a ``charge`` ledger row), guarded as
+    :func:`reserve`. Raises as :func:`reserve`."""
+    reserve(session, key_id, request_id, amount_mc, now, kind="charge")
+
+
+def return_charge(session: Session, key_id: str, request_id: str, amount_mc: int, now: float) -> int:
+    """Give back a :func:`charge` whose request failed (a ``refund`` ledger row); the caller calls it at most once
+    per charge (the request's own handler). Returns the balance after, mc."""
+    session.execute(update(ApiKey).where(ApiKey.id == key_id).values(balance_mc=ApiKey.balance_mc + amount_mc))
+    balance = _balance_mc(session, key_id)
+    _entry(session, key_id, request_id, "refund", amount_mc, balance, now)
+    return balance
+
+
+def reserve(session: Session, key_id: str, job_id: str, amount_mc: int, now: float, kind: str = "reserve") -> None:
     """Hold ``amount_mc`` of the key's balance for job ``job_id`` (a ``reserve`` ledger row, amount −amount_mc).
 
     One guarded statement takes the credits only when the balance covers them, so of concurrent submits racing
@@ -302,7 +358,7 @@ def reserve(session: Session, key_id: str, job_id: str, amount_mc: int, now: flo
     if done != 1:
         raise InsufficientCredits(f"this request costs {to_credits(amount_mc):.3f} credits and the balance is "
                                   f"{to_credits(balance):.3f} credits; add credits and retry")
-    _entry(session, key_id, job_id, "reserve", -amount_mc, balance, now)
+    _entry(session, key_id, job_id, kind, -amount_mc, balance, now)
 
 
 def _charge(session: Session, job_id: str, charged_mc: int | None, kind: str, now: float) -> Settlement | None:

@@ -43,7 +43,8 @@ __all__ = ["GenerationService", "QueueUnavailable", "WebhookPolicy"]
 
 _CONTENT_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 _ARTIFACT_TYPES = {"glb": "model/gltf-binary", "png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg",
-                   "webp": "image/webp", "json": "application/json", "zip": "application/zip"}
+                   "webp": "image/webp", "json": "application/json", "zip": "application/zip",
+                   "mp4": "video/mp4"}
 """Media type of an artifact by its name's extension (application/octet-stream otherwise)."""
 
 

@@ -256,6 +256,20 @@ class ApiKeyStore:
         logger.info("revoked API key %s (%s)", info.id, info.prefix)
         return info
 
+    def charge(self, key_id: str, request_id: str, amount_mc: int) -> None:
+        """Take the price of synchronous request ``request_id`` (:func:`lift3d.service.credits.charge`).
+
+        Raises:
+            InsufficientCredits: the balance is below ``amount_mc`` (nothing taken).
+        """
+        with self.database.transaction() as session:
+            ledger.charge(session, key_id, request_id, amount_mc, self.clock())
+
+    def return_charge(self, key_id: str, request_id: str, amount_mc: int) -> None:
+        """Give a failed synchronous request's charge back (:func:`lift3d.service.credits.return_charge`)."""
+        with self.database.transaction() as session:
+            ledger.return_charge(session, key_id, request_id, amount_mc, self.clock())
+
     def add_credits(self, key_id: str, credits: float) -> KeyInfo:
         """Add ``credits`` (> 0) to the key's balance, with a ``grant`` ledger row.
 

@@ -161,7 +161,7 @@ class GenerationStatus(BaseModel):
     id: str
     status: Literal["queued", "running"]
     stage: str | None = Field(None, description="text_to_image, background_removal, novel_views, sds_training, "
-                              "mesh_export, or queued/starting/retrying.")
+                              "mesh_export, turntable, or queued/starting/retrying.")
     progress: Progress | None = None
     eta_s: float | None = Field(None, description="Estimated seconds to completion, when known.")
 

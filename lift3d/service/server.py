@@ -14,15 +14,17 @@ from typing import Any, Callable
 
 from fastapi import FastAPI
 
+from lift3d.io.image_calls import EncodedSample, ImageCall
 from lift3d.io.images import ImageLimits
 from lift3d.service.app import RequestMetrics, create_api
 from lift3d.service.config import ServiceConfig
 from lift3d.service.costs import price_per_gpu_hour
 from lift3d.service.credits import estimate_credits
 from lift3d.service.generation import GenerationService, WebhookPolicy
+from lift3d.service.images import ImageService
 from lift3d.service.state import ServiceState
 
-__all__ = ["build_api", "build_service", "pricing"]
+__all__ = ["build_api", "build_images", "build_service", "pricing"]
 
 
 def pricing(config: ServiceConfig) -> Callable[[str, Any], float]:
@@ -50,9 +52,17 @@ def build_service(config: ServiceConfig, state: ServiceState, enqueue: Callable[
     )
 
 
+def build_images(config: ServiceConfig, state: ServiceState, generate: Callable[[ImageCall], list[EncodedSample]]
+                 ) -> ImageService:
+    """The image endpoints' service over ``generate`` (the SDXL deployment, or models in process); requests are
+    charged only when API keys are on."""
+    return ImageService(generate, keys=state.keys, price=pricing(config) if state.keys is not None else None,
+                        limits=ImageLimits(max_bytes=config.max_upload_bytes))
+
+
 def build_api(config: ServiceConfig, state: ServiceState, service: GenerationService, metrics: RequestMetrics,
-              health: Callable[[], Any] | None = None) -> FastAPI:
+              health: Callable[[], Any] | None = None, images: ImageService | None = None) -> FastAPI:
     """The FastAPI app: routes, event streams, account routes, then admission (rate limit, idempotency, job
     limits) and authentication as middleware (authentication outermost)."""
     return create_api(service, metrics, health, service.limits, keys=state.keys, database=state.database,
-                      config=config)
+                      config=config, images=images)
