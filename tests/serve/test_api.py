@@ -51,7 +51,11 @@ def jobs(serve_graph):
                           data={k: str(v) for k, v in FAST.items()}, timeout=30)
     assert response.status_code == 202, response.text
     ids["image"] = response.json()["id"]
-    response = HTTP.post(f"{url}/v1/generation/text-to-3d", json={"prompt": "a wooden toy robot", **FAST}, timeout=30)
+    # prompt controls (the SDXL replica's image_for_3d) and a turntable video through the graph
+    response = HTTP.post(f"{url}/v1/generation/text-to-3d", json={
+        "text_prompts": [{"text": "a wooden toy robot", "weight": 1}, {"text": "blurry", "weight": -1}],
+        "sampler": "euler_a", "video": True, "video_frames": 8, "video_size": 64, "camera_path": "spiral", **FAST},
+        timeout=30)
     assert response.status_code == 202, response.text
     ids["text"] = response.json()["id"]
     image = base64.b64encode(DRAGON.read_bytes()).decode()
@@ -105,6 +109,42 @@ def test_text_to_3d_end_to_end(serve_graph, jobs):
     body = done.json()
     assert "text_to_image" in body["timings_s"] and body["content_type"] == "model/gltf-binary"
     assert base64.b64decode(body["content"])[:4] == b"glTF"
+    video = HTTP.get(f"{serve_graph.url}/v1/generation/{jobs['text']}/artifacts/turntable.mp4", timeout=30)
+    assert video.status_code == 200 and video.headers["content-type"] == "video/mp4"
+    from lift3d.io.video import read_mp4_info
+
+    assert read_mp4_info(video.content)[:3] == (8, 64, 64)
+    metadata = HTTP.get(f"{serve_graph.url}/v1/generation/{jobs['text']}/artifacts/metadata.json", timeout=30).json()
+    assert metadata["params"]["sampler"] == "euler_a" and metadata["video"]["frames"] == 8
+    assert body["gpu_seconds"].keys() >= {"text_to_image", "turntable"}
+
+
+@pytest.mark.slow
+def test_image_endpoints_through_the_sdxl_replica(serve_graph):
+    url = serve_graph.url
+    body = {"text_prompts": [{"text": "a wooden toy robot"}], "steps": 2, "seed": 5, "samples": 2, "height": 64,
+            "width": 64, "sampler": "dpmpp_2m"}
+    first = HTTP.post(f"{url}/v1/generation/text-to-image", json=body, timeout=120)
+    assert first.status_code == 200, first.text
+    assert [a["seed"] for a in first.json()["artifacts"]] == [5, 6]
+    again = HTTP.post(f"{url}/v1/generation/text-to-image", json={**body, "seed": 6, "samples": 1},
+                      headers={"Accept": "image/png"}, timeout=120)
+    assert again.content == base64.b64decode(first.json()["artifacts"][1]["base64"])  # same seed, same bytes
+    mask = io.BytesIO()
+    from PIL import Image
+
+    Image.new("L", (64, 64), 255).save(mask, format="PNG")
+    regions = HTTP.post(f"{url}/v1/generation/text-to-image/regions", headers={"Accept": "image/png"}, timeout=120,
+                        json={"bg_prompt": "a table", "fg_prompt": ["a cup"], "width": "64", "height": "64",
+                              "masks": [base64.b64encode(mask.getvalue()).decode()], "ddim_steps": "2",
+                              "bootstrapping": "1", "seed": "3"})
+    assert regions.status_code == 200 and Image.open(io.BytesIO(regions.content)).size == (64, 64)
+    pose = HTTP.post(f"{url}/v1/generation/text-to-image/pose", timeout=120, json={
+        "prompt": "a knight", "image": base64.b64encode(DRAGON.read_bytes()).decode(), "num_inference_steps": 2,
+        "width": 64, "height": 64, "seed": 1})
+    assert pose.status_code == 200 and pose.headers["content-type"] == "image/jpeg"
+    bad = HTTP.post(f"{url}/v1/generation/text-to-image", json={**body, "height": 100}, timeout=30)
+    assert bad.status_code == 422 and bad.json()["name"] == "invalid_parameters"
 
 
 @pytest.mark.slow
