@@ -41,12 +41,15 @@ FROM nvidia/cuda:${CUDA_TAG}-base-ubuntu24.04 AS base
 
 # Versions are pinned to the upstream release Ubuntu 24.04 ships (the glob takes its latest security update):
 # python3.12 is the distribution's Python; libpq5 is the client library the pure-Python psycopg loads for
-# PostgreSQL (postgresql+psycopg://); wget serves KubeRay's probes. ca-certificates comes with nvidia/cuda.
+# PostgreSQL (postgresql+psycopg://); wget serves KubeRay's probes; libgl1 and libglib2.0 are what
+# opencv-python (pulled in by rtmlib, the pose detector) loads at import. ca-certificates comes with nvidia/cuda.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
         'python3.12=3.12.3-*' \
         'libpq5=16.*' \
         'wget=1.21.4-*' \
+        'libgl1=1.7.0-*' \
+        'libglib2.0-0t64=2.80.*' \
     && rm -rf /var/lib/apt/lists/*
 
 # The user Ray's own images use: `ray`, UID 1000, group `users` (GID 100), HOME=/home/ray. Ubuntu's images ship a
