@@ -16,7 +16,7 @@ from lift3d.io.image_calls import EncodedSample, PoseCall, RegionsCall, TextToIm
 from lift3d.service.config import ServiceConfig
 from lift3d.service.credits import estimate_credits
 from lift3d.service.metrics import ServiceMetrics
-from lift3d.service.server import build_api, build_images, build_service, pricing
+from lift3d.service.server import build_api, build_images, build_service
 from lift3d.service.state import open_state
 
 

@@ -18,15 +18,6 @@ from lift3d.stages.text_to_image import TextToImage
 ROBOT = {"text": "a wooden toy robot", "weight": 1.0}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run ~100× faster on one thread than on two contended ones (a shared 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def t2i(one_thread) -> TextToImage:
     return TextToImage.tiny(seed=0)

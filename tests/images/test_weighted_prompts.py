@@ -13,15 +13,6 @@ ROBOT = "a wooden toy robot"
 CAT = "a white cat statue"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run ~100× faster on one thread than on two contended ones (a shared 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def pipe(one_thread):
     return TextToImage.tiny(seed=0).pipe
