@@ -87,7 +87,7 @@ def _look_at_center(cameras: CameraBatch, center: Sequence[float] | np.ndarray |
     """``cameras.c2w`` translated by ``center`` (3,), so the cameras look at it instead of the origin."""
     c2w = cameras.c2w.clone()
     if center is not None:
-        c2w[:, :3, 3] += torch.as_tensor(np.asarray(center, dtype=np.float64), dtype=c2w.dtype)
+        c2w[:, :3, 3] += torch.as_tensor(np.asarray(center, dtype=np.float64), dtype=c2w.dtype, device=c2w.device)
     return c2w
 
 
