@@ -4,6 +4,7 @@ image. The stages' own tests (test_text_to_image_stage, test_regions, test_pose)
 
 import base64
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,8 @@ from lift3d.service.metrics import ServiceMetrics
 from lift3d.service.server import build_api, build_images, build_service
 from lift3d.service.state import open_state
 from lift3d.stages.text_to_image import TextToImage
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +107,7 @@ def test_regions_endpoint(client):
 
 
 def test_pose_endpoint(client):
-    photo = Image.open("../shared/data/images/anya_front_rgba.png").convert("RGB").resize((64, 96))
+    photo = Image.open(EXAMPLES / "anya_front_rgba.png").convert("RGB").resize((64, 96))
     buffer = io.BytesIO()
     photo.save(buffer, format="PNG")
     body = {"prompt": "a knight", "image": base64.b64encode(buffer.getvalue()).decode(), "num_inference_steps": 2,

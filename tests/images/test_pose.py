@@ -23,7 +23,7 @@ from lift3d.stages.pose import BODY_MODES, POSE_HOME_ENV, PoseDetector, PoseResu
 from lift3d.stages.pose_to_image import PoseToImage
 from lift3d.stages.text_to_image import TextToImage
 
-PHOTO = Path("/work/shared/data/images/anya_front_rgba.png")  # a figurine of a person, arms raised (threestudio)
+PHOTO = Path(__file__).resolve().parents[2] / "examples" / "anya_front_rgba.png"  # a figurine of a person, arms raised (threestudio)
 
 
 @pytest.fixture(scope="module")
