@@ -222,6 +222,8 @@ def _fix_image_body(body: dict, media_type: str | None) -> None:
             body[field] = _real_bytes(body[field], RGBA_PNG, media_type)
     if "mask_image" in body and "init_image" not in body:
         body["init_image"] = _real_bytes(body["mask_image"], RGBA_PNG, media_type)
+    if isinstance(body.get("regions"), dict):  # a 3D job's regions: the same rules inside
+        _fix_image_body(body["regions"], media_type)
     if isinstance(body.get("masks"), list):
         body["masks"] = [_real_bytes(m, PNG, media_type) for m in body["masks"]]
         count = len(body["fg_prompt"]) if isinstance(body.get("fg_prompt"), list) and body["fg_prompt"] else None

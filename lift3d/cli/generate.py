@@ -100,6 +100,9 @@ def generate(
             "return_3d": not views_only, "seed": seed, "texture": texture, "texture_size": texture_size,
             "target_faces": target_faces, "sampler": sampler, "scheduler": scheduler,
             "text_prompts": text_prompts(text_prompt, []) or None,
+            # a prompt job is named by its prompt: weighted prompts alone take their first positive text
+            **({"prompt": next((t.rpartition("::")[0] or t for t in text_prompt), None)}
+               if text_prompt and prompt is None else {}),
             "regions": None if regions is None else read_regions(regions),
             "pose_image": None if pose_image is None else file_base64(pose_image, "--pose-image"),
             "video": video, "camera_path": parse_camera_path(camera_path), "video_frames": video_frames,

@@ -246,22 +246,12 @@ class RegionPrompts(BaseModel):
 class PromptControls(_Sampling):
     """Extra controls of a text-to-3D job's SDXL image (besides ``prompt``/``negative_prompt``/guidance/steps)."""
 
-    text_prompts: list[TextPrompt] | None = Field(None, max_length=10, description="Weighted prompts (Stability "
-                                                  "style); when given they replace `prompt` and `negative_prompt`.")
+    text_prompts: list[TextPrompt] | None = Field(None, max_length=10, json_schema_extra=_ONE_POSITIVE,
+                                                  description="Weighted prompts (Stability style), at least one "
+                                                  "positive; when given they replace `prompt` and `negative_prompt`.")
     regions: RegionPrompts | None = Field(None, description="MultiDiffusion regions; `prompt` is the background.")
     pose_image: str | None = Field(None, max_length=_MAX_BASE64, description="Base64 photo whose detected pose "
                                    "conditions the image (OpenPose ControlNet).")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _prompt_from_text_prompts(cls, values):
-        # A job is a prompt job when it has a prompt: weighted prompts alone name it by their first positive text.
-        if isinstance(values, dict) and values.get("text_prompts") and not values.get("prompt"):
-            positives = [p for p in values["text_prompts"]
-                         if isinstance(p, dict) and float(p.get("weight", 1.0) or 0) > 0 and p.get("text")]
-            if positives and "prompt" in cls.model_fields:
-                values = {**values, "prompt": positives[0]["text"][:1000]}
-        return values
 
     @model_validator(mode="after")
     def _controls_are_usable(self):

@@ -35,6 +35,7 @@ from lift3d.service.schemas import (
     GenerationRequest,
     UnsupportedMediaTypeError,
 )
+from lift3d.service.schema_docs import form_scalars, inline_refs
 from lift3d.service.uploads import ReconstructParams
 
 __all__ = ["BASE64_PATTERN", "FORM_OVERHEAD_BYTES", "MAX_JSON_DEPTH", "PROMPT_PATTERN", "WEBHOOK_URL_PATTERN",
@@ -132,7 +133,8 @@ _RULE_TEXT = {
 def _param_properties(model: type, nullable: bool) -> dict[str, dict]:
     """The model's JSON Schema properties as the API reads them; form fields (``nullable=False``) cannot be null."""
     properties = {}
-    for name, schema in model.model_json_schema()["properties"].items():
+    full = model.model_json_schema()
+    for name, schema in inline_refs(full["properties"], full.get("$defs", {})).items():
         schema = dict(schema)
         if not nullable and "anyOf" in schema:
             (schema_of_value,) = [s for s in schema.pop("anyOf") if s.get("type") != "null"]
@@ -160,9 +162,10 @@ def body_doc(kind: GenerationKind, limits: ImageLimits = ImageLimits()) -> dict:
     about = f"Input image, PNG/JPEG/WebP, at most {_mib(limits.max_bytes)} and {limits.max_side} px a side"
     json_fields = {k: v for k, v in _param_properties(GenerationRequest, nullable=True).items() if k != "kind"}
     json_fields["image"] = {"anyOf": [{"type": "string", "format": "byte", "contentEncoding": "base64",
-                                       "pattern": BASE64_PATTERN}, {"type": "null"}],
+                                       "pattern": BASE64_PATTERN, "minLength": 1}, {"type": "null"}],
                             "description": about + ", base64-encoded (also as a `data:` URL)."}
-    form_fields = {k: v for k, v in _param_properties(GenerationRequest, nullable=False).items() if k != "kind"}
+    form_fields = form_scalars({k: v for k, v in _param_properties(GenerationRequest, nullable=False).items()
+                                if k != "kind"})
     form_fields["image"] = {"type": "string", "format": "binary", "description": about + "."}
     json_rule: dict[str, Any] = {}
     form_rule: dict[str, Any] = {}

@@ -33,6 +33,7 @@ from lift3d.service.auth import principal
 from lift3d.service.http import (BASE64_PATTERN, FORM_OVERHEAD_BYTES, _field_types, _form_values, _json_values,
                                  _not_null, error_response, parse_json_object, read_body, read_form)
 from lift3d.service.images import ImageService
+from lift3d.service.schema_docs import inline_refs
 from lift3d.service.schemas import ErrorBody, UnsupportedMediaTypeError, decode_image
 
 __all__ = ["ImageArtifact", "ImageArtifacts", "PoseImages", "add_image_routes"]
@@ -172,25 +173,13 @@ _ERRORS = {code: {"model": ErrorBody, "description": text} for code, text in {
 _PNG = {"schema": {"type": "string", "format": "binary"}}
 
 
-def _inline(schema: Any, defs: dict[str, Any]) -> Any:
-    """``schema`` with every ``{"$ref": "#/$defs/X"}`` replaced by X's schema (the route documents stand alone)."""
-    if isinstance(schema, dict):
-        ref = schema.get("$ref", "")
-        if ref.startswith("#/$defs/"):
-            return _inline(defs[ref.rsplit("/", 1)[1]], defs)
-        return {k: _inline(v, defs) for k, v in schema.items()}
-    if isinstance(schema, list):
-        return [_inline(v, defs) for v in schema]
-    return schema
-
-
 _BASE64 = {"type": "string", "format": "byte", "pattern": BASE64_PATTERN}
 
 
 def _model_schema(model: type[BaseModel]) -> dict[str, Any]:
     """The model's JSON Schema, refs inlined, base64 image fields with their pattern, without examples."""
     schema = model.model_json_schema()
-    schema = _inline(schema, schema.pop("$defs", {}))
+    schema = inline_refs(schema, schema.pop("$defs", {}))
     schema.pop("examples", None)
     for name, field in schema.get("properties", {}).items():
         if name in ("image", "masks", "pose_image"):

@@ -141,7 +141,7 @@ def test_video_params_defaults_and_the_shared_camera_constants():
     ({"camera_path": [{}, {"elevation_deg": 95}]}, "camera_path.keyframes.1.elevation_deg"),
     ({"camera_path": [{}, {"camera_distance": 0}]}, "camera_distance"),
     ({"camera_path": '[{"azimuth_deg": 0},'}, "keyframes are not valid JSON"),
-    ({"camera_path": [{}] * 9, "video_frames": 8}, "at least the number of keyframes"),
+    ({"camera_path": [{}] * 9, "video_frames": 8}, "camera_path.keyframes: List should have at most 8 items"),
     ({"video_source": "gaussians"}, "video_source"),
 ])
 def test_generation_params_reject_bad_video_fields_with_the_field_named(values, where):

@@ -36,7 +36,8 @@ def test_job_parameters_become_the_image_call():
     assert call.params.positive_prompts() == [("a robot", 1.0)] and call.params.negative_prompts() == [("blurry", 1.0)]
     assert (call.params.cfg_scale, call.params.steps, call.params.height, call.params.sampler) == (6.0, 12, 64, "euler_a")
 
-    weighted = GenerationParams(text_prompts=[{"text": "a robot", "weight": 2}, {"text": "dark", "weight": -0.5}])
+    weighted = GenerationParams(prompt="a robot",
+                                text_prompts=[{"text": "a robot", "weight": 2}, {"text": "dark", "weight": -0.5}])
     assert weighted.prompt == "a robot" and uses_prompt_controls(weighted)
     assert call_for_3d(weighted, seed=1).params.negative_prompts() == [("dark", 0.5)]
 
