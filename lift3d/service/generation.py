@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
 import uuid
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 from urllib.parse import quote
@@ -39,7 +40,7 @@ logger = logging.getLogger(__name__)
 if TYPE_CHECKING:
     from lift3d.service.auth import Principal
 
-__all__ = ["GenerationService", "QueueUnavailable", "WebhookPolicy"]
+__all__ = ["GenerationService", "QueueUnavailable", "WebhookPolicy", "is_progressive_artifact"]
 
 _CONTENT_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 _ARTIFACT_TYPES = {"glb": "model/gltf-binary", "png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg",
@@ -213,7 +214,9 @@ class GenerationService:
 
     def artifact(self, job_id: str, name: str, caller: Principal | None = None) -> tuple[bytes, str] | ErrorBody:
         """``(bytes, media type)`` of the artifact ``name`` of a succeeded job: a name listed in its result's
-        ``artifacts``, relative to the job (``model.glb``, ``views/000_az000_el0.png``).
+        ``artifacts``, relative to the job (``model.glb``, ``views/000_az000_el0.png``); while the job runs, the
+        artifacts already written that show its progress (:func:`is_progressive_artifact`: the prepared input and
+        the novel views).
 
         Returns (never raises for bad input):
             ErrorBody ``generation_not_found`` for an unknown id; ``artifact_not_found`` when the job has not
@@ -224,7 +227,9 @@ class GenerationService:
         except JobNotFound:
             return ErrorBody(id=job_id, name="generation_not_found", errors=[f"no generation with id {job_id!r}"])
         unsafe = name.startswith("/") or "\\" in name or ".." in name.split("/")
-        if record.status != "succeeded" or unsafe or name not in record.outcome.artifacts:
+        listed = (record.status == "succeeded" and name in record.outcome.artifacts) or (
+            record.status in ("queued", "running") and is_progressive_artifact(name))
+        if unsafe or not listed:
             state = "" if record.status == "succeeded" else f" (the generation is {record.status})"
             return ErrorBody(id=job_id, name="artifact_not_found",
                              errors=[f"generation {job_id} has no artifact {name[:200]!r}{state}"])
@@ -259,6 +264,15 @@ class GenerationService:
 
 def _owner_id(caller: Principal | None) -> str | None:
     return caller.key_id if caller is not None else None
+
+
+_PROGRESSIVE = re.compile(r"^(?:input\.png|views/\d{3}_[A-Za-z0-9_.-]{1,64}\.png)$")
+
+
+def is_progressive_artifact(name: str) -> bool:
+    """Whether ``name`` is an artifact a running job may show before it ends: ``input.png`` (background removed,
+    recentred) and the novel views ``views/NNN_….png``."""
+    return bool(_PROGRESSIVE.fullmatch(name))
 
 
 def _visible_to(caller: Principal | None) -> Any:

@@ -130,6 +130,14 @@ class JobStore:
             raise JobNotFound(job_id)
         return JobRecord.model_validate(row.record)
 
+    def recent(self, owner_id: str | None = ANY_OWNER, limit: int = 20) -> list[JobRecord]:
+        """The newest ``limit`` jobs (of one key, or of everybody with ``ANY_OWNER``), newest first."""
+        query = select(Job.record).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+        if owner_id is not ANY_OWNER:
+            query = query.where(Job.owner_id == owner_id)
+        with self.database.read() as session:
+            return [JobRecord.model_validate(row) for row in session.execute(query).scalars()]
+
     def active_ids(self) -> list[str]:
         """Ids of jobs queued or running, oldest first."""
         with self.database.read() as session:

@@ -39,7 +39,11 @@ class LocalStore:
     def list(self, prefix: str) -> list[str]:
         if not self.root.exists():
             return []
-        keys = (p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
+        # walk only the deepest folder the prefix names (a job's folder), not the whole store
+        folder = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
+        if not folder.is_dir():
+            return []
+        keys = (p.relative_to(self.root).as_posix() for p in folder.rglob("*") if p.is_file())
         return sorted(k for k in keys if k.startswith(prefix) and not Path(k).name.startswith("."))
 
     def url(self, key: str, expires_s: int = 3600) -> str:
