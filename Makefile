@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 DEMO_OUT ?= out/dragon
 BATCH_OUT ?= out/batch
 
-.PHONY: install demo test test-fast serve bench bench-gpu clean k8s batch-demo loadtest
+.PHONY: install demo test test-fast serve bench bench-gpu clean k8s batch-demo loadtest playground vendor
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 
 install: $(STAMP) $(NODE_STAMP)
+
+playground: install  ## the API and the web playground in one process (no Ray): http://127.0.0.1:8000/
+	$(VENV)/bin/lift3d playground --port 8000
+
+vendor: $(NODE_STAMP)  ## copy three.js from node_modules into the playground's static files (after changing its pin)
+	$(PY) tools/vendor_three.py
 
 demo: install
 	time $(VENV)/bin/lift3d generate --image examples/dragon2_rgba.png --out $(DEMO_OUT) --seed 0

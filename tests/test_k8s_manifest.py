@@ -108,10 +108,11 @@ def test_ingress_exposes_only_the_api_paths():
     assert ingress["kind"] == "Ingress"
     (rule,) = ingress["spec"]["rules"]
     paths = {(p["path"], p["pathType"]) for p in rule["http"]["paths"]}
-    assert paths == {("/v1/", "Prefix"), ("/healthz", "Exact"), ("/docs", "Exact"), ("/openapi.json", "Exact")}
+    assert paths == {("/v1/", "Prefix"), ("/healthz", "Exact"), ("/docs", "Exact"), ("/openapi.json", "Exact"),
+                     ("/", "Exact"), ("/static/", "Prefix")}  # the playground's page and files
     service = next(yaml.safe_load_all((ROOT / MANIFEST).read_text()))["metadata"]["name"]
     assert {p["backend"]["service"]["name"] for p in rule["http"]["paths"]} == {f"{service}-serve-svc"}
-    for probe in ("/-/routes", "/-/healthz", "/", "/v1"):  # what an Ingress with these rules would not route
+    for probe in ("/-/routes", "/-/healthz", "/v1", "/static"):  # what an Ingress with these rules would not route
         assert not any(probe == path or (kind == "Prefix" and probe.startswith(path)) for path, kind in paths)
 
 

@@ -15,6 +15,7 @@ from lift3d.cli.convert import convert_zero123
 from lift3d.cli.generate import generate
 from lift3d.cli.image import image
 from lift3d.cli.keys import keys_app
+from lift3d.cli.playground import playground
 from lift3d.cli.reconstruct import reconstruct, render_views
 from lift3d.cli.render_video import render_video
 from lift3d.cli.remote import remote_app
@@ -42,6 +43,7 @@ app.command("convert-zero123")(convert_zero123)
 app.command("render-views")(render_views)
 app.command("render-video")(render_video)
 app.command("batch")(batch)
+app.command("playground")(playground)
 app.add_typer(keys_app, name="keys")
 app.add_typer(remote_app, name="remote")
 

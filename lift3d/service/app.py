@@ -49,7 +49,9 @@ from lift3d.service.db import Database
 from lift3d.service.events_routes import add_service_event_routes, apply_prefer_wait
 from lift3d.service.generation import GenerationService, _visible_to
 from lift3d.service.idempotency import OPENAPI_PARAMETER as IDEMPOTENCY_KEY_PARAMETER
+from lift3d.service.history_routes import add_history_routes
 from lift3d.service.image_routes import add_image_routes
+from lift3d.service.playground import add_playground
 from lift3d.service.images import ImageService
 from lift3d.service.keys import ApiKeyStore
 from lift3d.service.http import (body_doc, error_response, parse_generation, parse_views, unexpected_error_response,
@@ -237,6 +239,9 @@ def create_api(service: GenerationService, metrics: RequestMetrics,
 
     # POST /v1/generation/text-to-image[/regions|/pose] (synchronous)
     add_image_routes(api, images, limits)
+    # GET /v1/generations, GET /v1/generation/{id}/artifacts (listings); the playground at /
+    add_history_routes(api, service)
+    add_playground(api)
     # GET /v1/generation/{id}/events (server-sent events)
     add_service_event_routes(api, service, poll_interval_s=config.events_poll_interval_s)
     if keys is not None:

@@ -1,0 +1,101 @@
+"""The whole service in one process, without Ray: the HTTP API and playground (uvicorn) and a worker thread that
+runs queued jobs on models loaded here. For a laptop (``lift3d playground``) and for the browser tests; the Serve
+graph (``graph.py``) is the way to run it for more than one user.
+
+Examples:
+    >>> with LocalServer(ServiceConfig(preset="tiny", auth=False, store_url="/tmp/lift3d-store")) as server:
+    ...     httpx.get(server.url + "/healthz").json()
+    {'status': 'ok'}
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import threading
+import time
+from typing import Any
+
+import uvicorn
+
+from lift3d.pipeline.image_generation import ImageModels
+from lift3d.pipeline.providers import InProcessStages
+from lift3d.presets import ModelPreset, get_preset
+from lift3d.service.config import ServiceConfig
+from lift3d.service.costs import CostModel
+from lift3d.service.delivery import consume_job
+from lift3d.service.metrics import ServiceMetrics
+from lift3d.service.server import build_api, build_images, build_service
+from lift3d.service.state import open_state
+from lift3d.service.worker import JobRunner
+
+__all__ = ["LocalServer"]
+
+logger = logging.getLogger(__name__)
+
+
+class LocalServer:
+    """API + playground + one worker thread, in this process (a context manager).
+
+    Args:
+        config: the service configuration (preset, store, database, auth, limits).
+        host: interface to listen on (loopback by default).
+        port: TCP port; 0 picks a free one (see :attr:`url`).
+        preset: the models (default: ``config.preset``).
+    """
+
+    def __init__(self, config: ServiceConfig, host: str = "127.0.0.1", port: int = 0,
+                 preset: ModelPreset | None = None) -> None:
+        self.config, self.host = config, host
+        self.port = port or _free_port(host)
+        self.preset = preset or get_preset(config.preset)
+        self.state = open_state(config)
+        self.queue: queue.Queue[str | None] = queue.Queue()
+        self.stages = InProcessStages(self.preset)
+        self.runner = JobRunner(self.state.jobs, self.stages, self.preset, CostModel.for_gpu(
+            config.gpu_type, {}, config.price_per_gpu_hour), heartbeat_s=config.heartbeat_s, worker="local")
+        service = build_service(config, self.state, self.queue.put)
+        images = build_images(config, self.state, lambda call: self._images()(call))
+        self.app = build_api(config, self.state, service, ServiceMetrics(), images=images)
+        self._server = uvicorn.Server(uvicorn.Config(self.app, host=host, port=self.port, log_level="warning"))
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def _images(self) -> ImageModels:
+        return self.stages.models.images()
+
+    def _work(self) -> None:
+        while (job_id := self.queue.get()) is not None:
+            try:
+                consume_job(job_id, self.state.jobs, self.runner.attempt, "local")
+            except Exception:  # noqa: BLE001 - one job's failure must not stop the worker
+                logger.exception("job %s: the local worker failed", job_id)
+
+    def __enter__(self) -> LocalServer:
+        self._threads = [threading.Thread(target=self._server.run, name="lift3d-http", daemon=True),
+                         threading.Thread(target=self._work, name="lift3d-worker", daemon=True)]
+        for thread in self._threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._threads[0].is_alive():
+                raise RuntimeError(f"the local server did not start on {self.url}")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._server.should_exit = True
+        self.queue.put(None)
+        for thread in self._threads:
+            thread.join(timeout=30)
+        self.state.close()
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
