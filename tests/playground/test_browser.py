@@ -136,14 +136,18 @@ def test_upload_watch_view_download(page, server, tmp_path):
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_cancel_a_running_job(page):
+def test_cancel_a_running_job(page, server):
     page.get_by_test_id("prompt-input").fill("a wooden toy robot")
+    page.get_by_label("Negative prompt").fill("blurry")
     set_parameters(page, {**TINY, "num_3d_max_steps": "400", "texture": "false"})
     page.get_by_test_id("submit").click()
     expect(page.get_by_test_id("progress")).to_contain_text("sds_training", timeout=120_000)
     page.get_by_test_id("cancel").click()
     expect(page.get_by_test_id("progress")).to_have_text("canceled", timeout=60_000)
     assert page.get_by_test_id("cancel").is_disabled() and page.get_by_test_id("viewer").get_attribute("data-loaded") == "false"
+    job_id = page.locator("#log li").first.text_content().split("accepted ")[1]
+    record = server.state.jobs.get(job_id)
+    assert record.status == "canceled" and record.params.negative_prompt == "blurry"
 
 
 def test_a_bad_file_shows_the_api_error_next_to_the_field(page, tmp_path):

@@ -94,6 +94,7 @@ function buildParameters() {
     (BASIC.includes(name) ? basic : advanced).append(...control(name, schema));
   }
   $('#prompt-input').disabled = mode === 'posed';
+  $('#negative-prompt').disabled = mode === 'posed';
 }
 
 function formBody(mode) {
@@ -106,6 +107,8 @@ function formBody(mode) {
     form.append('image', file);
   } else if (prompt) {
     form.append('prompt', prompt);
+    const negative = $('#negative-prompt').value.trim();
+    if (negative) form.append('negative_prompt', negative);
   }
   if (mode === 'views') form.append('return_3d', 'false');
   for (const input of document.querySelectorAll('#basic [name], #advanced [name]')) {
