@@ -4,7 +4,6 @@ prepared input and the views as they are written) and after."""
 import pytest
 from fastapi.testclient import TestClient
 
-from lift3d.params import GenerationParams
 from lift3d.service.config import ServiceConfig
 from lift3d.service.generation import is_progressive_artifact
 from lift3d.service.jobs import JobOutcome
