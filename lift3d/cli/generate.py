@@ -89,8 +89,10 @@ def generate(
     from lift3d.devices import resolve_device, set_torch_threads
     from lift3d.io.images import load_image
     from lift3d.params import check_one_input, parse_params
+    from lift3d.params.images import named_prompt
     from lift3d.presets import resolve_preset
 
+    weighted = text_prompts(text_prompt, [])
     params = parse_params(
         {
             "prompt": prompt, "negative_prompt": negative_prompt, "num_views": num_views,
@@ -99,10 +101,9 @@ def generate(
             "num_3d_max_steps": num_3d_max_steps, "remove_background": remove_background,
             "return_3d": not views_only, "seed": seed, "texture": texture, "texture_size": texture_size,
             "target_faces": target_faces, "sampler": sampler, "scheduler": scheduler,
-            "text_prompts": text_prompts(text_prompt, []) or None,
+            "text_prompts": weighted or None,
             # a prompt job is named by its prompt: weighted prompts alone take their first positive text
-            **({"prompt": next((t.rpartition("::")[0] or t for t in text_prompt), None)}
-               if text_prompt and prompt is None else {}),
+            **({"prompt": named_prompt(weighted)} if weighted and prompt is None else {}),
             "regions": None if regions is None else read_regions(regions),
             "pose_image": None if pose_image is None else file_base64(pose_image, "--pose-image"),
             "video": video, "camera_path": parse_camera_path(camera_path), "video_frames": video_frames,

@@ -29,7 +29,7 @@ from lift3d.params.samplers import SAMPLER_NAMES, canonical_sampler
 
 __all__ = [
     "MAX_SAMPLES", "MAX_IMAGE_SIDE", "MAX_SEED", "PoseParams", "PromptControls", "RegionParams", "TextPrompt",
-    "TextToImageParams", "draw_seed", "parse_model",
+    "ONE_POSITIVE", "TextToImageParams", "draw_seed", "named_prompt", "parse_model",
 ]
 
 MAX_SEED = 2**32 - 1
@@ -109,13 +109,31 @@ class TextPrompt(BaseModel):
                           "weight |w|; 0: ignored.")
 
 
-_ONE_POSITIVE = {"contains": {"anyOf": [{"type": "object", "not": {"required": ["weight"]}},
+ONE_POSITIVE = {"contains": {"anyOf": [{"type": "object", "not": {"required": ["weight"]}},
                                         {"type": "object", "properties": {"weight": {"exclusiveMinimum": 0}}}]}}
 """JSON Schema for "at least one prompt with a positive weight" (the weight defaults to 1)."""
 
 
+def named_prompt(text_prompts: Any) -> str | None:
+    """The prompt that names a job sent with weighted prompts only: the first text with a positive weight (1 when
+    omitted) and a non-space character, stripped and cut to 1000 characters.
+
+    ``text_prompts``: a list of ``{"text", "weight"}`` dicts as sent (anything else names nothing). Returns None
+    when no prompt qualifies."""
+    for item in text_prompts if isinstance(text_prompts, list) else ():
+        text, weight = (item.get("text"), item.get("weight", 1.0)) if isinstance(item, dict) else (None, None)
+        if isinstance(text, str) and text.strip() and type(weight) in (int, float) and weight > 0:
+            return text.strip()[:1000]
+    return None
+
+
+def _integral(value: Any) -> Any:
+    # JSON Schema counts 8.0 as an integer; pydantic's strict mode (the HTTP bodies) would refuse it.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 class _PromptList(BaseModel):
-    text_prompts: list[TextPrompt] = Field(..., min_length=1, max_length=10, json_schema_extra=_ONE_POSITIVE,
+    text_prompts: list[TextPrompt] = Field(..., min_length=1, max_length=10, json_schema_extra=ONE_POSITIVE,
                                            description="Prompts with weights; at least one positive.")
 
     @model_validator(mode="after")
@@ -233,7 +251,7 @@ class RegionPrompts(BaseModel):
     fg_nprompt: list[str] | None = None
     masks: list[Annotated[str, Field(max_length=_MAX_BASE64)]] = Field(
         ..., min_length=1, max_length=8, description="Base64 images, white = the region.")
-    bootstrapping: int = Field(20, ge=0, le=200)
+    bootstrapping: Annotated[int, BeforeValidator(_integral)] = Field(20, ge=0, le=200)
 
     @model_validator(mode="after")
     def _counts_match(self):
@@ -246,7 +264,7 @@ class RegionPrompts(BaseModel):
 class PromptControls(_Sampling):
     """Extra controls of a text-to-3D job's SDXL image (besides ``prompt``/``negative_prompt``/guidance/steps)."""
 
-    text_prompts: list[TextPrompt] | None = Field(None, max_length=10, json_schema_extra=_ONE_POSITIVE,
+    text_prompts: list[TextPrompt] | None = Field(None, max_length=10, json_schema_extra=ONE_POSITIVE,
                                                   description="Weighted prompts (Stability style), at least one "
                                                   "positive; when given they replace `prompt` and `negative_prompt`.")
     regions: RegionPrompts | None = Field(None, description="MultiDiffusion regions; `prompt` is the background.")

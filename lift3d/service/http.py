@@ -28,6 +28,7 @@ from lift3d.errors import InvalidInputError, Lift3DError, PayloadTooLargeError
 from lift3d.io.images import ImageLimits
 from lift3d.io.storage.retrying import is_unavailable_error
 from lift3d.params import MAX_SEED, TEXTURE_SIZES, GenerationParams
+from lift3d.params.images import ONE_POSITIVE
 from lift3d.service.schemas import (
     BadRequestError,
     ErrorBody,
@@ -125,7 +126,8 @@ to public addresses)."""
 
 _RULE_TEXT = {
     "image-to-3d": "Needs `image` and no `prompt`.",
-    "text-to-3d": "Needs `prompt` and no `image`.",
+    "text-to-3d": "Needs `prompt` (in JSON, or `text_prompts` with a positive, non-blank prompt: the job's name) and "
+                  "no `image`.",
     "multiview": "Needs exactly one of `image` and `prompt`; `return_3d` may only be false.",
 }
 
@@ -178,7 +180,10 @@ def body_doc(kind: GenerationKind, limits: ImageLimits = ImageLimits()) -> dict:
         json_fields["prompt"] = _not_null(json_fields["prompt"])
         json_fields["image"] = {"type": "null", "description": "Not taken: text-to-3d starts from the prompt."}
         del form_fields["image"]
-        json_rule = form_rule = {"required": ["prompt"]}
+        named = {"allOf": [ONE_POSITIVE["contains"], {"properties": {"text": {"pattern": PROMPT_PATTERN}}}]}
+        json_rule = {"anyOf": [{"required": ["prompt"]}, {"required": ["text_prompts"], "properties": {
+            "text_prompts": {"type": "array", "contains": named}}}]}
+        form_rule = {"required": ["prompt"]}
     else:  # multiview: exactly one of them (in a form, present; in JSON, present and not null)
         for fields in (json_fields, form_fields):
             fields["return_3d"] = {**fields["return_3d"], "enum": [False], "default": False}

@@ -15,10 +15,11 @@ import base64
 import binascii
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lift3d.errors import InvalidInputError
 from lift3d.params import GenerationParams, check_one_input
+from lift3d.params.images import named_prompt
 
 __all__ = [
     "ERROR_STATUS",
@@ -78,8 +79,9 @@ class UnsupportedMediaTypeError(BadRequestError):
 class GenerationRequest(GenerationParams):
     """One generation: the parameters, the kind of job and the input image.
 
-    ``image-to-3d`` needs ``image``; ``text-to-3d`` needs ``prompt``; ``multiview`` takes either and always
-    returns views only (``return_3d`` must not be set true).
+    ``image-to-3d`` needs ``image``; ``text-to-3d`` needs ``prompt`` or ``text_prompts`` (then the first positive
+    text becomes the job's ``prompt``, its name); ``multiview`` takes either and always returns views only
+    (``return_3d`` must not be set true).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -94,6 +96,16 @@ class GenerationRequest(GenerationParams):
         "generation.completed webhooks, signed per the Standard Webhooks spec with the API key's webhook secret. "
         "Private, loopback and link-local addresses are refused unless the service allows them."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named_by_text_prompts(cls, values: Any) -> Any:
+        # Stability's clients send text_prompts alone; a text-to-3d job still needs a prompt to be a prompt job.
+        if isinstance(values, dict) and values.get("kind") == "text-to-3d" and "prompt" not in values:
+            name = named_prompt(values.get("text_prompts"))
+            if name is not None:
+                values = {**values, "prompt": name}
+        return values
 
     @classmethod
     def with_image(cls, data: bytes, kind: GenerationKind = "image-to-3d", **params: Any) -> "GenerationRequest":
@@ -114,7 +126,7 @@ class GenerationRequest(GenerationParams):
         if self.kind == "image-to-3d" and (self.image is None or self.prompt is not None):
             raise InvalidInputError("image-to-3d needs an image and no prompt")
         if self.kind == "text-to-3d" and (self.prompt is None or self.image is not None):
-            raise InvalidInputError("text-to-3d needs a prompt and no image")
+            raise InvalidInputError("text-to-3d needs a prompt (or text_prompts with a positive one) and no image")
         if self.kind == "views-to-3d":
             raise InvalidInputError("views-to-3d takes a views ZIP: POST /v1/generation/views-to-3d (multipart)")
         if self.kind == "multiview":

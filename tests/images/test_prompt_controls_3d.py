@@ -97,6 +97,22 @@ def test_text_to_3d_over_http_takes_the_controls_and_prices_them(tmp_path):
         bad = client.post("/v1/generation/text-to-3d", json={**body, "regions": {"fg_prompt": ["a"], "masks": []}},
                           headers={"Authorization": f"Bearer {key.key}"})
         assert bad.status_code == 422 and "regions" in bad.text
+        # Stability's weighted prompts alone: the first positive, non-blank text names the job; 8.0 is an integer
+        weighted = {"text_prompts": [{"text": "blurry", "weight": -1}, {"text": "  ", "weight": 2},
+                                     {"text": " a wooden toy robot ", "weight": 1.5}],
+                    "regions": {"fg_prompt": ["a cup"], "masks": [mask_b64()], "bootstrapping": 8.0}}
+        response = client.post("/v1/generation/text-to-3d", json=weighted, headers={"Authorization": f"Bearer {key.key}"})
+        assert response.status_code == 202, response.text
+        record = state.jobs.get(response.json()["id"])
+        assert (record.params.prompt, record.params.regions.bootstrapping) == ("a wooden toy robot", 8)
+        assert [p.text for p in record.params.text_prompts] == ["blurry", "  ", " a wooden toy robot "]
+        for unnamed in ({"text_prompts": [{"text": " ", "weight": 1}]}, {"text_prompts": [{"text": "a robot"}],
+                                                                          "prompt": None}):
+            refused = client.post("/v1/generation/text-to-3d", json=unnamed,
+                                  headers={"Authorization": f"Bearer {key.key}"})
+            assert refused.status_code == 422 and "prompt" in refused.json()["errors"][0], refused.text
+        rule = client.get("/openapi.json").json()["paths"]["/v1/generation/text-to-3d"]["post"]["requestBody"]
+        assert rule["content"]["application/json"]["schema"]["anyOf"][1]["required"] == ["text_prompts"]
     finally:
         state.close()
 
