@@ -174,6 +174,8 @@ _PNG = {"schema": {"type": "string", "format": "binary"}}
 
 
 _BASE64 = {"type": "string", "format": "byte", "pattern": BASE64_PATTERN}
+_MASK_NEEDS_INIT = {"mask_image": ["init_image"]}
+"""Inpainting paints into an image: a mask alone is refused (:meth:`ImageService.text_to_image`)."""
 
 
 def _model_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -213,7 +215,7 @@ def _stability_form_schema() -> dict[str, Any]:
     for name in ("init_image", "mask_image"):
         fields[name] = {"type": "string", "format": "binary"}
     return {"type": "object", "required": ["text_prompts[0][text]"], "properties": fields,
-            "additionalProperties": False}
+            "additionalProperties": False, "dependentRequired": _MASK_NEEDS_INIT}
 
 
 def add_image_routes(api: FastAPI, images: ImageService | None, limits: ImageLimits) -> None:
@@ -237,6 +239,7 @@ def add_image_routes(api: FastAPI, images: ImageService | None, limits: ImageLim
                     "mask_image": {**_BASE64, "description": "Inpainting: base64 mask (see `mask_source`); needs "
                                    "`init_image`."}}
     t2i_body = _json_body(TextToImageParams, image_fields)
+    t2i_body["requestBody"]["content"]["application/json"]["schema"]["dependentRequired"] = _MASK_NEEDS_INIT
     t2i_body["requestBody"]["content"]["multipart/form-data"] = {"schema": _stability_form_schema()}
     images_answer = {200: {"model": ImageArtifacts, "description": "The images (`Accept: application/json`), or "
                            "with `Accept: image/png` the one PNG (headers `Seed`, `Finish-Reason`).",

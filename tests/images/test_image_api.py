@@ -242,3 +242,5 @@ def test_openapi_documents_every_image_body_with_an_example(stack):
     t2i = spec["paths"]["/v1/generation/text-to-image"]["post"]
     assert "multipart/form-data" in t2i["requestBody"]["content"]
     assert "image/png" in t2i["responses"]["200"]["content"]
+    for body in t2i["requestBody"]["content"].values():  # a mask alone is refused; the schema says so
+        assert body["schema"]["dependentRequired"] == {"mask_image": ["init_image"]}
