@@ -32,7 +32,7 @@ from deployments.nerf_trainer import NerfTrainerDeployment
 from deployments.text_to_image import TextToImageDeployment
 from lift3d.presets import get_preset
 from lift3d.service.config import ServiceConfig
-from lift3d.service.costs import price_per_gpu_hour
+from lift3d.costs import price_per_gpu_hour
 
 __all__ = ["ServiceConfig", "app", "build_app"]
 
@@ -58,7 +58,8 @@ def build_app(args: ServiceConfig) -> Application:
                                                           preset)
     background = configured(BackgroundRemovalDeployment).bind(preset.background)
     multiview = configured(MultiViewDeployment).bind(preset.zero123, config.device, config.sds_max_batch_size,
-                                                     config.sds_batch_wait_timeout_s, config.torch_threads)
+                                                     config.sds_batch_wait_timeout_s, config.torch_threads,
+                                                     config.sds_max_batch_views)
     # 2. the trainer, which runs jobs by calling the model deployments
     trainer = configured(NerfTrainerDeployment).bind(text_to_image, background, multiview, config.trainer_settings())
     # 3. the queue's consumer, which hands jobs to the trainer

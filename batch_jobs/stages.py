@@ -17,7 +17,7 @@ from lift3d.batch.locations import Reader, open_output
 from lift3d.batch.outputs import publish_step
 from lift3d.pipeline import InProcessStages
 from lift3d.presets import ModelPreset
-from lift3d.service.costs import CostModel
+from lift3d.costs import CostModel
 
 __all__ = ["BackgroundStage", "NovelViewsStage", "PublishStage", "TextToImageStage", "TrainingStage", "as_batch"]
 

@@ -239,12 +239,12 @@ def main(argv: list[str] | None = None) -> None:
 def queued_job(config) -> str:
     """Id of a job that stays queued (never enqueued), owned by the benchmark's key where there are keys."""
     from lift3d.params import GenerationParams
-    from lift3d.service.jobs import JobRecord
+    from lift3d.service.jobs.store import JobRecord
 
     record = JobRecord.new("image-to-3d", GenerationParams(**JOB))
     if "Authorization" not in HEADERS:  # the service before issue 9: records in the artifact store
         from lift3d.io.storage import make_store
-        from lift3d.service.jobs import JobStore
+        from lift3d.service.jobs.store import JobStore
 
         return JobStore(make_store(config.store_url)).create(record).id
     from lift3d.service.state import open_state

@@ -1,7 +1,7 @@
 """Resident memory of a ``NerfTrainer`` replica over many tiny jobs (issue 11: 626 MB → 1.36 GB in 11 jobs).
 
 Runs ``--jobs`` tiny ``image-to-3d`` jobs (examples/dragon2_rgba.png) the way a ``NerfTrainer`` replica runs them,
-in this process: the consumer's :meth:`~lift3d.service.jobs.JobStore.dispatch`, then ``JobRunner.attempt`` on
+in this process: the consumer's :meth:`~lift3d.service.jobs.store.JobStore.dispatch`, then ``JobRunner.attempt`` on
 :class:`~lift3d.pipeline.remote.RemoteStages` in a worker thread (``asyncio.to_thread``, as
 ``NerfTrainerDeployment.run``), on the state of :func:`lift3d.service.state.open_state` (a throwaway SQLite
 database and local artifact store; an API key with credits owns the jobs, so credits are reserved and settled).
@@ -185,13 +185,13 @@ async def run(options: argparse.Namespace) -> tuple[list[float], list[float]]:
     from lift3d.pipeline.remote import RemoteStages
     from lift3d.presets import get_preset
     from lift3d.service.config import TrainerSettings
-    from lift3d.service.costs import CostModel
-    from lift3d.service.credits import to_mc
-    from lift3d.service.jobs import JobRecord
-    from lift3d.service.keys import ApiKeyStore
+    from lift3d.costs import CostModel
+    from lift3d.service.accounts.credits import to_mc
+    from lift3d.service.jobs.store import JobRecord
+    from lift3d.service.accounts.keys import ApiKeyStore
     from lift3d.service.metrics import ServiceMetrics
     from lift3d.service.state import open_state
-    from lift3d.service.worker import JobRunner
+    from lift3d.service.worker.runner import JobRunner
 
     torch.set_num_threads(options.threads)
     tmp = Path(tempfile.mkdtemp(prefix="lift3d-trainer-mem-"))

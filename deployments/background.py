@@ -11,12 +11,12 @@ from __future__ import annotations
 from ray import serve
 
 from deployments.replica import assigned_gpu_fraction, run_timed
+from lift3d.logs import install_job_log_filter
 from lift3d.pipeline.providers import Timed
 from lift3d.pipeline.remote import PrepareRequest
 from lift3d.pipeline.steps import PreparedInput, prepare_input
 from lift3d.stages.background import BackgroundRemover
 from lift3d.stages.loading import load_stage
-from lift3d.service.logs import install_job_log_filter
 
 __all__ = ["BackgroundRemovalDeployment"]
 

@@ -1,9 +1,9 @@
 """``JobConsumer`` deployment: the job queue's consumer (Ray Serve asynchronous inference, Celery adapter).
 
-A replica receives job ids in its Celery worker threads, starts an attempt (:func:`lift3d.service.delivery.consume_job`)
+A replica receives job ids in its Celery worker threads, starts an attempt (:func:`lift3d.service.worker.consumer.consume_job`)
 and runs it on ``NerfTrainer`` through a handle. Retryable failures go back to Celery (bounded by the job record's
 ``max_attempts``); every replica also sweeps for jobs whose worker vanished
-(:func:`lift3d.service.delivery.sweep_stale_jobs`), because the embedded broker loses a message whose consumer dies
+(:func:`lift3d.service.worker.consumer.sweep_stale_jobs`), because the embedded broker loses a message whose consumer dies
 mid-job (the job's lease runs out), and does the database's housekeeping (:func:`lift3d.service.housekeeping.housekeeping`: expired results,
 idempotency records, due webhook deliveries).
 """
@@ -20,11 +20,11 @@ from ray.serve.task_consumer import task_consumer, task_handler
 
 from deployments.metrics import RayMetrics
 from deployments.queue import TASK_NAME, JobQueue, task_processor_config
+from lift3d.logs import install_job_log_filter
 from lift3d.service.config import ConsumerSettings, QueueConfig
-from lift3d.service.delivery import consume_job, sweep_stale_jobs
 from lift3d.service.housekeeping import deliver_webhooks, housekeeping
 from lift3d.service.state import open_state
-from lift3d.service.logs import install_job_log_filter
+from lift3d.service.worker.consumer import consume_job, sweep_stale_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class JobConsumer:
 
     @task_handler(name=TASK_NAME)
     def generate(self, job_id: str) -> str:
-        """Handle one delivery of ``job_id``; raises :class:`~lift3d.service.delivery.RetryJob` to have Celery retry.
+        """Handle one delivery of ``job_id``; raises :class:`~lift3d.service.worker.consumer.RetryJob` to have Celery retry.
 
         The delivery holds the job's lease (renewed while it waits for a trainer slot), under a holder name unique
         to this delivery, so a second delivery of the same job — even to this replica — is dropped as a duplicate.

@@ -1,18 +1,19 @@
-"""``Ingress`` deployment: the HTTP API (:func:`lift3d.service.app.create_api`) and the Python handle API, both over
-one :class:`~lift3d.service.generation.GenerationService`. It holds no job state: everything lives in the database
+"""``Ingress`` deployment: the HTTP API (:func:`lift3d.service.api.app.create_api`) and the Python handle API, both over
+one :class:`~lift3d.service.jobs.generation.GenerationService`. It holds no job state: everything lives in the database
 and the artifact store.
 
 Handle API (same models as HTTP): ``handle.generate.remote(GenerationRequest(...))`` →
 :class:`~lift3d.service.schemas.GenerationAccepted` | :class:`~lift3d.service.schemas.ErrorBody`;
 ``handle.status.remote(id)`` → ``GenerationStatus | GenerationResult | ErrorBody``; ``handle.cancel.remote(id)``.
 Handle callers are inside the cluster and trusted; each method takes an optional ``api_key`` to bill a key and see
-only its jobs, as over HTTP.
+only its jobs, as over HTTP. The service raises its errors (:class:`~lift3d.errors.Lift3DError`); this edge returns
+them as the envelope (:meth:`ErrorBody.of <lift3d.service.schemas.ErrorBody.of>`), as plain values cross a handle.
 """
 
 from __future__ import annotations
 
 import asyncio
-import uuid
+from typing import Any, Callable
 
 from fastapi import FastAPI
 from ray import serve
@@ -21,12 +22,12 @@ from ray.serve.handle import DeploymentHandle
 from deployments.metrics import RayMetrics
 from deployments.queue import JobQueue
 from lift3d.errors import Lift3DError
-from lift3d.service.auth import Principal
+from lift3d.service.accounts.principal import Principal
 from lift3d.service.config import ServiceConfig
 from lift3d.service.server import build_api, build_images, build_service
 from lift3d.service.state import open_state
 from lift3d.service.schemas import ErrorBody, GenerationAccepted, GenerationRequest, GenerationResult, GenerationStatus
-from lift3d.service.logs import install_job_log_filter
+from lift3d.logs import install_job_log_filter
 
 __all__ = ["IngressDeployment"]
 
@@ -73,25 +74,24 @@ class IngressDeployment:
             return None
         return Principal.of(self.state.keys.authenticate(api_key))
 
-    async def generate(self, request: GenerationRequest, api_key: str | None = None) -> GenerationAccepted | ErrorBody:
-        """Submit a generation (``request.image`` base64). Errors come back as :class:`ErrorBody`."""
+    async def _answer(self, work: Callable[[Principal | None], Any], api_key: str | None, id: str | None = None):
+        """``work(caller)`` in a worker thread; a :class:`Lift3DError` (the key's too) comes back as the envelope,
+        with ``id`` (else the generation's, else a request id)."""
         try:
             caller = await asyncio.to_thread(self._caller, api_key)
+            return await asyncio.to_thread(work, caller)
         except Lift3DError as exc:
-            return ErrorBody(id=uuid.uuid4().hex, name=exc.name, errors=[str(exc)])
-        return await asyncio.to_thread(self.service.try_submit, request, caller)
+            return ErrorBody.of(exc, id)
+
+    async def generate(self, request: GenerationRequest, api_key: str | None = None) -> GenerationAccepted | ErrorBody:
+        """Submit a generation (``request.image`` base64). Errors come back as :class:`ErrorBody`."""
+        return await self._answer(lambda caller: self.service.submit(request, caller=caller), api_key)
 
     async def status(self, id: str, api_key: str | None = None) -> GenerationStatus | GenerationResult | ErrorBody:
         """The same body as ``GET /v1/generation/{id}`` with ``Accept: application/json``."""
-        try:
-            caller = await asyncio.to_thread(self._caller, api_key)
-        except Lift3DError as exc:
-            return ErrorBody(id=id, name=exc.name, errors=[str(exc)])
-        return await asyncio.to_thread(self.service.status, id, True, caller)
+        return await self._answer(lambda caller: self.service.status(id, True, caller), api_key, id)
 
     async def cancel(self, id: str, api_key: str | None = None) -> GenerationStatus | ErrorBody:
-        try:
-            caller = await asyncio.to_thread(self._caller, api_key)
-        except Lift3DError as exc:
-            return ErrorBody(id=id, name=exc.name, errors=[str(exc)])
-        return await asyncio.to_thread(self.service.cancel, id, caller)
+        """Stop a generation: its status while it stops, or the envelope (``generation_canceled`` when it had not
+        started)."""
+        return await self._answer(lambda caller: self.service.cancel(id, caller), api_key, id)

@@ -1,9 +1,9 @@
-"""The service's metrics (:data:`lift3d.service.metrics.METRICS`) recorded through Ray's metrics pipeline.
+"""The project's metrics (:data:`lift3d.metrics.METRICS`) recorded through Ray's metrics pipeline.
 
 Ray Serve tags each sample with ``deployment``, ``replica`` and ``application`` and exports it, prefixed
 ``ray_``, on every node's metrics port (``ray start --metrics-export-port``), which KubeRay's PodMonitor scrapes.
 One :class:`RayMetrics` per replica (metrics objects are per instance, not module globals). The series a scrape
-shows are :func:`lift3d.service.metrics.exported_series` of each metric (counters end in ``_total``); the Grafana
+shows are :func:`lift3d.metrics.exported_series` of each metric (counters end in ``_total``); the Grafana
 dashboard over them is ``dashboards/lift3d.json``.
 
 Examples:
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from ray.serve import metrics as serve_metrics
 
-from lift3d.service.metrics import METRICS
+from lift3d.metrics import METRICS
 
 __all__ = ["RayMetrics"]
 

@@ -1,7 +1,7 @@
 """``NerfTrainer`` deployment: runs attempts of 3D jobs. The pipeline runs here on
 :class:`~lift3d.pipeline.remote.RemoteStages` (``TextToImage``, ``BackgroundRemoval`` and ``MultiView`` through
 handles), trains the NeRF on this replica's GPU, exports the mesh and writes every artifact
-(:class:`lift3d.service.worker.JobRunner` does the work).
+(:class:`lift3d.service.worker.runner.JobRunner` does the work).
 
 Examples:
     >>> result = trainer_handle.run.remote(job_id).result()      # from the job queue's consumer
@@ -18,16 +18,16 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.metrics import RayMetrics
 from deployments.replica import assigned_gpu_fraction, replica_device
+from lift3d.costs import CostModel
 from lift3d.devices import release_free_memory
+from lift3d.logs import install_job_log_filter
 from lift3d.pipeline.remote import RemoteStages
 from lift3d.presets import get_preset
 from lift3d.service.config import TrainerSettings
-from lift3d.service.costs import CostModel
-from lift3d.service.delivery import AttemptResult
-from lift3d.service.jobs import JobRecord
+from lift3d.service.jobs.store import JobRecord
 from lift3d.service.state import open_state
-from lift3d.service.worker import JobRunner
-from lift3d.service.logs import install_job_log_filter
+from lift3d.service.worker.consumer import AttemptResult
+from lift3d.service.worker.runner import JobRunner
 
 __all__ = ["NerfTrainerDeployment"]
 

@@ -1,4 +1,4 @@
-"""``TextToImage`` deployment: SDXL text → image (:class:`lift3d.stages.text_to_image.TextToImage`).
+"""``TextToImage`` deployment: SDXL text → image (:class:`lift3d.stages.sdxl.text_to_image.TextToImage`).
 
 Examples:
     >>> result = handle.generate.remote(TextToImageRequest("a wooden toy robot", seed=0)).result()
@@ -13,14 +13,14 @@ from ray import serve
 from deployments.replica import assigned_gpu_fraction, replica_device, run_timed
 from lift3d.io.encoded import EncodedImage
 from lift3d.io.image_calls import EncodedSample, ImageCall
+from lift3d.logs import install_job_log_filter
 from lift3d.params import GenerationParams
 from lift3d.pipeline.image_generation import ImageModels, pose_loader
 from lift3d.pipeline.providers import Timed
 from lift3d.pipeline.remote import TextToImageRequest
 from lift3d.presets import ModelPreset
 from lift3d.stages.loading import load_stage
-from lift3d.stages.text_to_image import TextToImage
-from lift3d.service.logs import install_job_log_filter
+from lift3d.stages.sdxl.text_to_image import TextToImage
 
 __all__ = ["TextToImageDeployment"]
 

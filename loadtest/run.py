@@ -120,7 +120,7 @@ def database_url(explicit: str | None, serve_config: Path | None) -> str:
 def create_key(url: str, credits: float, rate_limit_per_min: int, max_concurrent_jobs: int) -> str:
     """A new API key named ``loadtest`` in the database at ``url`` (migrated first, as replicas do)."""
     from lift3d.service.db import Database, migrate
-    from lift3d.service.keys import ApiKeyStore
+    from lift3d.service.accounts.keys import ApiKeyStore
 
     database = Database(url)
     try:

@@ -18,6 +18,15 @@ Rules:
 4. Sizes: at most :data:`MAX_MODULE_LINES` lines per module, :data:`MAX_DEPLOYMENT_LINES` per
    ``deployments`` or ``batch_jobs`` module (thin Ray wrappers), :data:`MAX_LIFT3D_TOP_LEVEL_MODULES` modules at the top of ``lift3d/``.
 5. No ``from X import *``.
+6. Rooms of the service that never import each other (:data:`SEPARATE_ROOMS`): the HTTP API
+   (``lift3d.service.api``) and the worker (``lift3d.service.worker``) share only what lies below both.
+7. No folder of ``lift3d/`` holds more than :data:`MAX_MODULES_PER_FOLDER` modules directly (``__init__.py`` not
+   counted): a crowded folder is split into sub-packages whose names say what they hold.
+8. No function in :data:`FUNCTION_LENGTH_SCOPE` is longer than :data:`MAX_FUNCTION_LINES` lines, from its ``def``
+   line to its last line (decorators not counted; a nested function counts in its parent too).
+9. Nothing leaks out of the service (:func:`service_leak_violations`): ``lift3d.batch`` and ``batch_jobs`` import
+   nothing from ``lift3d.service``; of ``deployments``, only :data:`SERVICE_DEPLOYMENTS` import it freely, the
+   others (the model deployments and their helpers) at most :data:`SHARED_SERVICE_MODULES`.
 
 Imports made by ``importlib.import_module`` / ``__import__`` with a string are not seen.
 
@@ -55,6 +64,9 @@ ROOM_RANKS: dict[str, int] = {
     "lift3d.params": 1,
     "lift3d.devices": 1,
     "lift3d.progress": 1,
+    "lift3d.logs": 1,
+    "lift3d.costs": 1,
+    "lift3d.metrics": 1,
     "lift3d.io": 2,
     "lift3d.stages": 3,
     "lift3d.presets": 4,
@@ -68,6 +80,13 @@ ROOM_RANKS: dict[str, int] = {
 MAX_MODULE_LINES = 450
 MAX_DEPLOYMENT_LINES = 150
 MAX_LIFT3D_TOP_LEVEL_MODULES = 8
+
+SEPARATE_ROOMS: tuple[tuple[str, str], ...] = (("lift3d.service.api", "lift3d.service.worker"),)
+"""Pairs of packages neither of which imports the other (rule 6)."""
+MAX_MODULES_PER_FOLDER = 15
+FUNCTION_LENGTH_SCOPE: tuple[str, ...] = ("lift3d.service",)
+"""Packages whose functions are held to :data:`MAX_FUNCTION_LINES` (rule 8)."""
+MAX_FUNCTION_LINES = 100
 
 
 # --------------------------------------------------------------------------------------------------
@@ -379,6 +398,86 @@ def star_import_violations(root: Path) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------
+# Rules 6 to 8: separate rooms of the service, modules per folder, function lengths
+# --------------------------------------------------------------------------------------------------
+
+
+def separation_violations(root: Path, pairs: Iterable[tuple[str, str]] = SEPARATE_ROOMS) -> list[str]:
+    """``file:line imports X`` for each import from one package of a pair into the other (either way)."""
+    violations = []
+    for name, path, lineno, target in _all_imports(root):
+        for first, second in pairs:
+            for source, other in ((first, second), (second, first)):
+                if _is_within(name, source) and _is_within(target, other):
+                    violations.append(f"{_rel(root, path)}:{lineno} imports {target} ({source} and {other} never "
+                                      "import each other)")
+    return violations
+
+
+def folder_violations(root: Path, limit: int = MAX_MODULES_PER_FOLDER) -> list[str]:
+    """Folders of ``lift3d/`` (the top included) with more than ``limit`` modules directly in them."""
+    per_folder: dict[Path, list[str]] = {}
+    for path in (root / "lift3d").rglob("*.py"):
+        rel = path.relative_to(root)
+        if path.name == "__init__.py" or any(part == "__pycache__" or part.startswith(".") for part in rel.parts):
+            continue
+        per_folder.setdefault(rel.parent, []).append(path.name)
+    return [f"{folder.as_posix()}/: {len(names)} modules (max {limit}): {', '.join(sorted(names))}"
+            for folder, names in sorted(per_folder.items()) if len(names) > limit]
+
+
+def function_length_violations(root: Path, scope: Iterable[str] = FUNCTION_LENGTH_SCOPE,
+                               limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """``file:line name: N lines`` for each function (methods, nested and async ones too) of a module within
+    ``scope`` longer than ``limit`` lines, ``def`` line to last line."""
+    violations = []
+    for name, path in sorted(collect_modules(root).items()):
+        if not any(_is_within(name, package) for package in scope):
+            continue
+        for node in ast.walk(_parse(path)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                if lines > limit:
+                    violations.append(f"{_rel(root, path)}:{node.lineno} {node.name}: {lines} lines (max {limit})")
+    return sorted(violations)
+
+
+# --------------------------------------------------------------------------------------------------
+# Rule 9: nothing leaks out of the service
+# --------------------------------------------------------------------------------------------------
+
+SERVICE_DEPLOYMENTS: tuple[str, ...] = ("deployments.ingress", "deployments.consumer", "deployments.nerf_trainer")
+"""The deployments that host the service itself: the HTTP API (``Ingress``), queue consumption (``JobConsumer``)
+and the job runner (``NerfTrainer`` runs :class:`lift3d.service.worker.runner.JobRunner` on the job store)."""
+SHARED_SERVICE_MODULES: tuple[str, ...] = ("lift3d.service.config",)
+"""What other deployments may import from the service: its settings, plain pydantic models (Ray- and torch-free)
+that ``graph.py`` builds and passes to every deployment's constructor (``QueueConfig`` for the queue glue)."""
+SERVICE_FREE: tuple[str, ...] = ("lift3d.batch", "batch_jobs")
+"""Packages that import nothing from ``lift3d.service``: the batch pipeline shares the library, not the service."""
+
+
+def service_leak_violations(root: Path, service_deployments: Iterable[str] = SERVICE_DEPLOYMENTS,
+                            shared: Iterable[str] = SHARED_SERVICE_MODULES,
+                            service_free: Iterable[str] = SERVICE_FREE) -> list[str]:
+    """``file:line imports X`` for each import of ``lift3d.service`` from :data:`SERVICE_FREE`, and from a
+    ``deployments`` module outside ``service_deployments`` unless it is (within) one of ``shared``."""
+    hosts, shared, free = tuple(service_deployments), tuple(shared), tuple(service_free)
+    violations = []
+    for name, path, lineno, target in _all_imports(root):
+        if not _is_within(target, "lift3d.service"):
+            continue
+        where = f"{_rel(root, path)}:{lineno} imports {target}"
+        package = next((package for package in free if _is_within(name, package)), None)
+        if package is not None:
+            violations.append(f"{where} ({package} imports nothing from lift3d.service)")
+        elif _is_within(name, "deployments") and not any(_is_within(name, host) for host in hosts) and not any(
+                _is_within(target, module) for module in shared):
+            violations.append(f"{where} (only {', '.join(hosts)} import the service; others at most "
+                              f"{', '.join(shared)})")
+    return violations
+
+
+# --------------------------------------------------------------------------------------------------
 # The rules, on this repository
 # --------------------------------------------------------------------------------------------------
 
@@ -423,13 +522,28 @@ def test_no_star_imports():
     assert not violations, _report("star imports", violations)
 
 
+@pytest.mark.parametrize("check, title", [
+    (separation_violations, "imports between separate rooms of the service (api, worker)"),
+    (folder_violations, "folders of lift3d/ with too many modules (split them into sub-packages)"),
+    (function_length_violations, f"functions over {MAX_FUNCTION_LINES} lines (split them into steps)"),
+], ids=["api-and-worker-apart", "modules-per-folder", "function-lengths"])
+def test_service_rooms_folders_and_functions(check, title):
+    violations = check(ROOT)
+    assert not violations, _report(title, violations)
+
+
+def test_nothing_leaks_out_of_the_service():
+    violations = service_leak_violations(ROOT)
+    assert not violations, _report("imports of lift3d.service from outside the service", violations)
+
+
 def test_front_door_replicas_import_no_torch():
     """The Ingress and JobConsumer replicas (and the HTTP app) start without torch or the diffusion libraries: they
     only parse, store and enqueue. Run in a fresh interpreter, since this test process has imported torch."""
     import subprocess
     import sys
 
-    probe = ("import sys, deployments.ingress, deployments.consumer, lift3d.service.app; "
+    probe = ("import sys, deployments.ingress, deployments.consumer, lift3d.service.api.app; "
              "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'xatlas') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
                             cwd=ROOT)
@@ -466,12 +580,12 @@ CLEAN_TREE = {
     "lift3d/pipeline/__init__.py": "from lift3d.pipeline.steps import run\n",
     "lift3d/pipeline/steps.py": "from lift3d.stages import tiny\nfrom lift3d.presets import get\n",
     "lift3d/presets.py": "def get(): ...\n",
-    "lift3d/cli/__init__.py": "def main():\n    from lift3d.pipeline import run\n    from lift3d.service import jobs\n",
+    "lift3d/cli/__init__.py": "def main():\n    from lift3d.pipeline import run\n    from lift3d.service.jobs import store as jobs\n",
     "lift3d/service/__init__.py": "",
-    "lift3d/service/jobs.py": "from lift3d.reconstruct import rebuild\n",
+    "lift3d/service/jobs/store.py": "from lift3d.reconstruct import rebuild\n",
     "lift3d/reconstruct/__init__.py": "def rebuild(): ...\n",
     "deployments/__init__.py": "",
-    "deployments/ingress.py": "from ray import serve\nfrom lift3d.service.jobs import X\nimport nerf\n",
+    "deployments/ingress.py": "from ray import serve\nfrom lift3d.service.jobs.store import X\nimport nerf\n",
     "graph.py": "from deployments.ingress import X\nfrom lift3d.cli import main\nimport ray\n",
     "tests/test_x.py": "import graph\nfrom lift3d.cli import *\n" + "x = 1\n" * 500,
 }
@@ -738,3 +852,94 @@ def test_star_imports_are_reported(tmp_path):
         "lift3d/io/storage/local.py:2 imports * from lift3d.io.storage.base",
         "nerf/a.py:1 imports * from nerf.encoding",
     ]
+
+
+def test_separate_rooms_are_reported(tmp_path):
+    assert separation_violations(make_tree(tmp_path / "clean", CLEAN_TREE)) == []
+    root = make_tree(tmp_path / "tree", {
+        **CLEAN_TREE,
+        "lift3d/service/api/__init__.py": "",
+        "lift3d/service/api/app.py": "from lift3d.service.jobs.store import X\nfrom ..worker import runner\n",
+        "lift3d/service/api/routes/__init__.py": "",
+        "lift3d/service/api/routes/ok.py": "from lift3d.service import api\nfrom lift3d.service.workers import x\n",
+        "lift3d/service/worker/__init__.py": "",
+        "lift3d/service/worker/runner.py": "def f():\n    import lift3d.service.api.routes.ok\n",
+    })
+    assert separation_violations(root) == [
+        "lift3d/service/api/app.py:2 imports lift3d.service.worker.runner "
+        "(lift3d.service.api and lift3d.service.worker never import each other)",
+        "lift3d/service/worker/runner.py:2 imports lift3d.service.api.routes.ok "
+        "(lift3d.service.worker and lift3d.service.api never import each other)",
+    ]
+
+
+def test_crowded_folders_are_reported(tmp_path):
+    assert folder_violations(make_tree(tmp_path / "clean", CLEAN_TREE)) == []
+    root = make_tree(tmp_path / "tree", {
+        **CLEAN_TREE,
+        **{f"lift3d/service/m{i:02d}.py": "" for i in range(16)},  # 16 modules, __init__.py not counted
+        **{f"lift3d/io/m{i:02d}.py": "" for i in range(15)},  # 15: allowed
+        **{f"lift3d/io/__pycache__/m{i:02d}.py": "" for i in range(20)},
+        **{f"nerf/m{i:02d}.py": "" for i in range(20)},  # outside lift3d/
+    })
+    assert folder_violations(root) == [
+        "lift3d/service/: 16 modules (max 15): " + ", ".join(f"m{i:02d}.py" for i in range(16)),
+    ]
+    assert folder_violations(root, limit=16) == []
+
+
+def test_long_functions_are_reported(tmp_path):
+    assert function_length_violations(make_tree(tmp_path / "clean", CLEAN_TREE)) == []
+    body = "".join(f"    x{i} = {i}\n" for i in range(99))
+
+    def function(name: str, extra: int = 0, prefix: str = "def") -> str:  # 1 + 99 + extra lines
+        return f"{prefix} {name}():\n{body}" + "    pass\n" * extra
+
+    root = make_tree(tmp_path / "tree", {
+        **CLEAN_TREE,
+        "lift3d/service/jobs/store.py": function("fits") + "@decorator\n" + function("too_long", extra=1),
+        "lift3d/service/api/app.py": "class A:\n" + "".join("    " + line + "\n" for line in
+                                                            function("method", 2, "async def").splitlines()),
+        "lift3d/service/api/routes.py": "def outer():\n" + "".join("    " + line + "\n" for line in
+                                                                 function("inner", 1).splitlines()),
+        "lift3d/pipeline/steps.py": function("outside_the_scope", extra=50),
+    })
+    assert function_length_violations(root) == [
+        "lift3d/service/api/app.py:2 method: 102 lines (max 100)",
+        "lift3d/service/api/routes.py:1 outer: 102 lines (max 100)",
+        "lift3d/service/api/routes.py:2 inner: 101 lines (max 100)",
+        "lift3d/service/jobs/store.py:102 too_long: 101 lines (max 100)",
+    ]
+    assert function_length_violations(root, scope=("lift3d.pipeline",)) == [
+        "lift3d/pipeline/steps.py:1 outside_the_scope: 150 lines (max 100)",
+    ]
+
+
+def test_service_leaks_are_reported(tmp_path):
+    root = make_tree(tmp_path, {
+        **CLEAN_TREE,
+        "lift3d/service/config.py": "class QueueConfig: ...\n",
+        "lift3d/service/worker/runner.py": "class JobRunner: ...\n",
+        "lift3d/batch/__init__.py": "",
+        "lift3d/batch/item.py": "from lift3d.costs import CostModel\ndef f():\n    from lift3d.service import costs\n",
+        "batch_jobs/__init__.py": "",
+        "batch_jobs/stages.py": "from lift3d.batch import item\nimport lift3d.service.config\n",
+        "deployments/consumer.py": "from lift3d.service.worker.runner import JobRunner\n",       # a host
+        "deployments/nerf_trainer.py": "from lift3d.service.worker import runner\n",              # a host
+        "deployments/queue.py": "from lift3d.service.config import QueueConfig\n",                # shared: fine
+        "deployments/multiview.py": "from lift3d.logs import x\nfrom lift3d.service.config import y\n",
+        "deployments/metrics.py": "from lift3d.service.metrics import METRICS\n",
+        "deployments/text_to_image.py": "from lift3d.service import logs\n",
+        "deployments/ingressive.py": "import lift3d.service.worker.runner\n",                  # a prefix, not a host
+    })
+    assert service_leak_violations(root) == [
+        "batch_jobs/stages.py:2 imports lift3d.service.config (batch_jobs imports nothing from lift3d.service)",
+        "deployments/ingressive.py:1 imports lift3d.service.worker.runner (only deployments.ingress, "
+        "deployments.consumer, deployments.nerf_trainer import the service; others at most lift3d.service.config)",
+        "deployments/metrics.py:1 imports lift3d.service.metrics (only deployments.ingress, deployments.consumer, "
+        "deployments.nerf_trainer import the service; others at most lift3d.service.config)",
+        "deployments/text_to_image.py:1 imports lift3d.service (only deployments.ingress, deployments.consumer, "
+        "deployments.nerf_trainer import the service; others at most lift3d.service.config)",
+        "lift3d/batch/item.py:3 imports lift3d.service (lift3d.batch imports nothing from lift3d.service)",
+    ]
+    assert service_leak_violations(make_tree(tmp_path / "clean", CLEAN_TREE)) == []

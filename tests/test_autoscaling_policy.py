@@ -7,9 +7,6 @@ Ray's own schema and policy loader.
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
 import time
 from pathlib import Path
 
@@ -22,6 +19,7 @@ from ray.serve._private.constants import SERVE_AUTOSCALING_DECISION_TIMESTAMP_KE
 from ray.serve.autoscaling_policy import _apply_autoscaling_config
 from ray.serve.config import AutoscalingConfig, AutoscalingContext
 from ray.serve.schema import ServeDeploySchema
+from support import Clock, free_port
 
 from deployments.autoscaling import (
     DEFAULT_QUEUE_NAME,
@@ -116,21 +114,13 @@ def test_serve_holds_an_upscale_for_upscale_delay_s():
 
 
 # ------------------------------------------------------------------------------------------------ polling
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def _settle(poller: QueueLengthPoller) -> None:
     if poller._thread is not None:
         poller._thread.join(timeout=5)
 
 
 def test_poller_refreshes_in_the_background_every_interval_and_keeps_the_last_value_on_errors():
-    clock, answers = FakeClock(), iter([4, 7, RuntimeError("redis down")])
+    clock, answers = Clock(100.0), iter([4, 7, RuntimeError("redis down")])
 
     def probe() -> int:
         answer = next(answers)
@@ -165,27 +155,10 @@ def test_poller_never_blocks_on_a_slow_probe():
 
 # ------------------------------------------------------------------------------- against a real Redis broker
 @pytest.fixture
-def redis_url(tmp_path):
-    """A throwaway redis-server on a free loopback port. A missing binary fails the test (never a skip)."""
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server not found: install Debian's redis-server package"
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                               "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
-    client = redis.Redis(port=port, socket_timeout=2)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
-    server.terminate()
-    server.wait(timeout=10)
+def redis_url(redis_server) -> str:
+    """The session's redis-server (``tests/conftest.py``), flushed: no jobs queued."""
+    redis_server.client.flushall()
+    return redis_server.url
 
 
 def test_probe_counts_the_jobs_the_service_enqueued(redis_url):
@@ -202,11 +175,8 @@ def test_probe_counts_the_jobs_the_service_enqueued(redis_url):
 
 
 def test_probe_reports_an_unreachable_broker_as_an_error():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     with pytest.raises(redis.ConnectionError):
-        RedisQueueLength(f"redis://127.0.0.1:{port}/0", timeout_s=0.5)()
+        RedisQueueLength(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.5)()
     with pytest.raises(ValueError, match="Redis brokers only"):
         RedisQueueLength("amqp://guest@rabbit//")
 

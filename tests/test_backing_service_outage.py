@@ -14,10 +14,10 @@ from lift3d.io.images import ImageLimits
 from lift3d.io.storage import LocalStore, StoredObjectNotFound
 from lift3d.io.storage.retrying import RetryingStore, is_unavailable_error
 from lift3d.params import GenerationParams
-from lift3d.service.app import create_api
+from lift3d.service.api.app import create_api
 from lift3d.service.db import Database, migrate
-from lift3d.service.generation import GenerationService
-from lift3d.service.jobs import JobOutcome, JobRecord, JobStore
+from lift3d.service.jobs.generation import GenerationService
+from lift3d.service.jobs.store import JobOutcome, JobRecord, JobStore
 from lift3d.service.metrics import ServiceMetrics
 
 S3_DOWN = EndpointConnectionError(endpoint_url="http://127.0.0.1:9/bucket")

@@ -4,25 +4,21 @@ failure."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
-import threading
-import time
 import uuid
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI, Header, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
+from support import free_port, serve_in_thread
 
 from lift3d.cli import main
 from lift3d.cli.remote import RemoteClient, RemoteError, parse_sse
 from lift3d.params import GenerationParams
-from lift3d.service.events_routes import add_event_routes
-from lift3d.service.jobs import JobError, JobNotFound, JobOutcome, JobRecord
+from lift3d.service.api.routes.events import add_event_routes
+from lift3d.service.jobs.store import JobError, JobNotFound, JobOutcome, JobRecord
 from lift3d.service.schemas import Progress
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,29 +107,10 @@ class FakeServer:
         return api
 
 
-@contextlib.contextmanager
-def serve(app: FastAPI):
-    """``app`` on a free port of 127.0.0.1 in a thread; yields its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
-
-
 @pytest.fixture
 def fake():
     server = FakeServer()
-    with serve(server.app()) as url:
+    with serve_in_thread(server.app()) as url:
         server.url = url
         yield server
 
@@ -205,9 +182,7 @@ def test_a_failed_job_exits_1_with_its_reason(fake, capsys, monkeypatch, tmp_pat
 
 
 def test_an_unreachable_server_exits_1(capsys, monkeypatch, tmp_path):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]  # closed again: nothing listens there
+    port = free_port()  # closed again: nothing listens there
     code, err = run(capsys, monkeypatch, "sk-good", "--server", f"http://127.0.0.1:{port}", "--prompt", "a robot",
                     "--out", str(tmp_path))
     assert code == 1 and len(err) == 1 and err[0].startswith(f"lift3d: error: cannot reach http://127.0.0.1:{port}: ")
@@ -237,7 +212,7 @@ def test_a_dropped_event_stream_is_resumed_with_last_event_id(capsys, monkeypatc
     async def artifact(id: str, name: str) -> Response:
         return Response(b"glb-bytes")
 
-    with serve(api) as url:
+    with serve_in_thread(api) as url:
         code, err = run(capsys, monkeypatch, "sk-good", "--server", url, "--prompt", "a robot", "--out",
                         str(tmp_path))
     assert code == 0, err

@@ -1,8 +1,8 @@
 """dashboards/lift3d.json: every query names series the service exports, and Grafana can load the JSON.
 
 The PromQL in the dashboard is read by a small tokenizer (below): metric selectors with their label matchers, the
-functions around them and the ``by (...)`` lists. Checked against :data:`lift3d.service.metrics.METRICS` through
-:func:`~lift3d.service.metrics.exported_series` (Ray's ``ray_`` prefix, ``_total`` on counters, ``_bucket`` /
+functions around them and the ``by (...)`` lists. Checked against :data:`lift3d.metrics.METRICS` through
+:func:`~lift3d.metrics.exported_series` (Ray's ``ray_`` prefix, ``_total`` on counters, ``_bucket`` /
 ``_sum`` / ``_count`` for histograms), plus the few Ray Serve built-in metrics listed in :data:`SERVE_BUILTINS`,
 each with the Ray source file that defines it (checked against the installed Ray). How Ray names the exported
 series is checked by driving Ray's own exporter (:func:`test_ray_exporter_names_series_as_the_dashboard_expects`).
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from lift3d.service.metrics import METRICS, MetricSpec, exported_series
+from lift3d.metrics import METRICS, MetricSpec, exported_series
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "dashboards" / "lift3d.json"
@@ -399,7 +399,7 @@ def test_ray_exporter_names_series_as_the_dashboard_expects():
         from prometheus_client import REGISTRY, generate_latest
         from prometheus_client.parser import text_string_to_metric_families
         from ray._private.telemetry.open_telemetry_metric_recorder import OpenTelemetryMetricRecorder
-        from lift3d.service.metrics import METRICS
+        from lift3d.metrics import METRICS
 
         recorder = OpenTelemetryMetricRecorder()
         for spec in METRICS.values():

@@ -16,13 +16,14 @@ from lift3d.errors import InvalidInputError
 from lift3d.io.images import ImageLimits
 from lift3d.io.storage import LocalStore
 from lift3d.params import SDXL_GUIDANCE_SCALE_RANGE, GenerationParams
-from lift3d.service.app import create_api
-from lift3d.service.delivery import INTERNAL_ERROR_MESSAGE, consume_job, describe_error, find_cause
-from lift3d.service.generation import GenerationService
-from lift3d.service.http import MAX_JSON_DEPTH, json_depth
-from lift3d.service.jobs import JobOutcome, JobRecord, JobStore
+from lift3d.service.api.app import create_api
+from lift3d.errors import INTERNAL_ERROR_MESSAGE, describe_error, find_cause
+from lift3d.service.worker.consumer import consume_job
+from lift3d.service.jobs.generation import GenerationService
+from lift3d.service.api.bodies import MAX_JSON_DEPTH, json_depth
+from lift3d.service.jobs.store import JobOutcome, JobRecord, JobStore
 from lift3d.service.metrics import ServiceMetrics
-from lift3d.service.uploads import ViewsZipLimits
+from lift3d.service.jobs.uploads import ViewsZipLimits
 
 MiB = 1024 * 1024
 
@@ -223,8 +224,8 @@ def test_a_failed_job_reports_the_reason_not_the_wrapper(client, service):
 
 def test_worker_triages_wrapped_stage_errors_as_final(tmp_path, monkeypatch):
     from lift3d.presets import get_preset
-    from lift3d.service import worker
-    from lift3d.service.costs import CostModel
+    from lift3d.service.worker import runner as worker
+    from lift3d.costs import CostModel
 
     jobs = make_jobs(tmp_path)
 
@@ -253,7 +254,7 @@ def test_worker_triages_wrapped_stage_errors_as_final(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------------------------ 5. guidance scale
 def test_guidance_scale_range_is_the_sdxl_stage_range_at_the_door(client, service):
-    from lift3d.stages.text_to_image import TextToImage
+    from lift3d.stages.sdxl.text_to_image import TextToImage
 
     low, high = SDXL_GUIDANCE_SCALE_RANGE
     spec = client.get("/openapi.json").json()

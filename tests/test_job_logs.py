@@ -1,4 +1,4 @@
-"""Structured job logs (lift3d/service/logs.py): the job id on every line of a job, in our JSON lines and in Ray
+"""Structured job logs (lift3d/logs.py): the job id on every line of a job, in our JSON lines and in Ray
 Serve's JSON replica logs."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from lift3d.service.logs import (
+from lift3d.logs import (
     APP_LOGGERS,
     SERVE_LOGGER,
     JobContextFilter,
@@ -207,7 +207,7 @@ def test_serve_json_replica_logs_carry_the_job(tmp_path, serve_logger_state):
     configure_serve_json_logs(tmp_path)
     install_job_log_filter()
     install_job_log_filter()  # idempotent: no second copy of each line
-    worker = logging.getLogger("lift3d.service.worker")
+    worker = logging.getLogger("lift3d.service.worker.runner")
     worker.info("outside a job")
     with job_log_context("job-3", attempt=1):
         worker.info("inside a job")
@@ -225,7 +225,7 @@ def test_serve_json_replica_logs_carry_the_job(tmp_path, serve_logger_state):
                                     "after reconfiguration"])
     assert "lift3d_job_id" not in lines["outside a job"]
     assert (lines["inside a job"]["lift3d_job_id"], lines["inside a job"]["lift3d_attempt"]) == ("job-3", 1)
-    assert lines["inside a job"]["name"] == "lift3d.service.worker"
+    assert lines["inside a job"]["name"] == "lift3d.service.worker.runner"
     assert lines["inside a job"]["component_name"] == "NerfTrainer"  # Serve's own fields are there too
     assert lines["on the serve logger"]["lift3d_job_id"] == "job-3"
     assert "job_id" not in lines["on the serve logger"]  # Serve deletes a record's job_id: hence lift3d_job_id
@@ -239,7 +239,7 @@ def test_serve_log_level_still_applies(tmp_path, serve_logger_state):
     logging.getLogger(SERVE_LOGGER).setLevel(logging.WARNING)  # logging_config: {log_level: WARNING}
     install_job_log_filter()
     with job_log_context("job-5"):
-        logging.getLogger("lift3d.service.delivery").info("dropped")
-        logging.getLogger("lift3d.service.delivery").warning("kept")
+        logging.getLogger("lift3d.service.worker.consumer").info("dropped")
+        logging.getLogger("lift3d.service.worker.consumer").warning("kept")
     (log_file,) = tmp_path.glob("*.log")
     assert [json.loads(line)["message"] for line in log_file.read_text().splitlines()] == ["kept"]

@@ -8,31 +8,25 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from support import Clock
 
-from lift3d.service.costs import GPU_PRICES_USD_PER_HOUR, CostModel, price_per_gpu_hour
+from lift3d.costs import GPU_PRICES_USD_PER_HOUR, CostModel, bill, price_per_gpu_hour
 from lift3d.errors import InvalidInputError, PayloadTooLargeError
 from lift3d.io.storage import LocalStore
 from lift3d.params import GenerationParams
-from lift3d.service.delivery import INTERNAL_ERROR_MESSAGE, AttemptResult, RetryJob, consume_job, sweep_stale_jobs
-from lift3d.service.jobs import InvalidTransition, JobNotFound, JobOutcome, JobRecord, JobStore
+from lift3d.errors import INTERNAL_ERROR_MESSAGE
+from lift3d.service.worker.consumer import AttemptResult, RetryJob, consume_job, sweep_stale_jobs
+from lift3d.service.jobs.store import InvalidTransition, JobNotFound, JobOutcome, JobRecord, JobStore
 from lift3d.service.metrics import ServiceMetrics, parse_exposition
 from lift3d.service.schemas import BadRequestError, GenerationRequest, decode_image
 
 DRAGON = Path(__file__).resolve().parents[1] / "examples" / "dragon2_rgba.png"
 
 
-class Clock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def jobs(database, tmp_path):
     """A job store on SQLite or PostgreSQL (the ``database`` fixture) with artifacts in ``tmp_path``."""
-    return JobStore(database, LocalStore(tmp_path), clock=Clock())
+    return JobStore(database, LocalStore(tmp_path), clock=Clock(1000.0))
 
 
 def sqlite_jobs(tmp_path, store=None) -> JobStore:
@@ -168,6 +162,22 @@ def test_default_price_is_the_aws_on_demand_price_of_the_gpu_type():
         price_per_gpu_hour("TPU")
 
 
+def test_one_bill_prices_busy_seconds_at_the_fractions_the_run_reported():
+    # 3.6 USD per GPU-hour = 0.001 USD per GPU-second; the run reports novel_views on a quarter GPU
+    model = CostModel(3.6, {"sds_training": 0.5, "novel_views": 1.0}, "T4")
+    cost = bill(model, {"sds_training": 100.0, "novel_views": 20.0, "views_zip": 1.0}, {"novel_views": 0.25})
+    # 100 × 0.5 + 20 × 0.25 + 1 × 0 (a stage without a fraction holds no GPU) = 55 GPU-seconds → 0.055 USD
+    assert cost.gpu_seconds == {"sds_training": 50.0, "novel_views": 5.0, "views_zip": 0.0}
+    assert cost.cost_usd == pytest.approx(0.055, abs=1e-12)
+    assert cost.busy_s == {"sds_training": 100.0, "novel_views": 20.0, "views_zip": 1.0}
+    assert cost.metadata() == {"usd": cost.cost_usd, "gpu_seconds": cost.gpu_seconds, "gpu_type": "T4",
+                               "price_per_gpu_hour": 3.6, "gpu_fractions": {"sds_training": 0.5, "novel_views": 0.25}}
+    assert model.gpu_fractions == {"sds_training": 0.5, "novel_views": 1.0}  # the replica's model is unchanged
+    assert bill(model, {"sds_training": 7200.0}).cost_usd == pytest.approx(3.6)  # 2 h at half a GPU
+    with pytest.raises(ValueError, match="fractions"):
+        bill(model, {"novel_views": 1.0}, {"novel_views": -0.5})
+
+
 def test_metrics_exposition_has_cost_histogram_with_hour_buckets():
     metrics = ServiceMetrics()
     metrics.observe_job({"sds_training": 40.0}, {"sds_training": 20.0}, cost_usd=0.0056)
@@ -204,8 +214,8 @@ def test_decode_image_limits_and_errors():
 # ------------------------------------------------------------------------------------------------ HTTP, fakes
 @pytest.fixture
 def api(tmp_path):
-    from lift3d.service.app import create_api
-    from lift3d.service.generation import GenerationService
+    from lift3d.service.api.app import create_api
+    from lift3d.service.jobs.generation import GenerationService
 
     queued: list[str] = []
     jobs = sqlite_jobs(tmp_path)
@@ -298,8 +308,8 @@ def test_http_not_found_failed_canceled(api):
 
 
 def test_unexpected_errors_give_500_without_traceback(tmp_path):
-    from lift3d.service.app import create_api
-    from lift3d.service.generation import GenerationService
+    from lift3d.service.api.app import create_api
+    from lift3d.service.jobs.generation import GenerationService
 
     class BrokenStore(LocalStore):
         def get(self, key):
@@ -317,8 +327,8 @@ def test_unexpected_errors_give_500_without_traceback(tmp_path):
 
 
 def test_queue_failure_fails_the_job_instead_of_losing_it(tmp_path):
-    from lift3d.service.app import create_api
-    from lift3d.service.generation import GenerationService
+    from lift3d.service.api.app import create_api
+    from lift3d.service.jobs.generation import GenerationService
 
     def enqueue(job_id):
         raise ConnectionError("broker down")
@@ -331,7 +341,6 @@ def test_queue_failure_fails_the_job_instead_of_losing_it(tmp_path):
     assert jobs.active_ids() == []
     (job_id,) = [key.split("/")[1] for key in jobs.store.list("generations/")] or [None]
     assert job_id is None  # a prompt job has no upload: nothing in the store; the record says failed
-
 
 
 def test_openapi_documents_the_routes(api):
@@ -350,7 +359,7 @@ def _png(size=(64, 64)) -> bytes:
 
 
 def test_views_only_job_runs_in_process_and_writes_zip_and_metadata(jobs):
-    from lift3d.service.worker import JobRunner
+    from lift3d.service.worker.runner import JobRunner
     from lift3d.pipeline.providers import InProcessStages
     from lift3d.presets import get_preset
 

@@ -10,7 +10,6 @@ import importlib.util
 import json
 import os
 import queue
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support import free_port, serve_in_thread
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,7 +52,7 @@ class FakeWorker:
         self.queue.put((time.monotonic() + self.delay_s, job_id))
 
     def _loop(self) -> None:
-        from lift3d.service.jobs import InvalidTransition
+        from lift3d.service.jobs.store import InvalidTransition
 
         while not self.stop.is_set():
             try:
@@ -66,7 +66,7 @@ class FakeWorker:
                 pass
 
     def _end(self, job_id: str) -> None:
-        from lift3d.service.jobs import JobOutcome
+        from lift3d.service.jobs.store import JobOutcome
 
         jobs, turn = self.state.jobs, self.count % 5
         self.count += 1
@@ -90,8 +90,6 @@ class FakeWorker:
 @contextlib.contextmanager
 def served_api(tmp_path: Path):
     """The production HTTP stack on a free port of 127.0.0.1; yields ``(base URL, database URL)``."""
-    import uvicorn
-
     from lift3d.service.config import ServiceConfig
     from lift3d.service.metrics import ServiceMetrics
     from lift3d.service.server import build_api, build_service
@@ -103,23 +101,13 @@ def served_api(tmp_path: Path):
     state = open_state(config)
     worker = FakeWorker(state)
     api = build_api(config, state, build_service(config, state, worker.enqueue), ServiceMetrics())
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(api, log_level="warning", lifespan="off", timeout_graceful_shutdown=2))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     worker.thread.start()
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", database_url
+        with serve_in_thread(api) as url:
+            yield url, database_url
     finally:
-        server.should_exit = True
         worker.stop.set()
-        thread.join(10)
         worker.thread.join(10)
-        sock.close()
         state.close()
 
 
@@ -194,9 +182,7 @@ def test_run_refuses_a_remote_host_before_anything_else(capsys):
 
 
 def test_run_fails_with_one_line_when_nothing_listens(capsys, tmp_path):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # closed again: nothing listens there
+    port = free_port()  # closed again: nothing listens there
     assert loadtest_run.main(["--host", f"http://127.0.0.1:{port}", "--api-key", "sk-unused",
                               "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()

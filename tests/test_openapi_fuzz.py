@@ -50,8 +50,8 @@ from schemathesis.engine import events, from_schema
 from schemathesis.transport.serialization import Binary
 
 from lift3d.io.storage import LocalStore
-from lift3d.service.http import WEBHOOK_URL_PATTERN
-from lift3d.service.jobs import JobStore
+from lift3d.service.api.openapi import WEBHOOK_URL_PATTERN
+from lift3d.service.jobs.store import JobStore
 from lift3d.service.metrics import ServiceMetrics
 
 MAX_EXAMPLES = 30
@@ -92,7 +92,7 @@ PNG, VIEWS_ZIP, RGBA_PNG = _png(), _views_zip(), _rgba_png()
 WEBHOOK_URL = "http://127.0.0.1:9/lift3d-webhook"
 """What a schema-valid ``webhook_url`` becomes: an address the service is set to allow (no DNS lookups here)."""
 try:  # the webhook policy of the service, where it has webhooks
-    from lift3d.service.generation import WebhookPolicy
+    from lift3d.service.jobs.generation import WebhookPolicy
 
     WEBHOOKS_ALLOWED = {"webhooks": WebhookPolicy(allow_private=True, service_secret=True)}
 except ImportError:
@@ -111,7 +111,7 @@ def make_jobs(tmp_path) -> JobStore:
 
 
 def parses_as_idempotency_key(value: str) -> bool:
-    from lift3d.service.idempotency import parse_idempotency_key
+    from lift3d.service.api.idempotency import parse_idempotency_key
 
     try:
         parse_idempotency_key([value])
@@ -240,6 +240,7 @@ def _fix_image_body(body: dict, media_type: str | None) -> None:
         pass
 
 
+@pytest.mark.slow
 def test_the_api_conforms_to_its_openapi_document(tmp_path):
     app, key = production_app(tmp_path)
     spec = app.openapi()

@@ -3,7 +3,7 @@
 import pytest
 
 from lift3d.errors import InvalidInputError
-from lift3d.params import GenerationParams, parse_params
+from lift3d.params import GenerationParams, SeededParams, parse_params
 from lift3d.io.storage import LocalStore, StoredObjectNotFound
 
 
@@ -37,6 +37,18 @@ def test_with_seed_draws_once_and_keeps_explicit_seed():
     assert GenerationParams(seed=7).with_seed().seed == 7
     drawn = GenerationParams().with_seed().seed
     assert 0 <= drawn <= 2**32 - 1
+
+
+def test_seeded_params_hold_an_int_seed_and_everything_else_unchanged():
+    given = GenerationParams(num_views=5, texture=False, camera_path=[{"azimuth_deg": 0}, {"azimuth_deg": 90}])
+    seeded = given.with_seed()
+    assert type(seeded) is SeededParams and type(seeded.seed) is int
+    assert seeded.model_dump(exclude={"seed"}) == given.model_dump(exclude={"seed"})
+    assert seeded.model_fields_set == {"num_views", "texture", "camera_path", "seed"}  # what the user set, and the seed
+    assert seeded.with_seed() is seeded  # drawn once
+    assert SeededParams.model_validate_json(seeded.model_dump_json()) == seeded  # a job record's round trip
+    with pytest.raises(ValueError, match="seed"):
+        SeededParams(num_views=5)  # a seeded form without a seed does not exist
 
 
 def test_local_store_round_trip_and_atomic_layout(tmp_path):

@@ -7,10 +7,10 @@ import zipfile
 import pytest
 from fastapi.testclient import TestClient
 
-from lift3d.service.jobs import JobStore
+from lift3d.service.jobs.store import JobStore
 from lift3d.service.metrics import ServiceMetrics
 from lift3d.service.schemas import BadRequestError
-from lift3d.service.uploads import ViewsZipLimits, check_views_zip, extract_views_zip
+from lift3d.service.jobs.uploads import ViewsZipLimits, check_views_zip, extract_views_zip
 from lift3d.errors import InvalidInputError, PayloadTooLargeError
 from lift3d.io.storage import LocalStore
 
@@ -64,8 +64,8 @@ def test_size_member_count_and_zip_bombs_are_rejected_before_extraction(tmp_path
 # ------------------------------------------------------------------------------------------------ HTTP, fakes
 @pytest.fixture
 def api(tmp_path, sqlite_database):
-    from lift3d.service.app import create_api
-    from lift3d.service.generation import GenerationService
+    from lift3d.service.api.app import create_api
+    from lift3d.service.jobs.generation import GenerationService
 
     queued: list[str] = []
     jobs = JobStore(sqlite_database, LocalStore(tmp_path))

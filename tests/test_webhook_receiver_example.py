@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from lift3d.service.webhooks import sign
+from lift3d.service.webhooks.sender import sign
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "webhook_receiver.py"
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"

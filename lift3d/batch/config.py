@@ -105,7 +105,7 @@ class BatchConfig(BaseModel):
     s3_endpoint_url: str | None = Field(None, description="S3-protocol endpoint for every s3:// URI (MinIO, "
                                         "moto); None: boto3's (AWS_ENDPOINT_URL or AWS).")
     results_parquet: bool = Field(False, description="Also write OUT/results.parquet at the end.")
-    gpu_type: str = Field("A10G", description="GPU type priced by the service's cost model (lift3d.service.costs).")
+    gpu_type: str = Field("A10G", description="GPU type priced by the service's cost model (lift3d.costs).")
     price_per_gpu_hour: float | None = Field(None, ge=0, description="USD per GPU-hour; None: gpu_type's price.")
     validate_workers: int = Field(8, ge=1, le=64, description="Threads reading and checking inputs before the run.")
 

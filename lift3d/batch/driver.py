@@ -31,7 +31,7 @@ from lift3d.batch.outputs import ResultsLog, bad_row_result, plan_resume, publis
 from lift3d.batch.progress import BatchProgress, BatchSummary, bad_rows_table, summary_table
 from lift3d.errors import Lift3DError
 from lift3d.presets import ModelPreset, resolve_preset
-from lift3d.service.costs import CostModel
+from lift3d.costs import CostModel
 
 __all__ = ["RUNNER_GROUP", "BatchJob", "BatchRunner", "SerialRunner", "cost_model_for", "load_runner", "run_batch"]
 

@@ -16,24 +16,24 @@ from __future__ import annotations
 import logging
 import pickle
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 
 from lift3d.batch.locations import Reader
 from lift3d.batch.manifest import BatchItem
-from lift3d.errors import Lift3DError
+from lift3d.costs import CostModel, bill
+from lift3d.errors import Lift3DError, describe_error, find_cause
 from lift3d.io.artifacts import ArtifactWriter
 from lift3d.io.encoded import EncodedImage
 from lift3d.io.images import ImageLimits
+from lift3d.io.media_types import OCTET_STREAM
 from lift3d.params import GenerationParams
 from lift3d.pipeline import Lift3DPipeline, StageProvider, Timed
 from lift3d.pipeline.providers import MeteredGuidance
 from lift3d.pipeline.steps import NovelView, PreparedInput
 from lift3d.presets import ModelPreset
-from lift3d.service.costs import CostModel
-from lift3d.service.delivery import describe_error, find_cause
 from lift3d.stages.zero123 import ConditionEmbedding
 from nerf.mesh import EmptyIsosurfaceError
 
@@ -115,7 +115,7 @@ def text_to_image_step(state: ItemState, stages: StageProvider) -> ItemState:
     """SDXL, for prompt items (others pass through)."""
     def work() -> None:
         params = state.item.params
-        state.source = stages.text_to_image(params, int(params.seed))
+        state.source = stages.text_to_image(params, params.seed)
         state.models.update(stages.describe())
 
     return state if state.item.image is not None else guarded(state, "text_to_image", work)
@@ -138,7 +138,7 @@ def views_step(state: ItemState, stages: StageProvider) -> ItemState:
     def work() -> None:
         params = state.item.params
         state.condition = stages.encode_condition(state.prepared.value)
-        state.views = stages.novel_views(state.condition.value, params, int(params.seed))
+        state.views = stages.novel_views(state.condition.value, params, params.seed)
         state.models.update(stages.describe())
 
     return guarded(state, "novel_views", work)
@@ -178,7 +178,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self.objects: dict[str, tuple[bytes, str]] = {}
 
-    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+    def put(self, key: str, data: bytes, content_type: str = OCTET_STREAM) -> None:
         self.objects[key] = (bytes(data), content_type)
 
     def get(self, key: str) -> bytes:
@@ -211,17 +211,14 @@ def training_step(state: ItemState, preset: ModelPreset, guidance: StageProvider
         pipeline = Lift3DPipeline(preset, device=device, stages=ReplayStages(state, guidance))
         image = state.source.value if item.image is not None else None
         output = pipeline.run(item.params, image, writer)
-        busy = dict(output.busy_s)
-        costs = replace(cost_model, gpu_fractions={**cost_model.gpu_fractions, **output.gpu_fractions})
-        gpu_seconds, cost = costs.gpu_seconds(busy), costs.cost_usd(busy)
+        cost = bill(cost_model, output.busy_s, output.gpu_fractions)
         # the replayed stages ran in other actors: their wall time is theirs, not the replay's
         timings = {**output.metadata["timings_s"], **{k: round(v, 3) for k, v in state.wall_s.items()}}
         writer.metadata({**output.metadata, "id": item.id, "batch_row": item.index, "timings_s": timings,
-                         "busy_s": {k: round(v, 3) for k, v in busy.items()},
-                         "cost": {"usd": cost, "gpu_seconds": gpu_seconds, **costs.describe()}})
+                         "busy_s": {k: round(v, 3) for k, v in cost.busy_s.items()}, "cost": cost.metadata()})
         state.artifacts = dict(store.objects)
-        state.outcome = {"seed": output.seed, "busy_s": busy, "gpu_seconds": gpu_seconds, "cost_usd": cost,
-                         "random_weights": bool(output.metadata.get("random_weights"))}
+        state.outcome = {"seed": output.seed, "busy_s": cost.busy_s, "gpu_seconds": cost.gpu_seconds,
+                         "cost_usd": cost.cost_usd, "random_weights": bool(output.metadata.get("random_weights"))}
         state.condition = None  # not needed any more; keeps the row small
 
     return guarded(state, "sds_training", work)

@@ -27,7 +27,7 @@ from typing import Any
 
 from lift3d.errors import InvalidInputError, Lift3DError
 from lift3d.io.images import ImageLimits, load_image
-from lift3d.params import GenerationParams, check_one_input, parse_params
+from lift3d.params import GenerationParams, SeededParams, check_one_input, parse_params
 from lift3d.batch.locations import Reader, resolve
 
 __all__ = ["BadRow", "BatchItem", "CheckedManifest", "ITEM_COLUMNS", "check_rows", "read_manifest"]
@@ -52,7 +52,7 @@ class BatchItem:
 
     id: str
     index: int
-    params: GenerationParams
+    params: SeededParams
     image: str | None = None
 
 

@@ -53,7 +53,7 @@ class ResultRow(BaseModel):
     seconds: dict[str, float] = Field(default_factory=dict, description="Busy seconds per stage (sds_guidance: "
                                       "this item's share of batched Zero123 calls).")
     gpu_seconds: float = Field(0.0, description="Σ busy seconds × the stage pool's GPU fraction.")
-    cost_usd: float = Field(0.0, description="gpu_seconds × price per GPU-hour / 3600 (lift3d.service.costs).")
+    cost_usd: float = Field(0.0, description="gpu_seconds × price per GPU-hour / 3600 (lift3d.costs).")
     artifacts: list[str] = Field(default_factory=list, description="Keys under --out, e.g. <id>/model.glb.")
     random_weights: bool | None = None
     finished_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())

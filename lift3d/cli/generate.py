@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, Optional
 import typer
 from rich.console import Console
 
+from lift3d.cli.param_options import given, param_option
 from lift3d.cli.progress import configure_logging
+from lift3d.params import TEXTURE_SIZES
 
 if TYPE_CHECKING:  # the diffusion stages are imported only when a generation runs, so `--help` stays fast
     import torch
@@ -26,29 +28,35 @@ if TYPE_CHECKING:  # the diffusion stages are imported only when a generation ru
 __all__ = ["generate", "run_generation"]
 
 stderr = Console(stderr=True)
+_TEXTURE_SIZES = ", ".join(map(str, TEXTURE_SIZES[:-1])) + f" or {TEXTURE_SIZES[-1]}"
 
 
 def generate(
     out: Path = typer.Option(..., "--out", help="Output directory (created if missing)."),
     image: Optional[Path] = typer.Option(None, "--image", help="Input image: PNG, JPEG or WebP."),
-    prompt: Optional[str] = typer.Option(None, "--prompt", help="SDXL prompt, when no image is given."),
-    negative_prompt: str = typer.Option("", "--negative-prompt", help="SDXL negative prompt."),
-    num_views: int = typer.Option(8, "--num-views", help="Novel views, 4–12."),
-    guidance_scale: float = typer.Option(7.5, "--guidance-scale", help="SDXL guidance scale, 1–50."),
-    num_inference_steps: int = typer.Option(30, "--num-inference-steps", help="SDXL steps, 1–200."),
-    num_multiview_steps: int = typer.Option(50, "--num-multiview-steps", help="Zero123 DDIM steps, 1–200."),
-    multiview_guidance_scale: float = typer.Option(3.0, "--multiview-guidance-scale", help="Zero123 guidance, 1–20."),
-    num_3d_max_steps: Optional[int] = typer.Option(
-        None, "--num-3d-max-steps", help="SDS steps, 10–1000 (default: the preset's, 600 for full models)."
-    ),
-    remove_background: bool = typer.Option(
-        True, "--remove-background/--no-remove-background", help="rembg + recentring."
-    ),
-    views_only: bool = typer.Option(False, "--views-only", help="Only novel views: no NeRF, no mesh."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="0–4294967295; random when omitted."),
-    texture: bool = typer.Option(True, "--texture/--no-texture", help="Also write model_textured.glb (UV + PBR)."),
-    texture_size: int = typer.Option(1024, "--texture-size", help="Texture side: 512, 1024 or 2048."),
-    target_faces: Optional[int] = typer.Option(None, "--target-faces", help="Decimate to about this many faces."),
+    prompt: Optional[str] = param_option("prompt", "--prompt", help="SDXL prompt, when no image is given"),
+    negative_prompt: Optional[str] = param_option("negative_prompt", "--negative-prompt", help="SDXL negative prompt"),
+    num_views: Optional[int] = param_option("num_views", "--num-views", help="Novel views"),
+    guidance_scale: Optional[float] = param_option("guidance_scale", "--guidance-scale", help="SDXL guidance scale"),
+    num_inference_steps: Optional[int] = param_option("num_inference_steps", "--num-inference-steps",
+                                                      help="SDXL steps"),
+    num_multiview_steps: Optional[int] = param_option("num_multiview_steps", "--num-multiview-steps",
+                                                      help="Zero123 DDIM steps"),
+    multiview_guidance_scale: Optional[float] = param_option("multiview_guidance_scale", "--multiview-guidance-scale",
+                                                             help="Zero123 guidance"),
+    num_3d_max_steps: Optional[int] = param_option("num_3d_max_steps", "--num-3d-max-steps", help="SDS steps",
+                                                   unset="the preset's, 600 for full models"),
+    remove_background: Optional[bool] = param_option("remove_background", "--remove-background/--no-remove-background",
+                                                     help="rembg + recentring"),
+    views_only: Optional[bool] = param_option("return_3d", "--views-only", help="Only novel views: no NeRF, no mesh",
+                                              invert=True),
+    seed: Optional[int] = param_option("seed", "--seed", help="Seed of every random draw", unset="random"),
+    texture: Optional[bool] = param_option("texture", "--texture/--no-texture",
+                                           help="Also write model_textured.glb (UV + PBR)"),
+    texture_size: Optional[int] = param_option("texture_size", "--texture-size",
+                                               help=f"Texture side: {_TEXTURE_SIZES}"),
+    target_faces: Optional[int] = param_option("target_faces", "--target-faces",
+                                               help="Decimate to about this many faces"),
     preset: str = typer.Option(
         "auto", "--preset",
         help="Model preset: default, tiny (random weights), or auto (default if its weights are present, "
@@ -57,20 +65,22 @@ def generate(
     sdxl_model: Optional[str] = typer.Option(None, "--sdxl-model", help="SDXL hub id or local directory."),
     zero123_model: Optional[str] = typer.Option(None, "--zero123-model", help="Stable Zero123 hub id or directory."),
     rembg_model: Optional[str] = typer.Option(None, "--rembg-model", help="rembg model name (files in REMBG_HOME)."),
-    text_prompt: list[str] = typer.Option([], "--text-prompt", help="Weighted SDXL prompt 'TEXT::WEIGHT', "
-                                          "repeatable (negative weight: a negative prompt); replaces --prompt's "
-                                          "conditioning."),
-    sampler: Optional[str] = typer.Option(None, "--sampler", help="SDXL sampler: euler, euler_a, dpmpp_2m, ddim, "
-                                          "… (docs/images.md)."),
-    scheduler: str = typer.Option("normal", "--scheduler", help="normal, karras, exponential or sgm_uniform."),
-    regions: Optional[Path] = typer.Option(None, "--regions", help="MultiDiffusion regions JSON for the SDXL image "
-                                           "(--prompt is the background)."),
-    pose_image: Optional[Path] = typer.Option(None, "--pose-image", help="Photo whose pose conditions the SDXL image."),
-    video: bool = typer.Option(False, "--video/--no-video", help="Also write turntable.mp4."),
-    camera_path: str = typer.Option("orbit", "--camera-path", help="orbit, spiral, or a keyframes JSON file."),
-    video_frames: int = typer.Option(48, "--video-frames", help="Frames of the video, 8–600."),
-    video_fps: int = typer.Option(24, "--video-fps", help="Frames per second, 1–60."),
-    video_size: int = typer.Option(256, "--video-size", help="Video side in pixels, even, 64–1024."),
+    text_prompt: Optional[list[str]] = param_option(
+        "text_prompts", "--text-prompt", help="Weighted SDXL prompt 'TEXT::WEIGHT', repeatable (negative weight: a "
+        "negative prompt); replaces --prompt's conditioning"),
+    sampler: Optional[str] = param_option("sampler", "--sampler", help="SDXL sampler: euler, euler_a, dpmpp_2m, ddim, "
+                                          "… (docs/images.md)", unset="the model's own"),
+    scheduler: Optional[str] = param_option("scheduler", "--scheduler", help="Noise schedule"),
+    regions: Optional[Path] = param_option("regions", "--regions", help="MultiDiffusion regions JSON for the SDXL "
+                                           "image (--prompt is the background)", bounds=False),
+    pose_image: Optional[Path] = param_option("pose_image", "--pose-image", bounds=False,
+                                              help="Photo whose pose conditions the SDXL image"),
+    video: Optional[bool] = param_option("video", "--video/--no-video", help="Also write turntable.mp4"),
+    camera_path: Optional[str] = param_option("camera_path", "--camera-path",
+                                              help="orbit, spiral, or a keyframes JSON file"),
+    video_frames: Optional[int] = param_option("video_frames", "--video-frames", help="Frames of the video"),
+    video_fps: Optional[int] = param_option("video_fps", "--video-fps", help="Frames per second"),
+    video_size: Optional[int] = param_option("video_size", "--video-size", help="Video side in pixels"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
     threads: Optional[int] = typer.Option(
         None, "--threads", help="Torch CPU threads (default: torch's). Same seed + device + threads → same files."
@@ -92,24 +102,23 @@ def generate(
     from lift3d.params.images import named_prompt
     from lift3d.presets import resolve_preset
 
-    weighted = text_prompts(text_prompt, [])
-    params = parse_params(
-        {
-            "prompt": prompt, "negative_prompt": negative_prompt, "num_views": num_views,
-            "guidance_scale": guidance_scale, "num_inference_steps": num_inference_steps,
-            "num_multiview_steps": num_multiview_steps, "multiview_guidance_scale": multiview_guidance_scale,
-            "num_3d_max_steps": num_3d_max_steps, "remove_background": remove_background,
-            "return_3d": not views_only, "seed": seed, "texture": texture, "texture_size": texture_size,
-            "target_faces": target_faces, "sampler": sampler, "scheduler": scheduler,
-            "text_prompts": weighted or None,
-            # a prompt job is named by its prompt: weighted prompts alone take their first positive text
-            **({"prompt": named_prompt(weighted)} if weighted and prompt is None else {}),
-            "regions": None if regions is None else read_regions(regions),
-            "pose_image": None if pose_image is None else file_base64(pose_image, "--pose-image"),
-            "video": video, "camera_path": parse_camera_path(camera_path), "video_frames": video_frames,
-            "video_fps": video_fps, "video_size": video_size,
-        }
-    )
+    weighted = text_prompts(text_prompt or [], [])
+    # only what the user set: GenerationParams owns every default and range
+    params = parse_params(given({
+        "prompt": prompt, "negative_prompt": negative_prompt, "num_views": num_views,
+        "guidance_scale": guidance_scale, "num_inference_steps": num_inference_steps,
+        "num_multiview_steps": num_multiview_steps, "multiview_guidance_scale": multiview_guidance_scale,
+        "num_3d_max_steps": num_3d_max_steps, "remove_background": remove_background,
+        "return_3d": None if views_only is None else not views_only, "seed": seed, "texture": texture,
+        "texture_size": texture_size, "target_faces": target_faces, "sampler": sampler, "scheduler": scheduler,
+        "text_prompts": weighted or None,
+        # a prompt job is named by its prompt: weighted prompts alone take their first positive text
+        **({"prompt": named_prompt(weighted)} if weighted and prompt is None else {}),
+        "regions": None if regions is None else read_regions(regions),
+        "pose_image": None if pose_image is None else file_base64(pose_image, "--pose-image"),
+        "video": video, "camera_path": None if camera_path is None else parse_camera_path(camera_path),
+        "video_frames": video_frames, "video_fps": video_fps, "video_size": video_size,
+    }))
     check_one_input(image is not None, params.prompt is not None, "--image", "--prompt")
     loaded = load_image(image) if image is not None else None
     torch_device = resolve_device(device)

@@ -36,7 +36,7 @@ _DATABASE_HELP = "Service database URL (default: $LIFT3D_DATABASE_URL, else sqli
 def _store(database_url: str | None):
     """The key store on ``database_url`` (default from the environment), migrated."""
     from lift3d.service.db import Database, database_url_from_env, migrate
-    from lift3d.service.keys import ApiKeyStore
+    from lift3d.service.accounts.keys import ApiKeyStore
 
     database = Database(database_url or database_url_from_env())
     migrate(database)

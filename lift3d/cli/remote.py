@@ -21,14 +21,17 @@ import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import typer
 from rich.console import Console
 
 from lift3d.cli.generate import generate
+from lift3d.cli.param_options import given
 from lift3d.cli.progress import RichProgress, configure_logging
 from lift3d.errors import InvalidInputError, Lift3DError
+from lift3d.io.media_types import EVENT_STREAM, JSON
+from lift3d.service.jobs.artifacts import artifact_path
 from nerf.trainers.stats import StepStats
 
 if TYPE_CHECKING:
@@ -105,7 +108,7 @@ class RemoteClient:
 
         last_id, failures = None, 0
         while True:
-            headers = {"Accept": "text/event-stream", **self._auth}
+            headers = {"Accept": EVENT_STREAM, **self._auth}
             if last_id is not None:
                 headers["Last-Event-ID"] = last_id
             try:
@@ -133,7 +136,7 @@ class RemoteClient:
 
     def result(self, job_id: str) -> tuple[str, dict]:
         """``(status, summary)`` of a finished job from ``GET /v1/generation/{id}`` (JSON)."""
-        response = self._call("GET", f"/v1/generation/{job_id}", headers={"Accept": "application/json"})
+        response = self._call("GET", f"/v1/generation/{job_id}", headers={"Accept": JSON})
         body = response.json()
         if response.status_code == 200:
             return "succeeded", body
@@ -157,7 +160,7 @@ class RemoteClient:
             if url.startswith("/") or _same_origin(url, self.server):
                 url, headers = urljoin(self.server + "/", url), self._auth
             elif urlsplit(url).scheme not in ("http", "https"):
-                url, headers = f"{self.server}/v1/generation/{job_id}/artifacts/{quote(name, safe='/')}", self._auth
+                url, headers = self.server + artifact_path(job_id, name), self._auth
             target = out / name
             target.parent.mkdir(parents=True, exist_ok=True)
             with self._stream("GET", url, headers) as response:
@@ -258,23 +261,22 @@ class ServerProgress(RichProgress):
 
 @remote_app.command("generate")
 def remote_generate(
-    ctx: typer.Context,
     server: str = typer.Option(..., "--server", help="Server base URL, e.g. http://127.0.0.1:8000."),
     out: Path = _SAME["out"].default,
     image: Optional[Path] = _SAME["image"].default,
     prompt: Optional[str] = _SAME["prompt"].default,
-    negative_prompt: str = _SAME["negative_prompt"].default,
-    num_views: int = _SAME["num_views"].default,
-    guidance_scale: float = _SAME["guidance_scale"].default,
-    num_inference_steps: int = _SAME["num_inference_steps"].default,
-    num_multiview_steps: int = _SAME["num_multiview_steps"].default,
-    multiview_guidance_scale: float = _SAME["multiview_guidance_scale"].default,
+    negative_prompt: Optional[str] = _SAME["negative_prompt"].default,
+    num_views: Optional[int] = _SAME["num_views"].default,
+    guidance_scale: Optional[float] = _SAME["guidance_scale"].default,
+    num_inference_steps: Optional[int] = _SAME["num_inference_steps"].default,
+    num_multiview_steps: Optional[int] = _SAME["num_multiview_steps"].default,
+    multiview_guidance_scale: Optional[float] = _SAME["multiview_guidance_scale"].default,
     num_3d_max_steps: Optional[int] = _SAME["num_3d_max_steps"].default,
-    remove_background: bool = _SAME["remove_background"].default,
-    views_only: bool = _SAME["views_only"].default,
+    remove_background: Optional[bool] = _SAME["remove_background"].default,
+    views_only: Optional[bool] = _SAME["views_only"].default,
     seed: Optional[int] = _SAME["seed"].default,
-    texture: bool = _SAME["texture"].default,
-    texture_size: int = _SAME["texture_size"].default,
+    texture: Optional[bool] = _SAME["texture"].default,
+    texture_size: Optional[int] = _SAME["texture_size"].default,
     target_faces: Optional[int] = _SAME["target_faces"].default,
     verbose: bool = _SAME["verbose"].default,
 ) -> None:
@@ -287,17 +289,12 @@ def remote_generate(
     if not api_key:
         raise RemoteError("LIFT3D_API_KEY is not set: export the key that `lift3d keys create` printed")
     check_one_input(image is not None, prompt is not None, "--image", "--prompt")
-    values = {name: value for name, value in locals().items() if name in _PARAMS}
-    values["return_3d"] = not views_only
-    parse_params(values)  # raises InvalidInputError with the same messages as a local run
-    # only the flags given on the command line are sent: the server's defaults (its preset's) apply to the rest
-    given = {name for name in (*_PARAMS, "views_only")
-             if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"}
-    fields = {name: values[name] for name in _PARAMS if name in given and name != "prompt"}
-    if "views_only" in given:
-        fields["return_3d"] = values["return_3d"]
-    if prompt is not None:
-        fields["prompt"] = prompt
+    # only the flags given on the command line (every option is unset by default) are checked here, as a local
+    # run checks them, and sent: the server's defaults (its preset's) apply to the rest
+    fields = given({name: value for name, value in locals().items() if name in _PARAMS})
+    if views_only is not None:
+        fields["return_3d"] = not views_only
+    parse_params(fields)  # raises InvalidInputError with the same messages as a local run
     if image is not None and not image.is_file():
         raise InvalidInputError(f"--image: no such file: {image}")
     # 2. submit and follow

@@ -16,13 +16,11 @@ import trimesh
 from PIL import Image
 
 from lift3d.io.encoded import EncodedImage, png_bytes
+from lift3d.io.media_types import GLB, JSON, PNG
 from lift3d.io.storage.base import ArtifactStore
 from nerf.export import glb_bytes
 
-__all__ = ["ArtifactWriter", "GLB", "PNG", "contact_sheet", "package_versions"]
-
-PNG = "image/png"
-GLB = "model/gltf-binary"
+__all__ = ["ArtifactWriter", "contact_sheet", "package_versions"]
 
 VERSIONED_PACKAGES = ("lift3d", "torch", "numpy", "diffusers", "transformers", "rembg", "onnxruntime", "trimesh",
                       "xatlas", "fast-simplification", "PyMCubes")
@@ -99,4 +97,4 @@ class ArtifactWriter:
     def metadata(self, metadata: dict) -> str:
         """Store ``metadata.json`` (sorted keys, indented)."""
         data = json.dumps(metadata, indent=2, sort_keys=True, default=str).encode()
-        return self.put("metadata.json", data, "application/json")
+        return self.put("metadata.json", data, JSON)

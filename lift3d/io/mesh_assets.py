@@ -11,7 +11,8 @@ import torch
 import trimesh
 
 from lift3d.errors import InvalidInputError
-from lift3d.io.artifacts import GLB, ArtifactWriter
+from lift3d.io.artifacts import ArtifactWriter
+from lift3d.io.media_types import GLB
 from lift3d.params import TEXTURE_SIZES, TextureParams
 from nerf.texture import bake_texture, decimate, textured_glb_bytes, unwrap
 

@@ -25,10 +25,7 @@ import numpy as np
 
 from lift3d.errors import InvalidInputError
 
-__all__ = ["MP4", "read_mp4_frames", "read_mp4_info", "write_mp4"]
-
-MP4 = "video/mp4"
-"""Content type of the videos."""
+__all__ = ["read_mp4_frames", "read_mp4_info", "write_mp4"]
 
 _CRF = "20"
 """x264 constant rate factor: 0 lossless … 51 worst; 20 keeps flat colours clean at small sizes."""

@@ -13,10 +13,11 @@ from lift3d.params.generation import (
     SDXL_GUIDANCE_SCALE_RANGE,
     TEXTURE_SIZES,
     GenerationParams,
+    SeededParams,
     TextureParams,
     check_one_input,
     parse_params,
 )
 
-__all__ = ["GenerationParams", "MAX_SEED", "SDXL_GUIDANCE_SCALE_RANGE", "TEXTURE_SIZES", "TextureParams",
+__all__ = ["GenerationParams", "MAX_SEED", "SDXL_GUIDANCE_SCALE_RANGE", "SeededParams", "TEXTURE_SIZES", "TextureParams",
            "check_one_input", "parse_params"]

@@ -13,7 +13,8 @@ from lift3d.errors import InvalidInputError
 from lift3d.params.images import MAX_SEED, PromptControls
 from lift3d.params.video import VideoParams
 
-__all__ = ["GenerationParams", "MAX_SEED", "SDXL_GUIDANCE_SCALE_RANGE", "TEXTURE_SIZES", "TextureParams", "check_one_input", "parse_params"]
+__all__ = ["GenerationParams", "MAX_SEED", "SDXL_GUIDANCE_SCALE_RANGE", "SeededParams", "TEXTURE_SIZES", "TextureParams",
+           "check_one_input", "parse_params"]
 
 SDXL_GUIDANCE_SCALE_RANGE = (1.0, 50.0)
 """Accepted SDXL classifier-free guidance scales (Replicate's SDXL range; the stage enforces the same one)."""
@@ -90,15 +91,28 @@ class GenerationParams(TextureParams, PromptControls, VideoParams):
         None, ge=0, le=MAX_SEED, description="Seed of every random draw; random when omitted, echoed back."
     )
 
-    def with_seed(self) -> "GenerationParams":
-        """A copy whose seed is set (drawn from the OS's entropy when it was None)."""
-        if self.seed is not None:
-            return self
-        return self.model_copy(update={"seed": secrets.randbelow(MAX_SEED + 1)})
+    def with_seed(self) -> SeededParams:
+        """These parameters with the seed fixed, as a :class:`SeededParams` (``seed`` an ``int``): the given seed,
+        or one drawn uniformly from [0, :data:`MAX_SEED`] with the OS's entropy when it was None. Every other
+        field is the same object (already validated: nothing is validated again)."""
+        seed = self.seed if self.seed is not None else secrets.randbelow(MAX_SEED + 1)
+        return SeededParams.model_construct(self.model_fields_set | {"seed"}, **{**dict(self), "seed": seed})
 
     def view_azimuths(self) -> list[float]:
         """Azimuths in degrees of the novel views: ``i * 360 / num_views`` for i in 0..num_views−1."""
         return [i * 360.0 / self.num_views for i in range(self.num_views)]
+
+
+
+class SeededParams(GenerationParams):
+    """:class:`GenerationParams` once the seed is fixed (:meth:`GenerationParams.with_seed`): what a job record, a
+    batch item and a pipeline run hold, so that every attempt and every stage uses one seed, typed ``int``."""
+
+    seed: int = Field(..., ge=0, le=MAX_SEED, description="Seed of every random draw.")
+
+    def with_seed(self) -> SeededParams:
+        """Itself: the seed is fixed already."""
+        return self
 
 
 def _describe(error: dict) -> str:

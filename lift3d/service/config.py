@@ -60,6 +60,8 @@ class StateSettings(BaseModel):
                            "(the consumer waiting for a trainer slot, then the trainer's heartbeats every heartbeat_s) "
                            "renew it; a job whose lease ran out is requeued by the next sweep, so a dead replica's "
                            "job starts again within lease_s + sweep_interval_s. Keep it ≥ 3 × heartbeat_s.")
+    url_expires_s: int = Field(3600, gt=0, description="Lifetime of presigned artifact URLs (an S3 store's), in the "
+                               "status result, the artifact listing and the generation.completed webhook.")
 
     def state_settings(self) -> "StateSettings":
         """Just these fields (what :func:`lift3d.service.state.open_state` needs)."""
@@ -100,17 +102,20 @@ class ServiceConfig(StateSettings):
     device: str = Field("auto", description="Torch device of the model replicas: auto, cpu or cuda.")
     gpu_type: str = Field("A10G", description="GPU type of the pool; sets the default price per GPU-hour.")
     price_per_gpu_hour: float | None = Field(None, ge=0, description="USD per GPU-hour; default: the AWS "
-                                             "on-demand price of gpu_type (lift3d.service.costs).")
+                                             "on-demand price of gpu_type (lift3d.costs).")
     heartbeat_s: float = Field(5.0, gt=0, description="Seconds between job-record writes while a job runs.")
     stale_after_s: float = Field(300.0, gt=0, description="Records from before leases: requeue running jobs "
                                  "without heartbeat this long.")
     sweep_interval_s: float = Field(5.0, gt=0, description="Seconds between sweeps for jobs whose lease ran out.")
     store_retry_s: float = Field(120.0, ge=0, description="Workers (trainer, consumer): seconds a store call waits "
                                  "for an unreachable artifact store to come back; the ingress never waits (503).")
-    sds_max_batch_size: int = Field(8, ge=1, description="Most SDS requests per Zero123 UNet forward.")
+    sds_max_batch_size: int = Field(8, ge=1, description="Most SDS requests gathered into one Zero123 SDS batch.")
+    sds_max_batch_views: int = Field(32, ge=1, description="Most views (renders) per Zero123 UNet forward: a "
+                                     "gathered SDS batch is split into forwards of at most this many views, so the "
+                                     "MultiView replica's memory is bounded by views, not requests "
+                                     "(benchmarks/memory_model.py).")
     sds_batch_wait_timeout_s: float = Field(0.01, ge=0, description="Wait for more SDS requests per batch.")
     max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0, description="Largest accepted image upload.")
-    url_expires_s: int = Field(3600, gt=0, description="Lifetime of presigned artifact URLs.")
     default_rate_limit_per_min: int = Field(60, ge=1, description="Requests per minute of a key without its own "
                                             "rate limit.")
     rate_limit_storage_url: str = Field("memory://", description="Where rate-limit counts live (the `limits` "
@@ -125,6 +130,8 @@ class ServiceConfig(StateSettings):
                                    "response (IETF httpapi-idempotency-key draft).")
     events_poll_interval_s: float = Field(0.5, gt=0, description="Seconds between job-record reads of each open "
                                           "event stream (GET /v1/generation/{id}/events) and of Prefer: wait.")
+    events_keepalive_s: float = Field(15.0, gt=0, description="Seconds between keep-alive comments on an idle event "
+                                      "stream (so proxies keep it open); clients ignore them (SSE comment lines).")
     torch_threads: int | None = Field(None, ge=1, description="Torch CPU threads of the TextToImage, MultiView and NerfTrainer replicas; "
                                       "None: as Ray sets it (the replica's num_cpus). CPU results depend on it: run "
                                       "`lift3d generate --threads N` with the same N to reproduce a job bit for bit.")

@@ -3,7 +3,7 @@ safe to run on several replicas at once (guarded updates, idempotent deletes).
 
 - :func:`housekeeping` (every ``sweep_interval_s``): finished jobs past ``result_ttl_s`` lose their artifacts and
   become ``expired``; idempotency records past their TTL are deleted.
-- :func:`deliver_webhooks` (every second or so): due webhook messages are sent (:func:`lift3d.service.webhooks.deliver_due`).
+- :func:`deliver_webhooks` (every second or so): due webhook messages are sent (:func:`lift3d.service.webhooks.sender.deliver_due`).
 """
 
 from __future__ import annotations
@@ -11,14 +11,23 @@ from __future__ import annotations
 import logging
 import time
 
+from sqlalchemy import delete
+
 from lift3d.service.config import StateSettings
-from lift3d.service.idempotency import purge_expired
+from lift3d.service.db.engine import Database
+from lift3d.service.db.models import IdempotencyRecord
 from lift3d.service.state import ServiceState
-from lift3d.service.webhooks import DeliveryResult, deliver_due
+from lift3d.service.webhooks.sender import DeliveryResult, deliver_due
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["deliver_webhooks", "housekeeping", "webhook_secret_for"]
+__all__ = ["deliver_webhooks", "housekeeping", "purge_expired", "webhook_secret_for"]
+
+
+def purge_expired(database: Database, now: float) -> int:
+    """Delete idempotency rows with ``expires_at <= now`` (epoch seconds); returns how many were deleted."""
+    with database.transaction() as session:
+        return session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.expires_at <= now)).rowcount
 
 
 def housekeeping(state: ServiceState, settings: StateSettings, now: float | None = None) -> dict[str, int]:

@@ -23,12 +23,12 @@ from lift3d.pipeline.image_generation import ImageModels
 from lift3d.pipeline.providers import InProcessStages
 from lift3d.presets import ModelPreset, get_preset
 from lift3d.service.config import ServiceConfig
-from lift3d.service.costs import CostModel
-from lift3d.service.delivery import consume_job
+from lift3d.costs import CostModel
+from lift3d.service.worker.consumer import consume_job
 from lift3d.service.metrics import ServiceMetrics
 from lift3d.service.server import build_api, build_images, build_service
 from lift3d.service.state import open_state
-from lift3d.service.worker import JobRunner
+from lift3d.service.worker.runner import JobRunner
 
 __all__ = ["LocalServer"]
 

@@ -3,6 +3,11 @@
 Parameters are :class:`~lift3d.params.GenerationParams`' (same names, ranges and defaults as the CLI); a request
 adds the job kind and the input image as base64.
 
+Errors are exceptions (:class:`~lift3d.errors.Lift3DError`: a ``name`` and an HTTP ``status_code``); the ones about
+one generation (:class:`GenerationError`) carry its id. :meth:`ErrorBody.of` turns any of them into the error
+envelope: the HTTP app does it in one handler (:mod:`lift3d.service.api.errors`), the Serve ingress at the edge of
+its Python handle API.
+
 Examples:
     >>> request = GenerationRequest.with_image(open("examples/dragon2_rgba.png", "rb").read(), seed=0)
     >>> request.kind, request.params().num_views
@@ -13,26 +18,36 @@ from __future__ import annotations
 
 import base64
 import binascii
+import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from lift3d.errors import InvalidInputError
+from lift3d.errors import InvalidInputError, Lift3DError
 from lift3d.params import GenerationParams, check_one_input
 from lift3d.params.images import named_prompt
 
 __all__ = [
     "ERROR_STATUS",
+    "UNAVAILABLE_RETRY_AFTER_S",
     "Artifact",
+    "ArtifactNotFound",
     "BadRequestError",
     "ErrorBody",
     "GenerationAccepted",
+    "GenerationCanceled",
+    "GenerationError",
+    "GenerationExpired",
+    "GenerationFailed",
+    "GenerationFinished",
     "GenerationKind",
+    "GenerationNotFound",
     "GenerationRequest",
     "GenerationResult",
     "GenerationStatus",
     "JobStatus",
     "Progress",
+    "ServiceUnavailableError",
     "UnsupportedMediaTypeError",
     "decode_image",
 ]
@@ -61,19 +76,111 @@ ERROR_STATUS: dict[str, int] = {
     "service_unavailable": 503,
     "overloaded": 503,
 }
-"""HTTP status of each error ``name`` (unknown names map to 500)."""
+"""HTTP status of each error ``name`` (unknown names map to 500). Each exception class states its own
+(``status_code``); this table documents the envelope and answers for names stored with a failed job."""
+
+UNAVAILABLE_RETRY_AFTER_S = 5
+"""``Retry-After`` (seconds) of a ``503`` that did not set its own: a backing service or deployment is down."""
 
 
 class BadRequestError(InvalidInputError):
     """The request cannot be parsed (malformed JSON, base64 or multipart body, unsupported content type)."""
 
     name = "bad_request"
+    status_code = 400
 
 
 class UnsupportedMediaTypeError(BadRequestError):
     """The body's ``Content-Type`` is not one the route reads (HTTP 415)."""
 
     name = "unsupported_media_type"
+    status_code = 415
+
+
+class ServiceUnavailableError(Lift3DError):
+    """A backing service (database, artifact store, job queue, a deployment) cannot serve the request now (HTTP
+    503, ``Retry-After`` :data:`UNAVAILABLE_RETRY_AFTER_S`)."""
+
+    name = "service_unavailable"
+    status_code = 503
+    retry_after_s = UNAVAILABLE_RETRY_AFTER_S
+
+
+class GenerationError(Lift3DError):
+    """An answer about one generation other than its result; the envelope's ``id`` is ``job_id``.
+
+    Args:
+        job_id: the generation's id, as the caller gave it.
+        message: what the caller is told (a default per class).
+    """
+
+    default_message = "the generation cannot be served"
+
+    def __init__(self, job_id: str, message: str | None = None) -> None:
+        super().__init__(message or self.default_message)
+        self.job_id = job_id
+
+    def __reduce__(self) -> tuple:  # picklable (crosses Ray handles) despite the two arguments
+        return type(self), (self.job_id, str(self))
+
+
+class GenerationNotFound(GenerationError):
+    """No generation with this id, or none the caller's key may see (HTTP 404)."""
+
+    name = "generation_not_found"
+    status_code = 404
+
+    def __init__(self, job_id: str, message: str | None = None) -> None:
+        super().__init__(job_id, message or f"no generation with id {job_id!r}")
+
+
+class ArtifactNotFound(GenerationError):
+    """The generation has no such artifact (yet, or any more) (HTTP 404)."""
+
+    name = "artifact_not_found"
+    status_code = 404
+
+
+class GenerationFinished(GenerationError):
+    """The generation already ended: it cannot be canceled (HTTP 409)."""
+
+    name = "generation_finished"
+    status_code = 409
+
+
+class GenerationCanceled(GenerationError):
+    """The generation was canceled (HTTP 410; a ``DELETE`` that cancels a job before it starts answers 200)."""
+
+    name = "generation_canceled"
+    status_code = 410
+    default_message = "the generation was canceled"
+
+
+class GenerationExpired(GenerationError):
+    """The generation's results expired and were deleted (HTTP 410)."""
+
+    name = "generation_expired"
+    status_code = 410
+    default_message = "the generation's results expired and were deleted"
+
+
+class GenerationFailed(GenerationError):
+    """The generation failed: its stored error name (the status follows from :data:`ERROR_STATUS`; no
+    ``Retry-After``, since asking again cannot help) and message.
+
+    Args:
+        job_id: the generation's id.
+        name: the error name stored with the job (``internal_error`` when none was).
+        message: the stored message.
+    """
+
+    def __init__(self, job_id: str, name: str = "internal_error", message: str = "the generation failed") -> None:
+        super().__init__(job_id, message)
+        self.name = name
+        self.status_code = ERROR_STATUS.get(name, 500)
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.job_id, self.name, str(self))
 
 
 class GenerationRequest(GenerationParams):
@@ -213,3 +320,11 @@ class ErrorBody(BaseModel):
     @property
     def http_status(self) -> int:
         return ERROR_STATUS.get(self.name, 500)
+
+    @classmethod
+    def of(cls, exc: Lift3DError, id: str | None = None) -> "ErrorBody":
+        """The envelope of ``exc``: its ``name``, its ``errors`` (else its message), and ``id``, else the
+        generation's id (:class:`GenerationError`), else a fresh request id (32 hex digits)."""
+        if id is None:
+            id = exc.job_id if isinstance(exc, GenerationError) else uuid.uuid4().hex
+        return cls(id=id, name=exc.name, errors=list(exc.errors or [str(exc)]))

@@ -16,19 +16,19 @@ from fastapi import FastAPI
 
 from lift3d.io.image_calls import EncodedSample, ImageCall
 from lift3d.io.images import ImageLimits
-from lift3d.service.app import RequestMetrics, create_api
+from lift3d.service.api.app import RequestMetrics, create_api
 from lift3d.service.config import ServiceConfig
-from lift3d.service.costs import price_per_gpu_hour
-from lift3d.service.credits import estimate_credits
-from lift3d.service.generation import GenerationService, WebhookPolicy
-from lift3d.service.images import ImageService
+from lift3d.costs import price_per_gpu_hour
+from lift3d.service.accounts.credits import estimate_credits
+from lift3d.service.jobs.generation import GenerationService, WebhookPolicy
+from lift3d.service.jobs.image_service import ImageService
 from lift3d.service.state import ServiceState
 
 __all__ = ["build_api", "build_images", "build_service", "pricing"]
 
 
 def pricing(config: ServiceConfig) -> Callable[[str, Any], float]:
-    """``(kind, params) → credits``: the estimate reserved at submit (:func:`lift3d.service.credits.estimate_credits`
+    """``(kind, params) → credits``: the estimate reserved at submit (:func:`lift3d.service.accounts.credits.estimate_credits`
     with the config's preset, GPU price and USD per credit).
 
     Raises:

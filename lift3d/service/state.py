@@ -18,10 +18,11 @@ from lift3d.io.storage.base import ArtifactStore
 from lift3d.io.storage.retrying import RetryingStore
 from lift3d.service.config import StateSettings
 from lift3d.service.db import Database, database_url_from_env, migrate
-from lift3d.service.jobs import JobRecord, JobStore
-from lift3d.service.keys import ApiKeyStore
+from lift3d.service.jobs.artifacts import ArtifactUrls
+from lift3d.service.jobs.store import JobRecord, JobStore
+from lift3d.service.accounts.keys import ApiKeyStore
 from lift3d.service.metrics import FinishedJobCounter, count_finished_jobs
-from lift3d.service.webhooks import WebhookEvents
+from lift3d.service.webhooks.events import WebhookEvents
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +50,9 @@ def open_state(settings: StateSettings, *, run_migrations: bool = True,
     Args:
         settings: store and database URLs, auth, credit and expiry settings (every ``*Settings`` and
             :class:`~lift3d.service.config.ServiceConfig` is one).
-        on_write: the job store's write hook (tests); default: the webhook outbox of
-            :func:`lift3d.service.webhooks.job_webhook_hook` with the settings' progress interval.
+        on_write: the job store's write hook (tests); default: the webhook outbox's
+            :class:`~lift3d.service.webhooks.events.WebhookEvents` with the settings' progress interval, USD per
+            credit and artifact URLs (presigned for ``url_expires_s`` when the store presigns).
         store_retry_s: > 0: store calls that fail because the store is unreachable are retried for up to this many
             seconds (:class:`~lift3d.io.storage.retrying.RetryingStore`; workers ride out an outage). 0: fail at
             once (the ingress answers 503).
@@ -67,7 +69,8 @@ def open_state(settings: StateSettings, *, run_migrations: bool = True,
         store = RetryingStore(store, budget_s=store_retry_s)
     if on_write is None:
         on_write = WebhookEvents(progress_interval_s=settings.webhook_progress_interval_s,
-                                 usd_per_credit=settings.usd_per_credit)
+                                 usd_per_credit=settings.usd_per_credit,
+                                 artifact_url=ArtifactUrls(store, settings.url_expires_s))
     if metrics is not None:
         on_write = _both(on_write, count_finished_jobs(metrics))
     jobs = JobStore(database, store, usd_per_credit=settings.usd_per_credit, result_ttl_s=settings.result_ttl_s,

@@ -1,15 +1,11 @@
-"""Admission control (lift3d.service.admission): per-key rate limits on the in-process store and on a REAL Redis
-server (started here from Debian's redis-server; missing binary → the tests fail, never skip), per-key concurrency
+"""Admission control (lift3d.service.api.admission): per-key rate limits on the in-process store and on a REAL Redis
+server (the session's, from Debian's redis-server; missing binary → the tests fail, never skip), per-key concurrency
 and the global queue depth counted on the jobs table (SQLite and PostgreSQL), and the order of install_admission."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
-import socket
-import subprocess
-import time
 import uuid
 from types import SimpleNamespace
 
@@ -17,8 +13,9 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.testclient import TestClient
+from support import free_port
 
-from lift3d.service.admission import (JobAdmissionMiddleware, RateLimiter, RateLimitMiddleware, count_active_jobs,
+from lift3d.service.api.admission import (JobAdmissionMiddleware, RateLimiter, RateLimitMiddleware, count_active_jobs,
                                       count_queued_jobs, install_admission)
 from lift3d.service.db.models import ApiKey, Job
 
@@ -26,50 +23,9 @@ T0 = 1_700_000_000.0
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    """A throwaway redis-server on a free loopback port, data in a temp dir; its ``redis://`` URL."""
-    import redis
-
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server not found: install Debian's redis-server package (.ci/run does); the Redis "
-                    "rate-limit tests must not be skipped")
-    folder = tmp_path_factory.mktemp("redis")
-    port = _free_port()
-    log = open(folder / "redis.log", "wb")
-    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
-                                "--save", "", "--appendonly", "no", "--daemonize", "no"],
-                               stdout=log, stderr=subprocess.STDOUT)
-    client = redis.Redis(host="127.0.0.1", port=port)
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f"redis-server did not start: {(folder / 'redis.log').read_text()[-2000:]}")
-            time.sleep(0.05)
-    try:
-        yield SimpleNamespace(url=f"redis://127.0.0.1:{port}/0", client=client)
-    finally:
-        client.close()
-        process.terminate()
-        process.wait(10)
-        log.close()
-
-
 @pytest.fixture(params=["memory", "redis"])
 def storage_url(request) -> str:
-    """``memory://`` or the Redis server's URL (flushed, so that every test starts with no counts)."""
+    """``memory://`` or the session's Redis server's URL (flushed, so that every test starts with no counts)."""
     if request.param == "memory":
         return "memory://"
     server = request.getfixturevalue("redis_server")
@@ -184,8 +140,8 @@ def test_replicas_share_counts_on_redis_but_not_in_memory(redis_server):
 
 
 def test_an_unreachable_redis_admits_and_logs(caplog):
-    limiter = RateLimiter(f"redis://127.0.0.1:{_free_port()}/0", default_per_min=1)
-    with caplog.at_level(logging.ERROR, logger="lift3d.service.admission"):
+    limiter = RateLimiter(f"redis://127.0.0.1:{free_port()}/0", default_per_min=1)
+    with caplog.at_level(logging.ERROR, logger="lift3d.service.api.admission"):
         limiter.check("k1")
         limiter.check("k1")  # would be over the limit; the storage is down: admitted
     assert [r.getMessage() for r in caplog.records] == ["rate limit storage unavailable; admitting the request "

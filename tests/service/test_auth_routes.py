@@ -7,22 +7,19 @@ import logging
 import uuid
 
 import pytest
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from support import Clock
 
-from lift3d.service import credits
-from lift3d.service.account_routes import add_account_routes
-from lift3d.service.auth import LOCAL, READ_CACHE_TTL_S, Principal, install_auth, principal
+from lift3d.service.accounts import credits
+from lift3d.service.accounts.principal import LOCAL
+from lift3d.service.api.routes import account as account_routes
+from lift3d.service.api.auth import READ_CACHE_TTL_S, install_auth
+from lift3d.service.api.deps import AppServices, Caller
+from lift3d.service.api.errors import install_error_handlers
+from lift3d.service.config import ServiceConfig
 from lift3d.service.db.models import Job
-from lift3d.service.keys import ApiKeyStore
-
-
-class Clock:
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from lift3d.service.accounts.keys import ApiKeyStore
 
 
 def build_app(database, keys: ApiKeyStore | None, enabled: bool = True) -> FastAPI:
@@ -34,11 +31,11 @@ def build_app(database, keys: ApiKeyStore | None, enabled: bool = True) -> FastA
         return {"status": "ok"}
 
     @api.get("/v1/whoami")
-    def whoami(caller: Principal = Depends(principal)) -> dict:
+    def whoami(caller: Caller) -> dict:
         return {"key_id": caller.key_id, "name": caller.name, "has_secret": caller.webhook_secret is not None}
 
     @api.post("/v1/spend")
-    def spend(caller: Principal = Depends(principal)) -> dict:
+    def spend(caller: Caller) -> dict:
         job_id = uuid.uuid4().hex
         with database.transaction() as session:
             credits.reserve(session, caller.key_id, job_id, credits.to_mc(2.5), 1.0)
@@ -47,12 +44,15 @@ def build_app(database, keys: ApiKeyStore | None, enabled: bool = True) -> FastA
                             reserved_mc=credits.to_mc(2.5), charged_mc=None, record={}))
         return {"id": job_id}
 
-    @api.get("/public/whoami")  # outside /v1/: no principal is set, so principal() must refuse
-    def public_whoami(caller: Principal = Depends(principal)) -> dict:
+    @api.get("/public/whoami")  # outside /v1/: no principal is set, so the Caller dependency must refuse
+    def public_whoami(caller: Caller) -> dict:
         return {"key_id": caller.key_id}
 
     if keys is not None:
-        add_account_routes(api, keys, default_rate_limit_per_min=60)
+        config = ServiceConfig(default_rate_limit_per_min=60, default_max_concurrent_jobs=0)
+        api.state.services = AppServices(keys=keys, config=config)
+        api.include_router(account_routes.router)
+    install_error_handlers(api)
     install_auth(api, keys, enabled=enabled)
     return api
 

@@ -11,11 +11,12 @@ import pytest
 from fastapi import FastAPI, Header, Request
 from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
+from support import serve_in_thread, wait_until
 
 from lift3d.params import GenerationParams
-from lift3d.service.events import EventStream, parse_last_event_id, parse_prefer_wait, result_summary
-from lift3d.service.events_routes import add_event_routes, apply_prefer_wait
-from lift3d.service.jobs import JobError, JobNotFound, JobOutcome, JobRecord
+from lift3d.service.jobs.events import EventStream, parse_last_event_id, parse_prefer_wait, result_summary
+from lift3d.service.api.routes.events import add_event_routes, apply_prefer_wait
+from lift3d.service.jobs.store import JobError, JobNotFound, JobOutcome, JobRecord
 from lift3d.service.schemas import Progress
 
 JOB = "c" * 32
@@ -210,10 +211,7 @@ def test_idle_streams_carry_keep_alive_comments():
 
 
 def test_the_server_stops_polling_when_the_client_disconnects():
-    import socket
-
     import httpx
-    import uvicorn
 
     class Forever:
         reads = 0
@@ -225,29 +223,22 @@ def test_the_server_stops_polling_when_the_client_disconnects():
 
     source, api = Forever(), FastAPI()
     add_event_routes(api, source.get, poll_interval_s=0.01, progress_interval_s=0.0)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(api, log_level="warning", lifespan="off", timeout_graceful_shutdown=2))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        while not server.started:
-            time.sleep(0.01)
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1/generation/{JOB}/events"
-        with httpx.stream("GET", url, timeout=5) as response:
+    with serve_in_thread(api) as base:
+        with httpx.stream("GET", f"{base}/v1/generation/{JOB}/events", timeout=5) as response:
             progress_events = 0
             for line in response.iter_lines():
                 progress_events += line.startswith("event: progress")
                 if progress_events == 5:
                     break
-        time.sleep(0.3)  # the disconnect reaches the app
+
+        def quiet(window_s: float = 0.05) -> bool:  # no read for window_s (the stream polls every 0.01 s)
+            before = source.reads
+            time.sleep(window_s)
+            return source.reads == before
+
+        wait_until(quiet, 5, "the disconnect reaches the app", interval_s=0.0)
         before = source.reads
-        time.sleep(0.3)
-        assert source.reads == before and before >= 5
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+        assert quiet(0.3) and before >= 5  # and no read for 30 polls' time
 
 
 def test_last_event_id_parsing():
@@ -334,9 +325,9 @@ def test_the_api_streams_a_job_of_the_sql_job_store(database, tmp_path):
     """create_api (auth off) over GenerationService and JobStore: a worker thread moves the job while the stream
     is open, each time after the stream has read the previous state (no sleeps to tune)."""
     from lift3d.io.storage import LocalStore
-    from lift3d.service.app import create_api
-    from lift3d.service.generation import GenerationService
-    from lift3d.service.jobs import JobStore
+    from lift3d.service.api.app import create_api
+    from lift3d.service.jobs.generation import GenerationService
+    from lift3d.service.jobs.store import JobStore
     from lift3d.service.metrics import ServiceMetrics
 
     class Watched(JobStore):

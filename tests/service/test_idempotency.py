@@ -1,4 +1,4 @@
-"""Idempotency-Key on POSTs (lift3d.service.idempotency), on SQLite and PostgreSQL, with a minimal app built here:
+"""Idempotency-Key on POSTs (lift3d.service.api.idempotency), on SQLite and PostgreSQL, with a minimal app built here:
 a POST route that inserts a job row and answers 202 {"id"}, and a stand-in for the auth middleware that sets
 ``request.state.principal`` from an ``x-test-key`` header."""
 
@@ -18,9 +18,10 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from lift3d.service.housekeeping import purge_expired
 from lift3d.service.db.models import ApiKey, IdempotencyRecord, Job
-from lift3d.service.idempotency import (OPENAPI_PARAMETER, IdempotencyStore, RequestHasher, install_idempotency,
-                                        parse_idempotency_key, purge_expired, request_hash)
+from lift3d.service.api.idempotency import (OPENAPI_PARAMETER, IdempotencyStore, RequestHasher, install_idempotency,
+                                        parse_idempotency_key, request_hash)
 from lift3d.service.schemas import BadRequestError
 
 T0 = 1_700_000_000.0

@@ -3,10 +3,11 @@
 import threading
 
 import pytest
+from support import Clock
 
 from lift3d.io.storage import LocalStore
 from lift3d.params import GenerationParams
-from lift3d.service.jobs import (
+from lift3d.service.jobs.store import (
     ANY_OWNER,
     InvalidTransition,
     JobNotFound,
@@ -17,17 +18,9 @@ from lift3d.service.jobs import (
 )
 
 
-class Clock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def jobs(database, tmp_path):
-    return JobStore(database, LocalStore(tmp_path), clock=Clock(), result_ttl_s=3600)
+    return JobStore(database, LocalStore(tmp_path), clock=Clock(1000.0), result_ttl_s=3600)
 
 
 def new_job(jobs, owner_id=None):
@@ -95,7 +88,7 @@ def test_a_stale_attempt_cannot_write_after_the_job_was_requeued(jobs):
 
 
 def test_another_keys_job_is_not_found(jobs, database):
-    from lift3d.service.keys import ApiKeyStore
+    from lift3d.service.accounts.keys import ApiKeyStore
 
     keys = ApiKeyStore(database)
     alice, bob = keys.create(name="alice").id, keys.create(name="bob").id

@@ -15,25 +15,16 @@ import uuid
 
 import pytest
 from sqlalchemy import inspect, select, text
+from support import Clock
 
 from lift3d.errors import InvalidInputError
 from lift3d.params import GenerationParams
-from lift3d.service import credits
-from lift3d.service.credits import InsufficientCredits, estimate_credits, estimate_gpu_seconds, to_credits, to_mc
+from lift3d.service.accounts import credits
+from lift3d.service.accounts.credits import InsufficientCredits, estimate_credits, estimate_gpu_seconds, to_credits, to_mc
 from lift3d.service.db.models import ApiKey, CreditEntry, Job
-from lift3d.service.keys import ApiKeyStore, KeyNotFound, Unauthorized
+from lift3d.service.accounts.keys import ApiKeyStore, KeyNotFound, Unauthorized
 from lift3d.service.schemas import ERROR_STATUS
-from lift3d.service.uploads import ReconstructParams
-
-
-class Clock:
-    """A settable clock (seconds since the epoch)."""
-
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from lift3d.service.jobs.uploads import ReconstructParams
 
 
 def submit(database, key_id: str, amount_mc: int, now: float = 1_700_000_000.0) -> str:

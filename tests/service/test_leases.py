@@ -3,42 +3,26 @@ running one by its trainer's heartbeats; a lease that runs out is requeued by th
 
 Times are a fake clock (seconds); the stores run on SQLite and PostgreSQL (the ``database`` fixture)."""
 
-import time
-
 import pytest
+from support import Clock, wait_until
 
 from lift3d.io.storage import LocalStore
 from lift3d.params import GenerationParams
 from lift3d.service.config import ServiceConfig
-from lift3d.service.delivery import AttemptResult, RetryJob, consume_job, sweep_stale_jobs
-from lift3d.service.jobs import InvalidTransition, JobOutcome, JobRecord, JobStore, StaleAttempt
-from lift3d.service.worker import JobRunner
+from lift3d.service.worker.consumer import AttemptResult, RetryJob, consume_job, sweep_stale_jobs
+from lift3d.service.jobs.store import InvalidTransition, JobOutcome, JobRecord, JobStore, StaleAttempt
+from lift3d.service.worker.runner import JobRunner
 
 LEASE_S = 30.0
 
 
-class Clock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def jobs(database, tmp_path):
-    return JobStore(database, LocalStore(tmp_path), clock=Clock(), lease_s=LEASE_S)
+    return JobStore(database, LocalStore(tmp_path), clock=Clock(1000.0), lease_s=LEASE_S)
 
 
 def new_job(jobs: JobStore, max_attempts: int = 3) -> JobRecord:
     return jobs.create(JobRecord.new("image-to-3d", GenerationParams(), max_attempts=max_attempts, now=jobs.clock()))
-
-
-def wait_until(predicate, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 OUTCOME = JobOutcome(main_key="model.glb", content_type="model/gltf-binary", artifacts=["model.glb"])
@@ -67,7 +51,8 @@ def test_the_consumer_renews_the_lease_while_the_job_waits_for_a_trainer_slot(jo
     def attempt(job_id):  # waits 100 fake seconds for a slot, more than three leases; sweeps run meanwhile
         for _ in range(5):
             jobs.clock.now += 20
-            wait_until(lambda: jobs.get(job_id).lease_expires_at == jobs.clock.now + LEASE_S)
+            wait_until(lambda: jobs.get(job_id).lease_expires_at == jobs.clock.now + LEASE_S, 10, "the lease renewed",
+                       interval_s=0.01)
             assert sweep_stale_jobs(jobs, seen.append) == {}
         waiting = jobs.get(job_id)
         assert (waiting.status, waiting.stage, waiting.started_at) == ("queued", "waiting_for_worker", None)
@@ -164,7 +149,7 @@ def test_a_lease_shorter_than_three_heartbeats_is_refused():
 def test_every_log_line_of_a_delivery_names_the_job_and_attempt(jobs):
     import logging
 
-    from lift3d.service.logs import JOB_ID_FIELD, JobContextFilter
+    from lift3d.logs import JOB_ID_FIELD, JobContextFilter
 
     record = new_job(jobs)
     seen = []

@@ -7,7 +7,7 @@ from fastapi.testclient import TestClient
 
 from lift3d.params import GenerationParams
 from lift3d.service.config import ServiceConfig
-from lift3d.service.jobs import JobOutcome
+from lift3d.service.jobs.store import JobOutcome
 from lift3d.service.metrics import ServiceMetrics
 from lift3d.service.server import build_api, build_service, pricing
 from lift3d.service.state import open_state

@@ -19,18 +19,11 @@ from standardwebhooks import Webhook
 
 from lift3d.params import GenerationParams
 from lift3d.service.db.models import Job, WebhookDelivery
-from lift3d.service.jobs import JobError, JobOutcome, JobRecord
+from lift3d.service.jobs.store import JobError, JobOutcome, JobRecord
 from lift3d.service.schemas import Progress
-from lift3d.service.webhooks import (
-    Backoff,
-    WebhookEvents,
-    WebhookRequest,
-    WebhookUrlError,
-    check_webhook_url,
-    deliver_due,
-    enqueue_event,
-    http_post,
-)
+from lift3d.service.webhooks.events import WebhookEvents, enqueue_event
+from lift3d.service.webhooks.sender import Backoff, WebhookRequest, deliver_due, http_post
+from lift3d.service.webhooks.urls import WebhookUrlError, check_webhook_url
 
 SECRET_BYTES = b"lift3d-test-secret-24byt"
 SECRET = "whsec_" + base64.b64encode(SECRET_BYTES).decode()

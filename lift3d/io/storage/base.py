@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+from lift3d.io.media_types import OCTET_STREAM
+
 
 class StoredObjectNotFound(KeyError):
     """No object under the requested key."""
@@ -16,7 +18,7 @@ class ArtifactStore(Protocol):
     Writes are atomic: a reader sees the old object or the new one, never a partial write.
     """
 
-    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+    def put(self, key: str, data: bytes, content_type: str = OCTET_STREAM) -> None:
         """Store ``data`` under ``key``, replacing any previous object."""
 
     def get(self, key: str) -> bytes:

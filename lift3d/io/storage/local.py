@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lift3d.io.media_types import OCTET_STREAM
 from lift3d.io.storage.base import StoredObjectNotFound
 from nerf.io import write_atomic
 
@@ -24,7 +25,7 @@ class LocalStore:
             raise ValueError(f"invalid artifact key {key!r}")
         return path
 
-    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+    def put(self, key: str, data: bytes, content_type: str = OCTET_STREAM) -> None:
         write_atomic(self._path(key), data)
 
     def get(self, key: str) -> bytes:

@@ -17,6 +17,7 @@ import logging
 import time
 from typing import Callable, TypeVar
 
+from lift3d.io.media_types import OCTET_STREAM
 from lift3d.io.storage.base import ArtifactStore
 
 logger = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ class RetryingStore:
                 self.sleep(wait)
                 wait = min(self.max_wait_s, wait * 2)
 
-    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+    def put(self, key: str, data: bytes, content_type: str = OCTET_STREAM) -> None:
         self._call(f"put {key}", lambda: self.store.put(key, data, content_type))
 
     def get(self, key: str) -> bytes:

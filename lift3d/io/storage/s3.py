@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from lift3d.io.media_types import OCTET_STREAM
 from lift3d.io.storage.base import StoredObjectNotFound
 
 __all__ = ["S3Store"]
@@ -79,7 +80,7 @@ class S3Store:
             raise ValueError(f"invalid artifact key {key!r}")
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+    def put(self, key: str, data: bytes, content_type: str = OCTET_STREAM) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, ContentType=content_type)
 
     def get(self, key: str) -> bytes:

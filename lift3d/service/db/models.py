@@ -1,6 +1,6 @@
 """The tables of the service database (SQLAlchemy 2 declarative). Times are seconds since the Unix epoch (float,
 UTC); money is integer milli-credits (1 credit = 1 000 mc; 1 credit = US$0.01 by default, see
-:mod:`lift3d.service.credits`), so that sums are exact.
+:mod:`lift3d.service.accounts.credits`), so that sums are exact.
 
 Schema changes go through a new Alembic revision in ``migrations/versions`` (never edit an applied one).
 """
@@ -38,7 +38,7 @@ class ApiKey(Base):
 
 
 class Job(Base):
-    """A generation job. ``record`` holds the whole :class:`~lift3d.service.jobs.JobRecord` as JSON; the columns
+    """A generation job. ``record`` holds the whole :class:`~lift3d.service.jobs.store.JobRecord` as JSON; the columns
     beside it duplicate what queries and guarded updates need. ``version`` grows by one on every write: an update
     names the version it read (``UPDATE … WHERE version = :read``), so two writers can never both succeed and no
     field is lost to a race."""

@@ -1,6 +1,7 @@
 // The playground: builds the parameter form from the API's OpenAPI document, submits a generation, follows its
 // event stream, shows the prepared input and the views as they arrive, then the model, video and downloads.
 // Everything it loads comes from this server (no CDN).
+import { createParser } from './vendor/eventsource-parser/index.js';
 import { Viewer } from './viewer.js';
 
 const $ = (selector) => document.querySelector(selector);
@@ -11,6 +12,9 @@ const SKIP = new Set(['image', 'prompt', 'negative_prompt', 'return_3d', 'webhoo
   'pose_image', 'views', 'kind']);
 const ROUTES = { image: '/v1/generation/image-to-3d', prompt: '/v1/generation/text-to-3d',
   views: '/v1/generation/multiview', posed: '/v1/generation/views-to-3d' };
+const TERMINAL = new Set(['succeeded', 'failed', 'canceled', 'expired']);  // the stream ends after one
+const RETRY_MS = 3000;  // the wait before reconnecting until the server sends `retry:` (browsers use about 3 s)
+const RECONNECTS = 5;  // tries in a row that bring no event before the page stops following
 
 const state = { spec: null, job: null, stream: null, viewer: null, blobs: [], shown: new Set(), poll: null };
 
@@ -156,40 +160,91 @@ function showProgress(data) {
   if (data.progress && data.progress.total) $('#bar').value = data.progress.step / data.progress.total;
 }
 
+// Follows job `id`'s event stream until its terminal event. It reads GET …/events with fetch (the API key travels
+// as a header, which EventSource cannot send) and hands the bytes to eventsource-parser, which applies the SSE rules
+// (https://html.spec.whatwg.org/multipage/server-sent-events.html): comment lines — the server's keep-alives — are no
+// events (the page only counts them, in #log's data-keepalives), multi-line data is joined, `id:` and `retry:` are
+// kept. A stream that ends before the terminal event is reopened after `retry` ms with Last-Event-ID, so no event
+// repeats; after RECONNECTS tries in a row that bring nothing, the page stops following (the job goes on).
 async function follow(id) {
   const controller = new AbortController();
   state.stream = controller;
   state.poll = setInterval(() => showPartial(id), 1500);
+  const stream = { lastId: '', retryMs: RETRY_MS, ended: false, received: 0, messages: [] };
+  const parser = createParser({
+    onEvent: (message) => stream.messages.push(message),
+    onId: (value) => { stream.lastId = value; },
+    onRetry: (ms) => { stream.retryMs = ms; },
+    onComment: () => { $('#log').dataset.keepalives = Number($('#log').dataset.keepalives || 0) + 1; },
+    onError: (error) => console.warn(`event stream: ${error.message}`),  // an unknown field: ignored, as the spec says
+  });
   try {
-    const response = await api(`/v1/generation/${id}/events`, { signal: controller.signal });
-    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-    let buffer = '';
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer += value;
-      let end;
-      while ((end = buffer.indexOf('\n\n')) >= 0) {
-        const block = buffer.slice(0, end);
-        buffer = buffer.slice(end + 2);
-        const event = /^event: ?(.*)$/m.exec(block)?.[1] || 'message';
-        const data = JSON.parse(/^data: ?(.*)$/m.exec(block)?.[1] || '{}');
-        await onEvent(id, event, data);
-      }
+    for (let quiet = 0; !stream.ended && quiet <= RECONNECTS; quiet += 1) {
+      if (quiet > 0) await new Promise((resolve) => setTimeout(resolve, stream.retryMs));
+      const before = stream.received;
+      if (!await readEvents(id, stream, parser, controller.signal)) break;
+      if (stream.received > before) quiet = 0;
     }
   } catch (error) {
     if (error.name !== 'AbortError') log(`event stream: ${error.message}`);
   } finally {
     clearInterval(state.poll);
   }
+  if (!stream.ended && state.stream === controller) {
+    log('event stream: closed before the end (see Recent)');
+    finished();
+  }
 }
 
+// One connection: feeds the body to `parser` and handles the events it yields. False when there is nothing to
+// reconnect to (204: the last id was the terminal event; an error status, logged).
+async function readEvents(id, stream, parser, signal) {
+  const resume = stream.lastId ? { 'Last-Event-ID': stream.lastId } : {};
+  let response;
+  try {
+    response = await api(`/v1/generation/${id}/events`, { signal, headers: resume });
+  } catch (error) {
+    if (error.name === 'AbortError') throw error;
+    return true;  // the network: try again after `retry`
+  }
+  if (response.status === 204) return false;
+  if (!response.ok) {
+    log(`event stream: HTTP ${response.status}`);
+    return false;
+  }
+  parser.reset();  // a new stream: drop a half-received event of the last one
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  for (;;) {
+    let chunk;
+    try {
+      chunk = await reader.read();
+    } catch (error) {
+      if (error.name === 'AbortError') throw error;
+      return true;  // the connection broke: reconnect
+    }
+    if (chunk.done) return true;
+    parser.feed(chunk.value);
+    while (stream.messages.length && !stream.ended) {
+      const message = stream.messages.shift();
+      stream.received += 1;
+      stream.ended = await onEvent(id, message.event || 'message', message.data ? JSON.parse(message.data) : {});
+    }
+    if (stream.ended) {
+      reader.cancel().catch(() => {});
+      return true;
+    }
+  }
+}
+
+// One event: status and progress update the progress line; a terminal event ends the job's view (true). Other
+// names (none today) are ignored, as an EventSource ignores events nobody listens to.
 async function onEvent(id, event, data) {
   if (event === 'status' || event === 'progress') {
     showProgress(data);
     if (event === 'status') log(`${data.status} · ${data.stage || ''}`);
-    return;
+    return false;
   }
+  if (!TERMINAL.has(event)) return false;
   log(event);
   finished();
   if (event === 'succeeded') {
@@ -201,6 +256,7 @@ async function onEvent(id, event, data) {
     if (event !== 'canceled') showError(data, event);  // the terminal event carries the error envelope
   }
   loadHistory();
+  return true;
 }
 
 function finished() {
@@ -272,6 +328,7 @@ function reset() {
   $('#views').replaceChildren();
   $('#downloads').replaceChildren();
   $('#log').replaceChildren();
+  $('#log').dataset.keepalives = '0';
   $('#metadata').hidden = true;
   $('#video').hidden = true;
   $('#viewer').dataset.loaded = 'false';

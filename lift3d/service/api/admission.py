@@ -1,0 +1,275 @@
+"""Admission control: per-key rate limits, per-key concurrency and a global queue-depth limit.
+
+- Rate limit: requests per minute per API key on every ``/v1/`` request (moving window of 60 s, the ``limits``
+  library). The key's own ``rate_limit_per_min``, else the config's ``default_rate_limit_per_min``; 0 means no
+  limit. Over it: ``429 rate_limited`` with ``Retry-After`` (whole seconds until a slot frees). The counts live in
+  ``rate_limit_storage_url``: ``redis://host:port/db`` shares them between every ingress replica; ``memory://``
+  (the default, for the embedded single-ingress setup) keeps them in the process, so N replicas would admit up to
+  N times the limit. When Redis cannot be reached the request is admitted (fail open) and the error logged.
+- Concurrency: a key (``max_concurrent_jobs``, else ``default_max_concurrent_jobs``; 0 = no limit) that already
+  has that many ``queued`` + ``running`` jobs gets ``429 rate_limited`` for a new job.
+- Queue depth: when ``max_queue_depth`` jobs (all keys; 0 = no limit) are ``queued``, a new job gets ``503
+  overloaded``.
+
+The last two apply to job-creating requests only (``POST /v1/generation/...``), and are counted with one query
+each on the ``jobs`` table (:func:`count_active_jobs`, :func:`count_queued_jobs`). The check and the job's insert
+are separate transactions, so two simultaneous submits may both pass at ``limit - 1``: the limits are a guard
+against floods, not exact. :func:`check_job_admission` takes a session, so a job store may run it in the same
+transaction as the insert.
+
+Without a principal (authentication off) every request counts for the single owner ``"local"`` (jobs with
+``owner_id`` NULL).
+
+Examples:
+    >>> install_admission(api, database, ServiceConfig())   # after the routes, before the auth middleware
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from typing import Any, Callable, Protocol
+
+from limits import RateLimitItemPerMinute
+from limits.errors import StorageError
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from lift3d.errors import Lift3DError
+from lift3d.service.db.engine import Database
+from lift3d.service.db.models import Job
+from lift3d.service.api.errors import error_response
+from lift3d.service.api.idempotency import LOCAL_OWNER, install_idempotency
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "BUSY_RETRY_AFTER_S",
+    "AdmissionSettings",
+    "JobAdmissionMiddleware",
+    "OverloadedError",
+    "RateLimitMiddleware",
+    "RateLimitedError",
+    "RateLimiter",
+    "RefusedError",
+    "check_job_admission",
+    "count_active_jobs",
+    "count_queued_jobs",
+    "install_admission",
+    "principal_limits",
+]
+
+BUSY_RETRY_AFTER_S = 10
+"""``Retry-After`` (seconds) of the concurrency and queue-depth refusals: a job slot frees when a job ends."""
+
+_ACTIVE = ("queued", "running")
+
+
+class RefusedError(Lift3DError):
+    """A request refused for now; the answer says when to retry (``retry_after_s`` ≥ 1, ``Retry-After``)."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def __reduce__(self) -> tuple:  # picklable despite the two arguments
+        return type(self), (str(self), self.retry_after_s)
+
+
+class RateLimitedError(RefusedError):
+    """The key is over its request rate or its concurrent-jobs limit (429)."""
+
+    name = "rate_limited"
+    status_code = 429
+
+
+class OverloadedError(RefusedError):
+    """The queue is full (503)."""
+
+    name = "overloaded"
+    status_code = 503
+
+
+class AdmissionSettings(Protocol):
+    """The :class:`~lift3d.service.config.ServiceConfig` fields that :func:`install_admission` reads."""
+
+    idempotency_ttl_s: int
+    rate_limit_storage_url: str
+    default_rate_limit_per_min: int
+    default_max_concurrent_jobs: int
+    max_queue_depth: int
+
+
+def principal_limits(scope: Scope) -> tuple[str | None, int | None, int | None]:
+    """``(key_id, rate_limit_per_min, max_concurrent_jobs)`` of the request's principal (``request.state
+    .principal``); Nones when absent (no principal: authentication off; None limits: the config's defaults)."""
+    principal = (scope.get("state") or {}).get("principal")
+    return (getattr(principal, "key_id", None), getattr(principal, "rate_limit_per_min", None),
+            getattr(principal, "max_concurrent_jobs", None))
+
+
+# ------------------------------------------------------------------------------------------------ rate limit
+class RateLimiter:
+    """Requests per minute per owner: a 60 s moving window in ``limits`` storage.
+
+    Args:
+        storage_url: ``memory://`` (this process only) or ``redis://host:port/db`` (shared by every replica; also
+            ``rediss://``, ``redis+sentinel://``, ``redis+cluster://``).
+        default_per_min: limit of owners without their own, ≥ 0 (0: no limit).
+
+    Raises:
+        limits.errors.ConfigurationError: unknown storage scheme, or its client library is missing.
+    """
+
+    def __init__(self, storage_url: str = "memory://", default_per_min: int = 60) -> None:
+        if default_per_min < 0:
+            raise ValueError("default_per_min must be >= 0")
+        self.storage = storage_from_string(storage_url, wrap_exceptions=True)
+        self.strategy = MovingWindowRateLimiter(self.storage)
+        self.default_per_min = default_per_min
+        self.blocking = not storage_url.startswith("memory://")  # network storage: call it off the event loop
+
+    def check(self, owner: str, per_min: int | None = None) -> None:
+        """Count one request of ``owner`` against ``per_min`` (None: the default; 0: no limit).
+
+        Raises:
+            RateLimitedError: over the limit (the request is not counted); ``retry_after_s`` is the whole seconds
+                until the oldest request in the window leaves it (1-60).
+        """
+        limit = self.default_per_min if per_min is None else per_min
+        if limit <= 0:
+            return
+        item = RateLimitItemPerMinute(limit)
+        try:
+            if self.strategy.hit(item, "lift3d-requests", owner):
+                return
+            reset_at, _ = self.strategy.get_window_stats(item, "lift3d-requests", owner)
+        except StorageError:
+            logger.exception("rate limit storage unavailable; admitting the request of %s", owner)
+            return
+        retry_after = min(60, max(1, math.ceil(reset_at - time.time())))
+        raise RateLimitedError(f"rate limit of {limit} requests per minute reached for this API key; retry in "
+                               f"{retry_after} s", retry_after)
+
+
+class RateLimitMiddleware:
+    """ASGI middleware: :meth:`RateLimiter.check` for every request whose path starts with ``prefix``."""
+
+    def __init__(self, app: ASGIApp, limiter: RateLimiter, prefix: str = "/v1/") -> None:
+        self.app, self.limiter, self.prefix = app, limiter, prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(self.prefix):
+            key_id, per_min, _ = principal_limits(scope)
+            owner = key_id or LOCAL_OWNER
+            try:
+                if self.limiter.blocking:
+                    await asyncio.to_thread(self.limiter.check, owner, per_min)
+                else:
+                    self.limiter.check(owner, per_min)
+            except RateLimitedError as exc:
+                await error_response(exc)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+# ------------------------------------------------------------------------------------ concurrency, queue depth
+def count_active_jobs(session: Session, owner_id: str | None) -> int:
+    """Jobs of ``owner_id`` (None: jobs without owner) that are ``queued`` or ``running``."""
+    owner = Job.owner_id.is_(None) if owner_id is None else Job.owner_id == owner_id
+    return session.execute(select(func.count()).select_from(Job)
+                           .where(owner, Job.status.in_(_ACTIVE))).scalar_one()
+
+
+def count_queued_jobs(session: Session) -> int:
+    """Jobs of every owner that are ``queued``."""
+    return session.execute(select(func.count()).select_from(Job).where(Job.status == "queued")).scalar_one()
+
+
+def check_job_admission(session: Session, owner_id: str | None, *, max_concurrent_jobs: int, max_queue_depth: int,
+                        retry_after_s: int = BUSY_RETRY_AFTER_S) -> None:
+    """Refuse a new job of ``owner_id`` when it has ``max_concurrent_jobs`` queued + running jobs, or when
+    ``max_queue_depth`` jobs are queued in all (each limit ≥ 0; 0: no limit).
+
+    Raises:
+        RateLimitedError: the key's concurrency limit (429).
+        OverloadedError: the queue-depth limit (503).
+    """
+    if max_concurrent_jobs > 0:
+        active = count_active_jobs(session, owner_id)
+        if active >= max_concurrent_jobs:
+            raise RateLimitedError(f"this API key has {active} queued or running jobs (limit {max_concurrent_jobs}); "
+                                   "retry when one has finished", retry_after_s)
+    if max_queue_depth > 0 and count_queued_jobs(session) >= max_queue_depth:
+        raise OverloadedError(f"the queue is full ({max_queue_depth} jobs waiting); retry later", retry_after_s)
+
+
+SYNCHRONOUS_PREFIXES = ("/v1/generation/text-to-image",)
+"""POSTs under ``/v1/generation/`` that answer at once and create no job: the job limits do not apply to them
+(the rate limit does)."""
+
+
+class JobAdmissionMiddleware:
+    """ASGI middleware: :func:`check_job_admission` for every POST whose path starts with ``prefix``.
+
+    Args:
+        app: the wrapped ASGI app.
+        database: the service database (the ``jobs`` table).
+        default_max_concurrent_jobs: limit of keys without their own (≥ 0; 0: no limit).
+        max_queue_depth: queued jobs in all (≥ 0; 0: no limit).
+        retry_after_s: ``Retry-After`` of a refusal.
+        prefix: paths of job-creating POSTs.
+        exclude: paths under ``prefix`` that create no job (the synchronous image endpoints).
+    """
+
+    def __init__(self, app: ASGIApp, database: Database, default_max_concurrent_jobs: int = 4,
+                 max_queue_depth: int = 100, retry_after_s: int = BUSY_RETRY_AFTER_S,
+                 prefix: str = "/v1/generation/", exclude: tuple[str, ...] = SYNCHRONOUS_PREFIXES) -> None:
+        self.app, self.database, self.prefix, self.exclude = app, database, prefix, exclude
+        self.default_max_concurrent_jobs, self.max_queue_depth = default_max_concurrent_jobs, max_queue_depth
+        self.retry_after_s = retry_after_s
+
+    def _check(self, owner_id: str | None, max_concurrent_jobs: int) -> None:
+        with self.database.read() as session:
+            check_job_admission(session, owner_id, max_concurrent_jobs=max_concurrent_jobs,
+                                max_queue_depth=self.max_queue_depth, retry_after_s=self.retry_after_s)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith(self.prefix)
+                and not scope["path"].startswith(self.exclude)):
+            key_id, _, own_limit = principal_limits(scope)
+            limit = self.default_max_concurrent_jobs if own_limit is None else own_limit
+            try:
+                await asyncio.to_thread(self._check, key_id, limit)
+            except (RateLimitedError, OverloadedError) as exc:
+                await error_response(exc)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def install_admission(api: Any, database: Database, config: AdmissionSettings, *, idempotency: bool = True,
+                      clock: Callable[[], float] = time.time, retry_after_s: int = BUSY_RETRY_AFTER_S) -> None:
+    """Add, innermost first: :class:`JobAdmissionMiddleware`, the idempotency middleware
+    (:func:`~lift3d.service.api.idempotency.install_idempotency`, unless ``idempotency`` is False) and
+    :class:`RateLimitMiddleware` to the FastAPI/Starlette ``api`` (before it starts).
+
+    So a request goes: rate limit (every ``/v1/`` request, replays included) → idempotency (a retry is replayed
+    even while its key is at its job limit) → concurrency and queue depth → the route. Starlette runs the
+    middleware added last first: call this after adding the routes and BEFORE installing the authentication
+    middleware, which must run before all three (they read ``request.state.principal``).
+
+    Raises:
+        limits.errors.ConfigurationError: ``config.rate_limit_storage_url`` is not a storage ``limits`` knows.
+    """
+    api.add_middleware(JobAdmissionMiddleware, database=database,
+                       default_max_concurrent_jobs=config.default_max_concurrent_jobs,
+                       max_queue_depth=config.max_queue_depth, retry_after_s=retry_after_s)
+    if idempotency:
+        install_idempotency(api, database, config.idempotency_ttl_s, clock)
+    limiter = RateLimiter(config.rate_limit_storage_url, config.default_rate_limit_per_min)
+    api.add_middleware(RateLimitMiddleware, limiter=limiter)

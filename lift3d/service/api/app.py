@@ -1,0 +1,105 @@
+"""The FastAPI app of the v1 generation API (OpenAPI at ``/docs``), over a :class:`GenerationService`.
+
+:func:`create_api` only assembles: it puts the services on ``app.state`` (:class:`~lift3d.service.api.deps
+.AppServices`, read by the routes' dependencies), includes one router per resource (:mod:`lift3d.service.api.routes`:
+generations, health, images, history, the playground, events, account), installs the error handlers
+(:mod:`lift3d.service.api.errors`: one envelope for every error, typed exceptions by one handler) and the middleware.
+Routes are thin: parse, call one service method in a worker thread, shape the response. Nothing long runs inside a
+request, so a client disconnect cancels nothing.
+
+A request goes through, outermost first: authentication (:mod:`lift3d.service.api.auth`), the rate limit,
+``Idempotency-Key``, the job limits (:mod:`lift3d.service.api.admission`), request counting and error containment,
+the route. A method a path does not serve gets 405 with an ``Allow`` header
+naming those it does.
+
+Examples:
+    >>> client = TestClient(create_api(GenerationService(jobs, queue.append), ServiceMetrics()))
+    >>> client.post("/v1/generation/text-to-3d", json={"prompt": "a robot"}).status_code
+    202
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Protocol
+
+from fastapi import FastAPI, Request
+
+from lift3d.io.images import ImageLimits
+from lift3d.service.accounts.keys import ApiKeyStore
+from lift3d.service.api import openapi
+from lift3d.service.api.admission import install_admission
+from lift3d.service.api.auth import install_auth
+from lift3d.service.api.deps import AppServices
+from lift3d.service.api.errors import install_error_handlers, unexpected_error_response
+from lift3d.service.api.routes import account as account_routes
+from lift3d.service.api.routes import events as event_routes
+from lift3d.service.api.routes import generations as generation_routes
+from lift3d.service.api.routes import health as health_routes
+from lift3d.service.api.routes import history as history_routes
+from lift3d.service.api.routes import images as image_routes
+from lift3d.service.api.routes import playground
+from lift3d.service.config import ServiceConfig
+from lift3d.service.db import Database
+from lift3d.service.jobs.generation import GenerationService
+from lift3d.service.jobs.image_service import ImageService
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RequestMetrics", "create_api"]
+
+
+class RequestMetrics(Protocol):
+    """Counts requests (Prometheus in-process, or Ray Serve metrics in the graph)."""
+
+    def count_request(self, route: str, method: str, status: int) -> None: ...
+
+
+def create_api(service: GenerationService, metrics: RequestMetrics,
+               health: Callable[[], Any] | None = None, limits: ImageLimits = ImageLimits(), *,
+               keys: ApiKeyStore | None = None, database: Database | None = None,
+               config: ServiceConfig | None = None, images: ImageService | None = None) -> FastAPI:
+    """The FastAPI app over ``service``. ``health`` (async) returns ``(ok, details)``. With ``keys`` every ``/v1/``
+    route needs an API key and ``/v1/user/balance|account`` exist; without, every caller is the local principal
+    (``auth: false``, an explicitly local setup). With ``database`` and ``config``: rate limits, job admission and
+    ``Idempotency-Key`` (:func:`lift3d.service.api.admission.install_admission`); ``config`` also sets the event-stream
+    poll and keep-alive intervals. ``images``: the synchronous image endpoints (:mod:`lift3d.service.api.routes.images`;
+    without, they answer 503). ``limits``: upload limits of the submission and image routes.
+    :func:`lift3d.service.server.build_api` passes all of them."""
+    config = config or ServiceConfig()
+    api = FastAPI(title="lift3d", version="1.0",
+                  description="Image or prompt → novel views → NeRF with SDS → GLB. Submit, poll, download.")
+    api.state.services = AppServices(generations=service, images=images, keys=keys, config=config, limits=limits,
+                                     health=health)
+    api.state.metrics = metrics
+    api.middleware("http")(_count_and_contain)
+    install_error_handlers(api)
+    api.include_router(generation_routes.router(limits, service.views_limits))
+    api.include_router(health_routes.router)
+    api.include_router(image_routes.router)  # POST /v1/generation/text-to-image[/regions|/pose] (synchronous)
+    api.include_router(history_routes.router)  # GET /v1/generations, GET /v1/generation/{id}/artifacts (listings)
+    api.include_router(playground.router)  # the page at /, its files under /static/
+    playground.mount_static(api)
+    api.include_router(event_routes.router)  # GET /v1/generation/{id}/events (server-sent events)
+    if keys is not None:
+        api.include_router(account_routes.router)
+    if database is not None:  # rate limit → Idempotency-Key → job limits, inside authentication
+        install_admission(api, database, config)
+    openapi.drop_default_422(api)
+    install_auth(api, keys, enabled=keys is not None)  # last: outermost, so inner middleware sees the principal
+    # (and its OpenAPI additions — security schemes, 401, X-Remaining-Credits — wrap the spec built above)
+    return api
+
+
+async def _count_and_contain(request: Request, call_next):
+    """Count every request (by route template, method and status) and answer any error that escaped the routes and
+    the middleware inside with the envelope, never a traceback."""
+    try:
+        response = await call_next(request)
+    except Exception as exc:  # noqa: BLE001 - logged here; the client gets the envelope, never a traceback
+        logger.exception("unhandled error in %s %s", request.method, request.url.path)
+        response = unexpected_error_response(exc)  # 503 + Retry-After when a backing service is down
+    route = request.scope.get("route")
+    request.app.state.metrics.count_request(getattr(route, "path", "unmatched"), request.method,
+                                            response.status_code)
+    return response
