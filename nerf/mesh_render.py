@@ -1,8 +1,9 @@
 """Ray-cast RGBA images of a triangle mesh (ground-truth views for reconstruction tests and benchmarks).
 
 One ray per sub-pixel through the pinhole cameras of ``nerf/cameras.py`` (z-up world, OpenGL c2w, fovy in
-degrees) is intersected with the mesh by trimesh's ray module, which uses Embree (``embreex``) when installed and
-a much slower pure-numpy fallback otherwise. ``supersample`` × ``supersample`` sub-pixels per pixel are averaged:
+degrees) is intersected with the mesh by :class:`MeshRayCaster`: Embree (``embreex``) when installed, whose hits
+carry their barycentric coordinates, else a much slower brute-force numpy intersector. ``supersample`` ×
+``supersample`` sub-pixels per pixel are averaged:
 alpha is the covered fraction (anti-aliased silhouettes, like Blender's NeRF-synthetic renders) and RGB the mean
 colour of the covered sub-pixels (straight, not premultiplied, alpha).
 
@@ -36,7 +37,7 @@ from torch import Tensor
 
 from nerf.cameras import CameraBatch, get_rays
 
-__all__ = ["MeshRenderConfig", "render_mesh", "spread_cameras", "surface_albedo"]
+__all__ = ["MeshRayCaster", "MeshRenderConfig", "RayHits", "render_mesh", "spread_cameras", "surface_albedo"]
 
 
 @dataclass
@@ -116,6 +117,126 @@ def spread_cameras(
                                       torch.tensor(azimuth, dtype=torch.float32), float(distance), float(fovy_deg))
 
 
+@dataclass(frozen=True)
+class RayHits:
+    """The first hit of each of R rays on a mesh.
+
+    Attributes:
+        face: int64 array with shape (R,), the index of the face hit first; -1 where the ray misses.
+        barycentric: float64 array with shape (R, 3), the hit point's weights of that face's three vertices (each
+            in [0, 1], summing to 1); zeros where the ray misses.
+    """
+
+    face: np.ndarray
+    barycentric: np.ndarray
+
+    @property
+    def hit(self) -> np.ndarray:
+        """bool array with shape (R,): True where the ray hits the mesh."""
+        return self.face >= 0
+
+
+class MeshRayCaster:
+    """First hits of rays on one triangle mesh; build once, cast many batches.
+
+    ``backend="embree"`` casts with Embree through ``embreex`` in single precision. The vertices are shifted to
+    start at 0 before their float32 conversion (as trimesh's own Embree wrapper does), and each batch's origins by
+    the same offset in float64 first, which keeps precision for meshes far from the world origin. The hit
+    barycentrics are Embree's (u, v): the weights of the face's second and third vertices. ``backend="numpy"``
+    tests every ray against every face in float64 with the Möller–Trumbore algorithm (Möller and Trumbore 1997,
+    "Fast, Minimum Storage Ray/Triangle Intersection"), O(rays × faces): a reference and a fallback for small
+    meshes, not a renderer for large ones. Both count hits on either side of a face. ``"auto"`` picks Embree when
+    ``embreex`` imports.
+
+    Args:
+        mesh: triangle mesh in world coordinates, at least one face.
+        backend: "auto", "embree" or "numpy".
+
+    Raises:
+        ValueError: the mesh has no faces, or an unknown backend.
+        ImportError: ``backend="embree"`` without ``embreex``.
+
+    Examples:
+        >>> caster = MeshRayCaster(trimesh.creation.box(extents=(1.0, 1.0, 1.0)))
+        >>> hits = caster(np.array([[0.0, 0.0, 2.0], [3.0, 0.0, 2.0]]), np.array([[0.0, 0.0, -1.0]] * 2))
+        >>> hits.hit.tolist(), hits.barycentric.sum(axis=1).tolist()
+        ([True, False], [1.0, 0.0])
+    """
+
+    def __init__(self, mesh: trimesh.Trimesh, backend: Literal["auto", "embree", "numpy"] = "auto") -> None:
+        if len(mesh.faces) == 0:
+            raise ValueError("MeshRayCaster: the mesh has no faces")
+        if backend not in ("auto", "embree", "numpy"):
+            raise ValueError(f"MeshRayCaster: backend must be 'auto', 'embree' or 'numpy', got {backend!r}")
+        self.mesh = mesh
+        self._scene = None
+        if backend != "numpy":
+            try:
+                from embreex import mesh_construction, rtcore_scene
+            except ImportError:
+                if backend == "embree":
+                    raise
+            else:
+                vertices = np.asarray(mesh.vertices, dtype=np.float64)
+                self._origin = vertices.min(axis=0)
+                self._scene = rtcore_scene.EmbreeScene()
+                mesh_construction.TriangleMesh(scene=self._scene, vertices=(vertices - self._origin).astype(np.float32),
+                                               indices=np.asarray(mesh.faces).astype(np.int32))
+        self.backend = "numpy" if self._scene is None else "embree"
+
+    def __call__(self, origins: np.ndarray, directions: np.ndarray) -> RayHits:
+        """First hits of rays with origins (R, 3) and directions (R, 3) (unit length), world units."""
+        origins, directions = np.asarray(origins, dtype=np.float64), np.asarray(directions, dtype=np.float64)
+        face = np.full(len(origins), -1, dtype=np.int64)
+        barycentric = np.zeros((len(origins), 3), dtype=np.float64)
+        if len(origins) == 0:
+            return RayHits(face, barycentric)
+        if self._scene is not None:
+            found = self._scene.run((origins - self._origin).astype(np.float32), directions.astype(np.float32),
+                                    output=1)
+            face[:] = np.asarray(found["primID"], dtype=np.int64)
+            hit = face >= 0
+            u, v = (np.asarray(found[k], dtype=np.float64)[hit] for k in ("u", "v"))
+        else:
+            triangles = np.asarray(self.mesh.triangles, dtype=np.float64)
+            chunk = max(1, _PAIRS_PER_CHUNK // len(triangles))
+            uv = np.zeros((len(origins), 2), dtype=np.float64)
+            for start in range(0, len(origins), chunk):
+                part = slice(start, start + chunk)
+                face[part], uv[part] = _first_hits(triangles, origins[part], directions[part])
+            hit = face >= 0
+            u, v = uv[hit, 0], uv[hit, 1]
+        weights = np.clip(np.stack([1.0 - u - v, u, v], axis=1), 0.0, 1.0)
+        barycentric[hit] = weights / weights.sum(axis=1, keepdims=True).clip(min=1e-12)
+        return RayHits(face, barycentric)
+
+
+_PAIRS_PER_CHUNK = 1 << 20
+"""Ray-face pairs the numpy backend tests at once (a few (pairs, 3) float64 arrays: tens of MB)."""
+
+
+def _first_hits(triangles: np.ndarray, origins: np.ndarray, directions: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Möller–Trumbore against every face: triangles (F, 3, 3), rays (R, 3) → nearest face (R,) int64 (-1 for a
+    miss) and its (u, v) (R, 2), the weights of the face's second and third vertices."""
+    v0 = triangles[None, :, 0]
+    e1, e2 = triangles[None, :, 1] - v0, triangles[None, :, 2] - v0  # (1, F, 3)
+    d, to_origin = directions[:, None], origins[:, None] - v0  # (R, 1, 3), (R, F, 3)
+    p = np.cross(d, e2)
+    det = np.einsum("rfc,rfc->rf", np.broadcast_to(e1, p.shape), p)
+    inv = 1.0 / np.where(det != 0.0, det, np.inf)  # 0 for rays parallel to the face
+    u = np.einsum("rfc,rfc->rf", to_origin, p) * inv
+    q = np.cross(to_origin, e1)
+    v = np.einsum("rfc,rfc->rf", np.broadcast_to(d, q.shape), q) * inv
+    t = np.einsum("rfc,rfc->rf", np.broadcast_to(e2, q.shape), q) * inv
+    valid = (inv != 0.0) & (u >= 0.0) & (v >= 0.0) & (u + v <= 1.0) & (t > 0.0)
+    t = np.where(valid, t, np.inf)
+    nearest = t.argmin(axis=1)
+    rows = np.arange(len(origins))
+    face = np.where(np.isfinite(t[rows, nearest]), nearest, -1)
+    return face, np.stack([u[rows, nearest], v[rows, nearest]], axis=1)
+
+
 def render_mesh(
     mesh: trimesh.Trimesh,
     c2w: Tensor,
@@ -123,6 +244,8 @@ def render_mesh(
     height: int,
     width: int,
     config: MeshRenderConfig | None = None,
+    *,
+    caster: MeshRayCaster | None = None,
 ) -> Tensor:
     """Render RGBA images of ``mesh`` from pinhole cameras.
 
@@ -132,6 +255,8 @@ def render_mesh(
         fovy_deg: vertical field of view in degrees, Tensor (B,) or a scalar.
         height, width: image size in pixels, >= 1.
         config: shading and anti-aliasing options; defaults to :class:`MeshRenderConfig`.
+        caster: a :class:`MeshRayCaster` of ``mesh`` to reuse across calls (building one costs a BVH build); by
+            default a new one.
 
     Returns:
         Tensor with shape (B, H, W, 4), float32 in [0, 1]: straight-alpha RGB and coverage alpha. Uncovered
@@ -149,12 +274,15 @@ def render_mesh(
     batch = c2w.shape[0]
     fovy = torch.as_tensor(fovy_deg, dtype=torch.float64).reshape(-1).expand(batch)
     rays_o, rays_d = get_rays(c2w.double(), fovy, height * s, width * s)
-    rgb, hit = _shade_rays(mesh, rays_o.reshape(-1, 3).numpy(), rays_d.reshape(-1, 3).numpy(), config)
-    rgb = torch.from_numpy(rgb).reshape(batch, height, s, width, s, 3)
-    hit = torch.from_numpy(hit).reshape(batch, height, s, width, s, 1).double()
-    alpha = hit.mean(dim=(2, 4))
-    colour = (rgb * hit).sum(dim=(2, 4)) / hit.sum(dim=(2, 4)).clamp_min(1.0)
-    return torch.cat([colour, alpha], dim=-1).float().clamp(0.0, 1.0)
+    dirs = rays_d.reshape(-1, 3).numpy()
+    hits = (caster or MeshRayCaster(mesh))(rays_o.reshape(-1, 3).numpy(), dirs)
+    # In numpy: small torch ops right after an Embree call wait on the other thread pool (slow on small machines).
+    rgb = _shade_hits(mesh, hits, dirs, config).reshape(batch, height, s, width, s, 3)
+    hit = hits.hit.reshape(batch, height, s, width, s, 1).astype(np.float64)
+    covered = hit.sum(axis=(2, 4))
+    colour = rgb.sum(axis=(2, 4)) / np.maximum(covered, 1.0)  # misses are black
+    rgba = np.concatenate([colour, covered / (s * s)], axis=-1)
+    return torch.from_numpy(np.clip(rgba, 0.0, 1.0).astype(np.float32))
 
 
 def surface_albedo(mesh: trimesh.Trimesh, face_index: np.ndarray, barycentric: np.ndarray) -> np.ndarray:
@@ -190,26 +318,17 @@ def surface_albedo(mesh: trimesh.Trimesh, face_index: np.ndarray, barycentric: n
     return np.full((len(face_index), 3), 0.5)
 
 
-def _shade_rays(mesh: trimesh.Trimesh, origins: np.ndarray, dirs: np.ndarray, config: MeshRenderConfig
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Colour (R, 3) float64 and hit mask (R,) bool of rays (R, 3) against the mesh."""
-    intersector = _intersector(mesh)
-    tri_index = np.asarray(intersector.intersects_first(origins, dirs), dtype=np.int64)
-    hit = tri_index >= 0
-    rgb = np.zeros((len(origins), 3), dtype=np.float64)
+def _shade_hits(mesh: trimesh.Trimesh, hits: RayHits, dirs: np.ndarray, config: MeshRenderConfig) -> np.ndarray:
+    """Colour (R, 3) float64 of rays with directions (R, 3) and their hits; black where a ray misses."""
+    hit = hits.hit
+    rgb = np.zeros((len(dirs), 3), dtype=np.float64)
     if not hit.any():
-        return rgb, hit
-    o, d, fid = origins[hit], dirs[hit], tri_index[hit]
-    tri = np.asarray(mesh.triangles, dtype=np.float64)[fid]  # (M, 3, 3)
-    normal = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    denom = np.einsum("mc,mc->m", normal, d)
-    t = np.einsum("mc,mc->m", normal, tri[:, 0] - o) / np.where(np.abs(denom) > 1e-20, denom, 1e-20)
-    points = o + t[:, None] * d
-    bary = np.clip(trimesh.triangles.points_to_barycentric(tri, points), 0.0, 1.0)
-    bary /= bary.sum(axis=1, keepdims=True).clip(min=1e-12)
+        return rgb
+    fid, bary = hits.face[hit], hits.barycentric[hit]
     if config.shading == "color":
         rgb[hit] = surface_albedo(mesh, fid, bary)
-        return rgb, hit
+        return rgb
+    d = dirs[hit]
     vertex_normals = np.asarray(mesh.vertex_normals, dtype=np.float64)[np.asarray(mesh.faces)[fid]]
     n = np.einsum("mk,mkc->mc", bary, vertex_normals)
     n /= np.linalg.norm(n, axis=1, keepdims=True).clip(min=1e-12)
@@ -218,19 +337,7 @@ def _shade_rays(mesh: trimesh.Trimesh, origins: np.ndarray, dirs: np.ndarray, co
     lights /= np.linalg.norm(lights, axis=1, keepdims=True)
     diffuse = np.clip(n @ lights.T, 0.0, None) @ np.asarray(config.light_intensities, dtype=np.float64)
     rgb[hit] = np.asarray(config.albedo, dtype=np.float64)[None] * (config.ambient + diffuse)[:, None]
-    return np.clip(rgb, 0.0, 1.0), hit
-
-
-def _intersector(mesh: trimesh.Trimesh):
-    """Embree intersector when ``embreex`` is installed, else trimesh's numpy triangle intersector."""
-    try:
-        from trimesh.ray.ray_pyembree import RayMeshIntersector
-
-        return RayMeshIntersector(mesh)
-    except ImportError:
-        from trimesh.ray.ray_triangle import RayMeshIntersector as NumpyIntersector
-
-        return NumpyIntersector(mesh)
+    return np.clip(rgb, 0.0, 1.0)
 
 
 def _sample_texture(image: np.ndarray, uv: np.ndarray) -> np.ndarray:

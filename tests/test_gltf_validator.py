@@ -56,6 +56,7 @@ def test_validator_reports_errors_in_a_broken_file(tmp_path):
     assert report["issues"]["numErrors"] > 0
 
 
+@pytest.mark.slow
 def test_reconstruct_and_render_views_outputs_have_no_errors(tmp_path):
     from lift3d.io.artifacts import ArtifactWriter
     from lift3d.io.mesh_assets import MeshExportOptions

@@ -6,8 +6,8 @@ Locked here, on CPU, float32:
 2. a tiny Stable Zero123 novel view (``Zero123.tiny(seed=0)``): a 3×3 pixel patch and the conditioning embedding;
 3. the SDS gradient of one fixed render through ``Zero123.sds_batch``: loss, a slice of ``grad_rgb``, the timestep
    drawn and its annealing bounds;
-4. the volume renderer on a fixed hash-grid field: rgb, opacity and depth of fixed rays, densities at fixed points;
-   plus transmittance and weights of one ray checked against hand-computed values.
+4. the volume renderer on a fixed hash-grid field: rgb, opacity and depth of fixed rays, densities at fixed points
+   (transmittance and weights of one ray against hand-computed values: ``test_nerf_core.py``).
 
 Any numeric change in the stack (diffusers/transformers upgrade, scheduler, VAE scaling, camera embedding, SDS
 weighting, hash-grid indexing, compositing) shows up here. The other test modules check properties (determinism,
@@ -30,12 +30,11 @@ import numpy as np
 import pytest
 import torch
 
-from lift3d.stages.text_to_image import TextToImage
+from lift3d.stages.sdxl.text_to_image import TextToImage
 from lift3d.stages.zero123 import ConditionEmbedding, SDSRequest, SDSResult, Zero123
 from nerf.encoding import HashGridConfig
 from nerf.field import FieldConfig, ImplicitVolume
 from nerf.renderer import RendererConfig, RenderOutput, VolumeRenderer
-from nerf.volrend import render_transmittance_from_alpha, render_weight_from_alpha
 
 PROMPT = "a wooden toy robot"
 
@@ -205,16 +204,6 @@ def test_volume_render_of_fixed_field_matches_recorded_values(renderer):
     with torch.no_grad():
         density = renderer.field.density(POINTS)
     torch.testing.assert_close(density, torch.tensor(FIELD_DENSITY), atol=1e-5, rtol=1e-6)
-
-
-def test_transmittance_and_weights_by_hand():
-    """nerfacc's example: T_i = prod_{j<i} (1 - alpha_j), w_i = T_i alpha_i; worked out by hand."""
-    alphas = torch.tensor([0.0, 0.3, 0.8, 0.8], dtype=torch.float32)
-    ray_indices = torch.zeros(4, dtype=torch.int64)
-    transmittance = render_transmittance_from_alpha(alphas, ray_indices, 1)
-    torch.testing.assert_close(transmittance, torch.tensor([1.0, 1.0, 0.7, 0.14]), atol=1e-6, rtol=0)
-    weights, _ = render_weight_from_alpha(alphas, ray_indices, 1)
-    torch.testing.assert_close(weights, torch.tensor([0.0, 0.3, 0.56, 0.112]), atol=1e-6, rtol=0)
 
 
 if __name__ == "__main__":  # print the current values as literals to paste above (deliberately, see the docstring)

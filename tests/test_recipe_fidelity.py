@@ -203,7 +203,7 @@ def test_clip_preprocessing_is_ldm_bicubic_align_corners_without_antialias_or_cl
 
 # ------------------------------------------------------------------------------------------- SDXL guidance scale
 def test_one_sdxl_guidance_range_for_params_and_stage():
-    from lift3d.stages.text_to_image import TextToImage
+    from lift3d.stages.sdxl.text_to_image import TextToImage
 
     assert GenerationParams(guidance_scale=50).guidance_scale == 50
     stage = TextToImage.tiny(seed=0)

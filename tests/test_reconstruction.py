@@ -15,7 +15,7 @@ from lift3d.io.mesh_assets import MeshExportOptions
 from lift3d.io.storage import LocalStore
 from lift3d.reconstruct import ReconstructOptions, RenderViewsOptions, reconstruct, render_views
 from nerf.datasets.blender import ViewDataset, load_views
-from nerf.mesh_render import MeshRenderConfig, render_mesh, spread_cameras
+from nerf.mesh_render import MeshRayCaster, MeshRenderConfig, render_mesh, spread_cameras
 from nerf.scene_box import scene_frame
 from nerf.trainers.photometric import ReconstructionConfig, ReconstructionTrainer
 
@@ -54,6 +54,23 @@ def test_lambert_shading_is_view_independent():
     lights = torch.tensor(cfg.light_dirs) / torch.tensor(cfg.light_dirs).norm(dim=-1, keepdim=True)
     expected = 0.8 * (cfg.ambient + (eye @ lights.T).clamp_min(0) @ torch.tensor(cfg.light_intensities))
     torch.testing.assert_close(rgba[:, 0, 0, 0], expected.float(), atol=0.02, rtol=0)
+
+
+@pytest.mark.parametrize("backend", ["embree", "numpy"])
+@pytest.mark.parametrize("offset", [(0.0, 0.0, 0.0), (1000.0, -500.0, 250.0)])  # far from the origin too
+def test_ray_caster_returns_the_first_face_and_its_barycentrics(backend, offset):
+    # Face 0 in the plane z = 0, face 1 (twice as large) in z = 0.5 above it.
+    vertices = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 0.5], [2, 0, 0.5], [0, 2, 0.5]]) + offset
+    caster = MeshRayCaster(trimesh.Trimesh(vertices, [[0, 1, 2], [3, 4, 5]], process=False), backend=backend)
+    assert caster.backend == backend
+    down, up = [0.0, 0.0, -1.0], [0.0, 0.0, 1.0]
+    origins = np.array([[0.2, 0.3, 1.0], [0.2, 0.3, -1.0], [0.8, 0.8, -1.0], [3.0, 3.0, 1.0]]) + offset
+    hits = caster(origins, np.array([down, up, up, down]))
+    assert hits.face.tolist() == [1, 0, 1, -1] and hits.hit.tolist() == [True, True, True, False]
+    # (x, y) on face 1 is 0.5 · (x, y) in its own edge coordinates: weights (1 − u − v, u, v).
+    expected = [[0.75, 0.1, 0.15], [0.5, 0.2, 0.3], [0.2, 0.4, 0.4], [0.0, 0.0, 0.0]]
+    np.testing.assert_allclose(hits.barycentric, expected, atol=1e-4 if any(offset) else 1e-6)
+    assert caster(np.zeros((0, 3)), np.zeros((0, 3))).face.shape == (0,)
 
 
 def test_scene_box_from_cameras_without_masks():

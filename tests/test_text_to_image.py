@@ -11,7 +11,7 @@ import torch
 
 from lift3d.errors import InvalidInputError, ModelNotFoundError
 from lift3d.stages.loading import locate_pretrained, resolve_pretrained, select_hub_files
-from lift3d.stages.text_to_image import TextToImage
+from lift3d.stages.sdxl.text_to_image import TextToImage
 from lift3d.stages.tiny import tiny_clip_tokenizer
 
 PROMPT = "a wooden toy robot"
@@ -47,7 +47,7 @@ def test_tiny_is_deterministic_and_leaves_global_rng_alone(t2i, caplog):
     torch.manual_seed(123)
     expected_next = torch.rand(3)
     torch.manual_seed(123)
-    with caplog.at_level(logging.WARNING, logger="lift3d.stages.text_to_image"):
+    with caplog.at_level(logging.WARNING, logger="lift3d.stages.sdxl.text_to_image"):
         again = TextToImage.tiny(seed=0)
     assert torch.equal(torch.rand(3), expected_next)
     assert any("random weights" in record.getMessage() for record in caplog.records)

@@ -25,8 +25,8 @@ from lift3d.io.images import decode_base64_image
 from lift3d.params import GenerationParams
 from lift3d.presets import TINY, ModelPreset
 from lift3d.io.image_calls import EncodedSample, ImageCall, PoseCall, RegionsCall, TextToImageCall
-from lift3d.stages.generated import GeneratedImage
-from lift3d.stages.text_to_image import TextToImage
+from lift3d.stages.sdxl.generated import GeneratedImage
+from lift3d.stages.sdxl.text_to_image import TextToImage
 
 __all__ = ["EncodedSample", "ImageCall", "ImageModels", "PoseCall", "RegionsCall", "TextToImageCall", "call_for_3d",
            "pose_loader", "uses_prompt_controls"]
@@ -74,7 +74,7 @@ class ImageModels:
         return samples
 
     def _region_sample(self, call: RegionsCall) -> GeneratedImage:
-        from lift3d.stages.regions import RegionGenerator, decode_masks
+        from lift3d.stages.sdxl.regions import RegionGenerator, decode_masks
 
         if self._regions is None:
             self._regions = RegionGenerator(self.sdxl.pipe)
@@ -110,7 +110,7 @@ def pose_loader(preset: ModelPreset) -> Callable[[TextToImage], object]:
     detector weights (:meth:`PoseToImage.from_pretrained`, ``ModelNotFoundError`` within seconds when missing)."""
 
     def load(sdxl: TextToImage):
-        from lift3d.stages.pose_to_image import PoseToImage
+        from lift3d.stages.sdxl.pose_to_image import PoseToImage
 
         if preset.pose_controlnet == TINY:
             return PoseToImage.tiny(sdxl, seed=0)

@@ -28,7 +28,7 @@ from lift3d.pipeline.steps import (
 from lift3d.presets import ModelPreset
 from lift3d.stages.background import BackgroundRemover
 from lift3d.stages.loading import load_stage
-from lift3d.stages.text_to_image import TextToImage
+from lift3d.stages.sdxl.text_to_image import TextToImage
 from lift3d.stages.zero123 import ConditionEmbedding, Zero123
 from nerf.trainers.sds import Guidance, GuidanceResult
 

@@ -38,7 +38,7 @@ class Handle(Protocol):
 
 @dataclass
 class TextToImageRequest:
-    """SDXL arguments (see :meth:`lift3d.stages.text_to_image.TextToImage.__call__`)."""
+    """SDXL arguments (see :meth:`lift3d.stages.sdxl.text_to_image.TextToImage.__call__`)."""
 
     prompt: str
     negative_prompt: str = ""

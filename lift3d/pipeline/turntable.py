@@ -26,7 +26,7 @@ from lift3d.io.video import write_mp4
 from lift3d.params.video import Keyframe, VideoParams
 from nerf.camera_paths import interpolate_keyframes, orbit, spiral
 from nerf.cameras import CameraBatch, get_rays
-from nerf.mesh_render import MeshRenderConfig, render_mesh, surface_albedo
+from nerf.mesh_render import MeshRayCaster, MeshRenderConfig, render_mesh
 from nerf.renderer import RendererConfig, VolumeRenderer
 
 __all__ = [
@@ -91,10 +91,11 @@ def _look_at_center(cameras: CameraBatch, center: Sequence[float] | np.ndarray |
     return c2w
 
 
-def _on_white(rgb: torch.Tensor, alpha: torch.Tensor) -> np.ndarray:
-    """(H, W, 3) straight-alpha colour and (H, W, 1) alpha in [0, 1] → (H, W, 3) uint8 over white."""
-    out = rgb * alpha + (1.0 - alpha)
-    return (out.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).cpu().numpy()
+def _on_white(rgba: np.ndarray) -> np.ndarray:
+    """(H, W, 4) straight-alpha colour and alpha in [0, 1] → (H, W, 3) uint8 over white (in numpy: see
+    :func:`nerf.mesh_render.render_mesh`)."""
+    rgb, alpha = rgba[..., :3].astype(np.float64), rgba[..., 3:].astype(np.float64)
+    return np.round(np.clip(rgb * alpha + (1.0 - alpha), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def render_turntable(
@@ -109,10 +110,9 @@ def render_turntable(
     """Frames of ``mesh``'s unlit colours (vertex colours, texture or material colour; see
     :func:`nerf.mesh_render.surface_albedo`) over a white background, one per camera, rendered lazily.
 
-    Each pixel is the mean of ``supersample``² sub-pixel rays, each the surface colour it hits or white: the same
-    image as :func:`nerf.mesh_render.render_mesh` with ``shading="color"`` composited over white. Rays are cast by
-    Embree directly, whose hit barycentrics make it about 3× faster than ``render_mesh`` (which recomputes them
-    in numpy); ``render_mesh`` itself is the fallback without ``embreex``.
+    Each pixel is the mean of ``supersample``² sub-pixel rays, each the surface colour it hits or white:
+    :func:`nerf.mesh_render.render_mesh` with ``shading="color"``, composited over white, with one
+    :class:`~nerf.mesh_render.MeshRayCaster` (Embree when ``embreex`` is installed) built for all frames.
 
     Args:
         mesh: a mesh or scene in the z-up world (rotate a Y-up GLB first), with at least one face.
@@ -136,52 +136,16 @@ def render_turntable(
     if isinstance(center, str):
         center = np.asarray(mesh.bounds, dtype=np.float64).mean(axis=0)
     c2w = _look_at_center(cameras, center)
-    cast = _embree_caster(mesh)
-    total, s = len(cameras), supersample
+    caster = MeshRayCaster(mesh)
+    config = MeshRenderConfig(shading="color", supersample=supersample)
+    total = len(cameras)
     for start in range(0, total, _MESH_FRAMES_PER_CALL):
         stop = min(start + _MESH_FRAMES_PER_CALL, total)
-        if cast is None:
-            config = MeshRenderConfig(shading="color", supersample=s)
-            rgba = render_mesh(mesh, c2w[start:stop], cameras.fovy_deg[start:stop], size, size, config)
-            images = [_on_white(image[..., :3], image[..., 3:]) for image in rgba]
-        else:
-            rays_o, rays_d = get_rays(c2w[start:stop].double(), cameras.fovy_deg[start:stop].double(), size * s,
-                                      size * s)
-            rgb = cast(rays_o.reshape(-1, 3).numpy(), rays_d.reshape(-1, 3).numpy())
-            rgb = rgb.reshape(stop - start, size, s, size, s, 3).mean(axis=(2, 4))
-            images = list(np.round(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8))
-        for offset, image in enumerate(images):
-            yield image
+        rgba = render_mesh(mesh, c2w[start:stop], cameras.fovy_deg[start:stop], size, size, config, caster=caster)
+        for offset, image in enumerate(rgba.numpy()):
+            yield _on_white(image)
             if progress is not None:
                 progress(start + offset + 1, total)
-
-
-def _embree_caster(mesh: trimesh.Trimesh) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
-    """rays (R, 3) origins and unit directions → (R, 3) float64 colour of the first hit, white for misses; None
-    without ``embreex``. Vertices are shifted to start at 0 before the float32 conversion Embree needs (as
-    trimesh's own Embree wrapper does), to keep precision away from the origin."""
-    try:
-        from embreex import mesh_construction, rtcore_scene
-    except ImportError:
-        return None
-    vertices = np.asarray(mesh.vertices, dtype=np.float64)
-    origin = vertices.min(axis=0)
-    scene = rtcore_scene.EmbreeScene()
-    mesh_construction.TriangleMesh(scene=scene, vertices=(vertices - origin).astype(np.float32),
-                                   indices=np.asarray(mesh.faces).astype(np.int32))
-
-    def cast(origins: np.ndarray, directions: np.ndarray) -> np.ndarray:
-        hits = scene.run((origins - origin).astype(np.float32), directions.astype(np.float32), output=1)
-        face = np.asarray(hits["primID"], dtype=np.int64)
-        hit = face >= 0
-        rgb = np.ones((len(face), 3), dtype=np.float64)
-        if hit.any():
-            u, v = (np.asarray(hits[k], dtype=np.float64)[hit] for k in ("u", "v"))
-            barycentric = np.clip(np.stack([1.0 - u - v, u, v], axis=1), 0.0, 1.0)
-            rgb[hit] = surface_albedo(mesh, face[hit], barycentric / barycentric.sum(axis=1, keepdims=True))
-        return rgb
-
-    return cast
 
 
 @torch.no_grad()

@@ -1,7 +1,7 @@
 """Pieces shared by the tiny presets of the model stages: seeded construction, an in-memory CLIP tokenizer, the
 Stable Diffusion noise schedule and a two-block VAE.
 
-The tiny builders themselves live beside the class they build (``text_to_image.tiny_sdxl_components``,
+The tiny builders themselves live beside the class they build (``sdxl.text_to_image.tiny_sdxl_components``,
 ``zero123.tiny.tiny_zero123_components``). Every builder constructs the *same* classes the real stages load (diffusers ``UNet2DConditionModel``,
 ``AutoencoderKL``, transformers ``CLIPTextModel`` …) from small configurations, with random weights, without
 touching the disk or the network. The sizes follow the dummy components of the diffusers test-suite

@@ -14,7 +14,7 @@ from lift3d.params.images import PoseParams, RegionParams, TextToImageParams
 from lift3d.io.encoded import EncodedImage
 from lift3d.io.image_calls import EncodedSample, PoseCall, RegionsCall, TextToImageCall
 from lift3d.service.config import ServiceConfig
-from lift3d.service.credits import estimate_credits
+from lift3d.service.accounts.credits import estimate_credits
 from lift3d.service.metrics import ServiceMetrics
 from lift3d.service.server import build_api, build_images, build_service
 from lift3d.service.state import open_state

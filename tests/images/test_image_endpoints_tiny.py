@@ -17,7 +17,7 @@ from lift3d.service.config import ServiceConfig
 from lift3d.service.metrics import ServiceMetrics
 from lift3d.service.server import build_api, build_images, build_service
 from lift3d.service.state import open_state
-from lift3d.stages.text_to_image import TextToImage
+from lift3d.stages.sdxl.text_to_image import TextToImage
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

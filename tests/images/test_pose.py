@@ -1,4 +1,5 @@
-"""Pose detection (lift3d/stages/pose.py) and pose-conditioned SDXL (lift3d/stages/pose_to_image.py), tiny models."""
+"""Pose detection (lift3d/stages/sdxl/pose.py) and pose-conditioned SDXL (lift3d/stages/sdxl/pose_to_image.py),
+tiny models."""
 
 from __future__ import annotations
 
@@ -17,11 +18,11 @@ from PIL import Image
 
 from lift3d.errors import InvalidInputError, ModelNotFoundError
 from lift3d.params.images import PoseParams
-from lift3d.stages import pose_to_image
+from lift3d.stages.sdxl import pose_to_image
 from lift3d.stages.loading import select_hub_files
-from lift3d.stages.pose import BODY_MODES, POSE_HOME_ENV, PoseDetector, PoseResult, draw_openpose
-from lift3d.stages.pose_to_image import PoseToImage
-from lift3d.stages.text_to_image import TextToImage
+from lift3d.stages.sdxl.pose import BODY_MODES, POSE_HOME_ENV, PoseDetector, PoseResult, draw_openpose
+from lift3d.stages.sdxl.pose_to_image import PoseToImage
+from lift3d.stages.sdxl.text_to_image import TextToImage
 
 PHOTO = Path(__file__).resolve().parents[2] / "examples" / "anya_front_rgba.png"  # a figurine of a person, arms raised (threestudio)
 
@@ -265,7 +266,7 @@ def test_size_sampler_and_schedule_reach_the_pipeline(stage, pipeline_calls):
 def test_no_person_still_generates_with_a_black_pose(stage, sdxl, pipeline_calls, caplog):
     nobody = PoseToImage(sdxl, stage.controlnet, FixedDetector(np.zeros((0, 18, 2)), np.zeros((0, 18))),
                          source="test", random_weights=True)
-    with caplog.at_level(logging.INFO, logger="lift3d.stages.pose_to_image"):
+    with caplog.at_level(logging.INFO, logger="lift3d.stages.sdxl.pose_to_image"):
         out = nobody(params(), noise_image(64, 64), seed=4)
     assert out.people == 0 and out.keypoints.shape == (0, 18, 2)
     assert np.asarray(pipeline_calls[0]["image"]).max() == 0

@@ -16,7 +16,7 @@ from lift3d.pipeline.image_generation import call_for_3d, uses_prompt_controls
 from lift3d.pipeline.providers import InProcessStages
 from lift3d.presets import get_preset
 from lift3d.service.config import ServiceConfig
-from lift3d.service.credits import estimate_credits
+from lift3d.service.accounts.credits import estimate_credits
 from lift3d.service.metrics import ServiceMetrics
 from lift3d.service.server import build_api, build_service
 from lift3d.service.state import open_state
@@ -138,7 +138,7 @@ def test_concurrent_calls_on_one_sdxl_give_the_sequential_images():
     from lift3d.io.image_calls import TextToImageCall
     from lift3d.params.images import TextToImageParams
     from lift3d.pipeline.image_generation import ImageModels
-    from lift3d.stages.text_to_image import TextToImage
+    from lift3d.stages.sdxl.text_to_image import TextToImage
 
     models = ImageModels(TextToImage.tiny(seed=0))
     calls = [TextToImageCall(TextToImageParams(text_prompts=[{"text": text}], steps=2, height=64, width=64), 3)

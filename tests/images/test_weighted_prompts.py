@@ -1,4 +1,4 @@
-"""Weighted SDXL prompt encoding through compel (lift3d.stages.weighted_prompts), on the tiny SDXL."""
+"""Weighted SDXL prompt encoding through compel (lift3d.stages.sdxl.weighted_prompts), on the tiny SDXL."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from lift3d.errors import InvalidInputError
-from lift3d.stages.text_to_image import TextToImage
-from lift3d.stages.weighted_prompts import encode_weighted_prompts, plain_text
+from lift3d.stages.sdxl.text_to_image import TextToImage
+from lift3d.stages.sdxl.weighted_prompts import encode_weighted_prompts, plain_text
 
 ROBOT = "a wooden toy robot"
 CAT = "a white cat statue"

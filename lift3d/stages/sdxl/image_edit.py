@@ -1,6 +1,6 @@
 """The image-to-image and inpainting half of the SDXL stage: sizes, masks, strengths and pipelines.
 
-:meth:`lift3d.stages.text_to_image.TextToImage.generate_images` calls these helpers when a request carries an init
+:meth:`lift3d.stages.sdxl.text_to_image.TextToImage.generate_images` calls these helpers when a request carries an init
 image (Stability's ``image-to-image``) or an init image and a mask (Stability's ``image-to-image/masking``):
 
 - img2img runs diffusers' ``StableDiffusionXLImg2ImgPipeline`` on the stage's own modules. Stability's

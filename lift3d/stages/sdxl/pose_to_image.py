@@ -1,10 +1,10 @@
 """Pose-conditioned SDXL: a reference photo's body pose steers text-to-image (Segmind's pose API on SDXL).
 
-The pose is detected in the reference (:class:`lift3d.stages.pose.PoseDetector`), drawn as an OpenPose skeleton on
+The pose is detected in the reference (:class:`lift3d.stages.sdxl.pose.PoseDetector`), drawn as an OpenPose skeleton on
 the output canvas, and fed to an OpenPose ControlNet (Zhang et al. 2023, "Adding Conditional Control to
 Text-to-Image Diffusion Models", arXiv:2302.05543) through diffusers' ``StableDiffusionXLControlNetPipeline``,
-built per call from the modules of an already loaded :class:`~lift3d.stages.text_to_image.TextToImage` (no second
-SDXL in memory) with a fresh scheduler (:func:`lift3d.stages.schedulers.build_scheduler`).
+built per call from the modules of an already loaded :class:`~lift3d.stages.sdxl.text_to_image.TextToImage` (no second
+SDXL in memory) with a fresh scheduler (:func:`lift3d.stages.sdxl.schedulers.build_scheduler`).
 
 Default ControlNet: ``thibaud/controlnet-openpose-sdxl-1.0`` (diffusers layout: ``config.json`` and a 5 GB fp32
 ``diffusion_pytorch_model.bin``; the one diffusers' SDXL ControlNet docs use). ``xinsir/controlnet-openpose-sdxl-1.0``
@@ -38,11 +38,11 @@ from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
 
 from lift3d.errors import InvalidInputError
 from lift3d.params.images import PoseParams
-from lift3d.stages.generated import GeneratedImage
+from lift3d.stages.sdxl.generated import GeneratedImage
 from lift3d.stages.loading import diffusers_dtype, loading_errors, resolve_pretrained
-from lift3d.stages.pose import PoseDetector, PoseResult
-from lift3d.stages.schedulers import build_scheduler
-from lift3d.stages.text_to_image import TextToImage
+from lift3d.stages.sdxl.pose import PoseDetector, PoseResult
+from lift3d.stages.sdxl.schedulers import build_scheduler
+from lift3d.stages.sdxl.text_to_image import TextToImage
 from lift3d.stages.tiny import seeded
 
 __all__ = ["DEFAULT_CONTROLNET", "PoseOutput", "PoseToImage"]
@@ -126,7 +126,7 @@ class PoseToImage:
         cls, sdxl: TextToImage, seed: int = 0, *, detector_home: str | os.PathLike[str] | None = None,
     ) -> PoseToImage:
         """A ControlNet copied from ``sdxl``'s UNet (``ControlNetModel.from_unet``, so it matches the tiny SDXL of
-        :func:`~lift3d.stages.text_to_image.tiny_sdxl_components`) and :meth:`PoseDetector.tiny`, random weights
+        :func:`~lift3d.stages.sdxl.text_to_image.tiny_sdxl_components`) and :meth:`PoseDetector.tiny`, random weights
         from ``seed``.
 
         The conditioning encoder downsamples by the VAE's factor (channels (16, 32) for the tiny VAE's factor 2,

@@ -6,9 +6,9 @@ validated calls:
 - ``__call__``: one prompt and one negative prompt → one RGB ``PIL.Image`` (the 3D pipeline's SDXL step);
 - :meth:`TextToImage.generate_images`: Stability's v1 text-to-image body
   (:class:`~lift3d.params.images.TextToImageParams`: weighted prompts, sampler and schedule, several samples,
-  image-to-image and inpainting) → one :class:`~lift3d.stages.generated.GeneratedImage` per sample. Weighted
-  prompts go through compel (:mod:`lift3d.stages.weighted_prompts`), samplers through
-  :mod:`lift3d.stages.schedulers`, the init-image modes through :mod:`lift3d.stages.image_edit`.
+  image-to-image and inpainting) → one :class:`~lift3d.stages.sdxl.generated.GeneratedImage` per sample. Weighted
+  prompts go through compel (:mod:`lift3d.stages.sdxl.weighted_prompts`), samplers through
+  :mod:`lift3d.stages.sdxl.schedulers`, the init-image modes through :mod:`lift3d.stages.sdxl.image_edit`.
 
 Examples:
     >>> t2i = TextToImage.tiny(seed=0)               # random weights, 64×64, offline
@@ -35,14 +35,14 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection
 from lift3d.errors import InvalidInputError
 from lift3d.params.images import MAX_IMAGE_SIDE, TextToImageParams
 from lift3d.params import SDXL_GUIDANCE_SCALE_RANGE as GUIDANCE_SCALE_RANGE
-from lift3d.stages.generated import GeneratedImage
-from lift3d.stages.image_edit import (
+from lift3d.stages.sdxl.generated import GeneratedImage
+from lift3d.stages.sdxl.image_edit import (
     EditMode, diffusers_strength, edit_mode, paste_over, pipeline_for, repaint_mask, round_down_64,
 )
 from lift3d.stages.loading import default_dtype, diffusers_dtype, loading_errors, resolve_pretrained
-from lift3d.stages.schedulers import build_scheduler
+from lift3d.stages.sdxl.schedulers import build_scheduler
 from lift3d.stages.tiny import SD_SCHEDULE, seeded, tiny_clip_tokenizer, tiny_text_config, tiny_vae
-from lift3d.stages.weighted_prompts import encode_weighted_prompts
+from lift3d.stages.sdxl.weighted_prompts import encode_weighted_prompts
 
 __all__ = ["TextToImage", "tiny_sdxl_components"]
 
@@ -238,12 +238,13 @@ class TextToImage:
         output size, without running the model); ``init_image`` and ``mask_image`` (or ``mask_source=
         "INIT_IMAGE_ALPHA"`` and an RGBA init image) → inpainting, repainting the mask's white pixels
         (``MASK_IMAGE_WHITE``), its black ones (``MASK_IMAGE_BLACK``) or the init image's transparent ones; pixels
-        outside the mask are the init image's (see :mod:`lift3d.stages.image_edit`). ``image_strength`` is not used
-        by inpainting.
+        outside the mask are the init image's (see :mod:`lift3d.stages.sdxl.image_edit`). ``image_strength`` is not
+        used by inpainting.
 
-        Prompts: ``params.text_prompts`` weighted as :func:`~lift3d.stages.weighted_prompts.encode_weighted_prompts`
-        says (prompts of one sign blended by their weights; compel's syntax inside each). ``cfg_scale ≤ 1`` disables
-        classifier-free guidance, and with it the negative prompts.
+        Prompts: ``params.text_prompts`` weighted as
+        :func:`~lift3d.stages.sdxl.weighted_prompts.encode_weighted_prompts` says (prompts of one sign blended by
+        their weights; compel's syntax inside each). ``cfg_scale ≤ 1`` disables classifier-free guidance, and with
+        it the negative prompts.
 
         Args:
             params: the request body (validated; sampler and schedule canonical).

@@ -19,7 +19,7 @@ weights); here each prompt's pooled vector comes from its text with the syntax s
 vectors are blended with the same weights.
 
 Examples:
-    >>> from lift3d.stages.text_to_image import TextToImage
+    >>> from lift3d.stages.sdxl.text_to_image import TextToImage
     >>> pipe = TextToImage.tiny(seed=0).pipe
     >>> embeds = encode_weighted_prompts(pipe, [("a wooden toy robot", 3.0), ("a (cat)1.2", 1.0)], [])
     >>> tuple(embeds["prompt_embeds"].shape), tuple(embeds["pooled_prompt_embeds"].shape)
