@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 DEMO_OUT ?= out/dragon
 BATCH_OUT ?= out/batch
 
-.PHONY: install demo test test-fast serve bench bench-gpu clean k8s batch-demo loadtest playground vendor
+.PHONY: install demo test test-deps test-fast serve bench bench-gpu clean k8s batch-demo loadtest playground vendor
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,8 @@ install: $(STAMP) $(NODE_STAMP)
 playground: install  ## the API and the web playground in one process (no Ray): http://127.0.0.1:8000/
 	$(VENV)/bin/lift3d playground --port 8000
 
-vendor: $(NODE_STAMP)  ## copy three.js from node_modules into the playground's static files (after changing its pin)
-	$(PY) tools/vendor_three.py
+vendor: $(NODE_STAMP)  ## copy three.js and eventsource-parser from node_modules into static/vendor (after changing a pin)
+	$(PY) tools/vendor_js.py
 
 demo: install
 	time $(VENV)/bin/lift3d generate --image examples/dragon2_rgba.png --out $(DEMO_OUT) --seed 0
@@ -39,10 +39,14 @@ batch-demo: install  ## examples/batch.jsonl (prompts and example images) → ou
 		--num-views 4 --num-multiview-steps 4 --num-inference-steps 4 --num-3d-max-steps 60
 	@echo "results: $(BATCH_OUT)/results.jsonl"
 
-test: install
+# Debian's redis-server and chromium: apt-get installs them when missing (as root), else one line says what to install.
+test-deps:
+	@bash tools/ensure_test_deps.sh
+
+test: test-deps install  ## the whole suite (installs what it needs first: venv, node_modules, redis-server, chromium)
 	LIFT3D_REQUIRE_GLTF_VALIDATOR=1 $(PY) -m pytest -q
 
-test-fast: install
+test-fast: test-deps install  ## the suite without the tests marked slow (each > ~20 s on 2 cores)
 	LIFT3D_REQUIRE_GLTF_VALIDATOR=1 $(PY) -m pytest -q -m "not slow"
 
 serve: install  ## the local graph (tiny preset, local storage) on http://127.0.0.1:8000

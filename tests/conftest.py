@@ -33,84 +33,86 @@ def empty_hub_cache(request, monkeypatch, tmp_path) -> EmptyHubCache:
     return EmptyHubCache(hub_dir=tmp_path / "hf" / "hub", offline=request.param)
 
 
-# ------------------------------------------------------------------------------------- databases (issue 9)
+# ------------------------------------------------------------------------------------------- shared runs
 @dataclass(frozen=True)
-class PostgresServer:
-    """A throwaway PostgreSQL cluster (Debian's server binaries) listening on a Unix socket in a temp dir."""
+class Generation:
+    """A finished ``lift3d generate`` run: its exit code, output folder (read it, never write into it) and the
+    generation parameters it was given (``GenerationParams`` fields)."""
 
-    socket_dir: Path
-    port: int
-    user: str
-
-    def url(self, database: str) -> str:
-        return f"postgresql+psycopg://{self.user}@/{database}?host={self.socket_dir}&port={self.port}"
-
-
-def _postgres_bindir() -> Path | None:
-    import shutil
-    import subprocess
-
-    for candidate in filter(None, [shutil.which("pg_config")]):
-        out = subprocess.run([candidate, "--bindir"], capture_output=True, text=True).stdout.strip()
-        if out and (Path(out) / "initdb").exists():
-            return Path(out)
-    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    return versions[-1].parent if versions else None
+    code: int
+    out: Path
+    params: dict
 
 
 @pytest.fixture(scope="session")
+def dragon_generation(tmp_path_factory) -> Generation:
+    """``lift3d generate`` of ``examples/dragon2_rgba.png`` in this process, once per session: the tiny preset on
+    the CPU, seed 3, 4 views, 2 multi-view steps, 12 SDS steps, texture on (the CLI's default). The CLI tests check
+    it; the serial batch test compares a batch item with it byte for byte."""
+    from lift3d.cli import main
+
+    params = {"seed": 3, "num_views": 4, "num_multiview_steps": 2, "num_3d_max_steps": 12}
+    out = tmp_path_factory.mktemp("dragon-generation")
+    options = [f"--{key.replace('_', '-')}={value}" for key, value in params.items()]
+    code = main(["generate", "--image", str(Path(__file__).parents[1] / "examples" / "dragon2_rgba.png"), "--out",
+                 str(out), "--preset", "tiny", "--device", "cpu", *options])
+    return Generation(code, out, params)
+
+
+# ------------------------------------------------------------------------------------- servers (tests/support)
+@pytest.fixture(scope="session")
 def postgres_server():
-    """Start ``initdb`` + ``pg_ctl`` in a temp dir for the session; fails (never skips) without the binaries."""
-    import getpass
-    import os
-    import shutil
-    import socket
-    import subprocess
+    """ONE throwaway PostgreSQL cluster for the session (:func:`support.postgres.running_postgres`); tests get a
+    fresh database each (``database_url``)."""
+    from support.postgres import running_postgres
 
-    bindir = _postgres_bindir()
-    if bindir is None:
-        pytest.fail("PostgreSQL server binaries not found (pg_config --bindir, /usr/lib/postgresql/*/bin): install "
-                    "Debian's postgresql package; the PostgreSQL tests must not be skipped")
-    import tempfile
+    with running_postgres() as server:
+        yield server
 
-    # Its own folder under /tmp: pytest's tmp dirs are private to the test user, and the server may run as postgres.
-    root = Path(tempfile.mkdtemp(prefix="lift3d-pg-"))
-    data, sockets = root / "data", root / "sock"
-    sockets.mkdir()
-    user = getpass.getuser()
-    env = {**os.environ, "LC_ALL": "C.UTF-8"}
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses to run as root: run the server as the postgres system user
-        import pwd
 
-        try:
-            account = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.fail("running as root and there is no 'postgres' system user to run the PostgreSQL server as")
-        user, as_user = "postgres", [shutil.which("runuser") or "runuser", "-u", "postgres", "--"]
-        for path in (root, sockets):
-            os.chown(path, account.pw_uid, account.pw_gid)
-        root.chmod(0o755)
-    done = subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", user, "--auth=trust",
-                           "-E", "UTF8"], capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        pytest.fail(f"initdb failed: {done.stderr[-2000:]}")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    options = f"-k {sockets} -p {port} -c listen_addresses='' -c fsync=off -c full_page_writes=off"
-    done = subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"),
-                           "-w", "start"], capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        pytest.fail(f"pg_ctl start failed: {done.stderr[-2000:]}")
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """ONE throwaway ``redis-server`` for the session, no persistence (:class:`support.redis_server.RedisServer`).
+
+    Flush it (``redis_server.client.flushall()``) before counting; tests that stop, kill or restart a server
+    start their own ``RedisServer``."""
+    from support.redis_server import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     try:
-        yield PostgresServer(socket_dir=sockets, port=port, user=user)
+        yield server
     finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True, env=env)
-        shutil.rmtree(root, ignore_errors=True)
+        server.close()
 
 
+@pytest.fixture(scope="session")
+def s3_server():
+    """ONE moto S3-protocol server for the session (:class:`support.s3.S3Server`) on 127.0.0.1; its URL is
+    ``s3_server.url``. Clients need ``support.s3.AWS_TEST_ENV`` in their environment. Tests that stop S3 start
+    their own."""
+    from support.s3 import S3Server
+
+    server = S3Server().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """ONE local Ray cluster for the session (:class:`support.ray_cluster.RayCluster`: 2 CPUs, 2 fake GPUs),
+    started on first use; claim it with ``ray_cluster.use(name, start, stop)``."""
+    from support.ray_cluster import RayCluster
+
+    cluster = RayCluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.shutdown()
+
+
+# ------------------------------------------------------------------------------------- databases (issue 9)
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request, tmp_path) -> str:
     """A fresh, empty database: a SQLite file in ``tmp_path``, or a new database on the session's PostgreSQL."""
@@ -118,14 +120,7 @@ def database_url(request, tmp_path) -> str:
         return f"sqlite:///{tmp_path / 'lift3d.db'}"
     import uuid
 
-    import psycopg
-
-    server = request.getfixturevalue("postgres_server")
-    name = f"t_{uuid.uuid4().hex[:16]}"
-    with psycopg.connect(host=str(server.socket_dir), port=server.port, user=server.user, dbname="postgres",
-                         autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    return server.url(name)
+    return request.getfixturevalue("postgres_server").create_database(f"t_{uuid.uuid4().hex[:16]}")
 
 
 @pytest.fixture

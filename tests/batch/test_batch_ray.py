@@ -1,12 +1,12 @@
-"""``lift3d batch`` on Ray Data: ONE local Ray (2 CPUs, 1 fake GPU, so GPU fractions are scheduled and priced) and
-one moto S3 server for the module, the tiny preset, tiny jobs. Every address is loopback."""
+"""``lift3d batch`` on Ray Data: the session's ONE local Ray cluster (the ``ray_cluster`` fixture: 2 CPUs, fake GPUs,
+so GPU fractions are scheduled and priced; the pools use 1 of them, ``--num-gpus 1``) and one moto S3 server for
+the module, the tiny preset, tiny jobs. Every address is loopback."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import socket
 from datetime import datetime
 from pathlib import Path
 
@@ -16,7 +16,7 @@ import pytest
 import ray
 import torch
 import trimesh
-from moto.server import ThreadedMotoServer
+from support.s3 import AWS_TEST_ENV
 
 from batch_jobs.runner import RayDataRunner
 from batch_jobs.zero123 import Zero123Server
@@ -24,7 +24,7 @@ from lift3d.batch import BatchConfig, BatchStages, StageOptions, Zero123PoolOpti
 from lift3d.cli import main
 from lift3d.io.storage import S3Store
 from lift3d.pipeline.steps import sds_request
-from lift3d.service.costs import price_per_gpu_hour
+from lift3d.costs import price_per_gpu_hour
 from lift3d.stages.loading import load_stage
 from lift3d.stages.zero123 import Zero123
 
@@ -44,31 +44,19 @@ POOLS = BatchStages(  # 1.9 of the 2 CPUs and the 1 fake GPU; torch threads: 1 p
 )
 ARTIFACTS = {"input.png", "metadata.json", "model.glb", "views.png", "views/000_az000_el0.png",
              "views/001_az090_el0.png", "views/002_az180_el0.png", "views/003_az270_el0.png"}
-AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """moto on 127.0.0.1, then Ray (its workers inherit the S3 credentials from this environment)."""
-    saved = {k: os.environ.get(k) for k in (*AWS, "AWS_PROFILE", "AWS_SESSION_TOKEN")}
-    os.environ.update(AWS)
+def cluster(ray_cluster, s3_server):
+    """The session's moto S3 server (its URL), and the Ray cluster claimed for Ray Data (any Serve graph on it
+    stopped first; its workers have the S3 credentials, this process gets them here)."""
+    saved = {k: os.environ.get(k) for k in (*AWS_TEST_ENV, "AWS_PROFILE", "AWS_SESSION_TOKEN")}
+    os.environ.update(AWS_TEST_ENV)
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
         os.environ.pop(name, None)
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    if ray.is_initialized():
-        pytest.fail("a Ray cluster is already running in this test process; this module needs its own")
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield f"http://127.0.0.1:{port}"
-    ray.shutdown()
-    server.stop()
+    ray_cluster.use("batch", lambda: None)
+    yield s3_server.url
+    ray_cluster.release("batch")
     for key, value in saved.items():
         os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
 

@@ -9,27 +9,27 @@ from pathlib import Path
 import pytest
 
 from lift3d.batch import BatchConfig, SerialRunner, run_batch
-from lift3d.cli import main
 
 pytestmark = pytest.mark.slow
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-FAST = {"num_views": 4, "num_multiview_steps": 2, "num_3d_max_steps": 12, "texture": False}
 
 
-def test_a_batch_item_is_byte_for_byte_what_generate_writes(tmp_path):
+def test_a_batch_item_is_byte_for_byte_what_generate_writes(tmp_path, dragon_generation):
+    """The item against the session's ``lift3d generate`` of the same image with the same seed and sizes
+    (``dragon_generation``: the tiny preset on the CPU, texture on)."""
+    defaults = dict(dragon_generation.params)
+    seed = defaults.pop("seed")
     shutil.copy(EXAMPLES / "dragon2_rgba.png", tmp_path / "dragon.png")
-    (tmp_path / "m.jsonl").write_text('{"id": "dragon", "image": "dragon.png", "seed": 3}\n')
+    (tmp_path / "m.jsonl").write_text(f'{{"id": "dragon", "image": "dragon.png", "seed": {seed}}}\n')
     config = BatchConfig(input=str(tmp_path / "m.jsonl"), out=str(tmp_path / "batch"), preset="tiny", device="cpu",
-                         defaults=FAST)
+                         defaults=defaults)
     summary = run_batch(config, SerialRunner())
     assert (summary.succeeded, summary.failed, summary.computed) == (1, 0, 1)
-    code = main(["generate", "--image", str(EXAMPLES / "dragon2_rgba.png"), "--out", str(tmp_path / "gen"),
-                 "--seed", "3", "--preset", "tiny", "--device", "cpu", "--num-views", "4",
-                 "--num-multiview-steps", "2", "--num-3d-max-steps", "12", "--no-texture"])
-    assert code == 0
-    batch, generated = tmp_path / "batch" / "dragon", tmp_path / "gen"
+    assert dragon_generation.code == 0
+    batch, generated = tmp_path / "batch" / "dragon", dragon_generation.out
     names = sorted(p.relative_to(generated).as_posix() for p in generated.rglob("*") if p.is_file())
+    assert "model_textured.glb" in names
     assert names == sorted(p.relative_to(batch).as_posix() for p in batch.rglob("*") if p.is_file())
     for name in names:
         if name != "metadata.json":
@@ -39,4 +39,4 @@ def test_a_batch_item_is_byte_for_byte_what_generate_writes(tmp_path):
     assert meta["training"]["final_loss"] == gen_meta["training"]["final_loss"]
     assert meta["id"] == "dragon" and meta["cost"]["usd"] == 0.0  # CPU: no GPU fraction, no cost
     row = json.loads((tmp_path / "batch" / "results.jsonl").read_text())
-    assert (row["id"], row["status"], row["seed"]) == ("dragon", "succeeded", 3)
+    assert (row["id"], row["status"], row["seed"]) == ("dragon", "succeeded", seed)

@@ -1,4 +1,4 @@
-"""The fault tests' graph (``fault_graph``, one per module): see ``fault_graph.py``."""
+"""The fault tests' graph (``fault_graph``, one per module, on the session's Ray cluster): see ``fault_graph.py``."""
 
 from __future__ import annotations
 
@@ -6,32 +6,33 @@ import os
 import time
 
 import pytest
-
-from fault_graph import (AWS_ENV, FAULT_DEPLOYMENT_OPTIONS, ROOT, FaultGraph, RedisServer, S3Server, free_port,
-                         wait_healthy)
+from fault_graph import FAULT_DEPLOYMENT_OPTIONS, FaultGraph
+from support import free_port, wait_healthy
+from support.redis_server import RedisServer
+from support.s3 import AWS_TEST_ENV, S3Server
 
 
 @pytest.fixture(scope="module")
-def fault_graph(tmp_path_factory):
-    import ray
+def fault_graph(ray_cluster, tmp_path_factory):
+    """A fresh graph for the module (S3 on moto, the queue on redis-server, short leases); the cluster is claimed
+    for it (any other graph stopped first) and given back, with the servers stopped, at the module's end."""
+    base = tmp_path_factory.mktemp("faults")
+    graph = ray_cluster.use("fault-graph", lambda: _start_graph(base), _stop_graph)
+    yield graph
+    ray_cluster.release("fault-graph")
+
+
+def _start_graph(base) -> FaultGraph:
     from ray import serve
 
-    if ray.is_initialized():
-        pytest.fail("the fault tests start their own Ray cluster; run them in a process without one")
     from graph import APP_NAME, ServiceConfig, build_app
     from lift3d.service.config import QueueConfig
     from lift3d.service.state import open_state
 
-    base = tmp_path_factory.mktemp("faults")
-    for name, value in AWS_ENV.items():
-        os.environ[name] = value
+    os.environ.update(AWS_TEST_ENV)  # this process's S3 client (the cluster's workers have them already)
     s3 = S3Server().start()
     redis = RedisServer(base / "redis", appendonly=True).start()
     http_port = free_port()
-    pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, namespace="serve",
-             runtime_env={"env_vars": {"PYTHONPATH": pythonpath, "RAY_SERVE_LOG_TO_STDERR": "0", **AWS_ENV}},
-             configure_logging=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": http_port})
     config = ServiceConfig(
         preset="tiny", store_url=f"s3://lift3d-faults/store?endpoint_url={s3.url}&create_bucket=true",
@@ -46,13 +47,18 @@ def fault_graph(tmp_path_factory):
     state = open_state(config)
     created = state.keys.create(name="fault-tests", credits=1_000_000)
     graph = FaultGraph(f"http://127.0.0.1:{http_port}", config, state.jobs, created.key, created.id, s3, redis)
-    wait_healthy(graph.url)
+    wait_healthy(graph.url, timeout_s=180)
     print(f"\nfault graph up in {time.monotonic() - started:.1f} s")
-    yield graph
-    serve.shutdown()
-    ray.shutdown()
-    redis.stop()
-    if s3.server is not None:
-        s3.stop()
+    return graph
 
 
+def _stop_graph(graph: FaultGraph) -> None:
+    import ray
+    from ray import serve
+
+    try:
+        if ray.is_initialized():  # else the cluster is gone, and the graph with it
+            serve.shutdown()
+    finally:
+        graph.redis.close()
+        graph.s3.stop()

@@ -1,30 +1,26 @@
-"""Helpers of the fault tests: the graph's handle (:class:`FaultGraph`), stoppable servers, pollers. ONE local Ray
-cluster for the fault tests (2 CPUs, fake GPUs), running the tiny graph on the parts a cluster
-runs on: the artifact store on an S3-protocol server (moto, in this process: stoppable), the job queue on a real
+"""Helpers of the fault tests: the graph's handle (:class:`FaultGraph`), pollers. The tiny graph runs on the
+session's ONE local Ray cluster (the ``ray_cluster`` fixture: 2 CPUs, fake GPUs), on the parts a cluster runs on:
+the artifact store on an S3-protocol server (moto, in this process: stoppable), the job queue on a real
 ``redis-server`` (append-only file: restartable without losing messages), the database in SQLite. Leases are short
 (3 s) so that lost holders are noticed in seconds.
 
-Tests under ``tests/serve`` start their own cluster; this module's is shut down at the end of the module, and it
-refuses to start inside a process that already runs Ray (the two would share one cluster's settings).
+The module claims the cluster for itself (``ray_cluster.use``: any other graph is stopped first) and gives it back
+at its end, so the fault graph never shares the cluster with the serve tests' graph.
 """
 
 from __future__ import annotations
 
-import socket
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from support.redis_server import RedisServer
+from support.s3 import S3Server
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests"))
 
-from redis_server import RedisServer  # noqa: E402
-
-AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 _ONE = {"min_replicas": 1, "max_replicas": 1, "initial_replicas": 1}
 FAULT_DEPLOYMENT_OPTIONS = {
     "Ingress": {"ray_actor_options": {"num_cpus": 0.1}, "autoscaling_config": _ONE},
@@ -41,37 +37,6 @@ FAST = {"num_views": 4, "num_multiview_steps": 2, "num_inference_steps": 2, "num
         "texture": False}
 """Parameters of the jobs here: the serve tests' sizes, without the texture bake (the slowest part of a tiny job's
 export on 2 cores; nothing here is about textures)."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class S3Server:
-    """moto's S3-protocol server on a fixed loopback port; :meth:`stop` and :meth:`start` keep the objects (moto
-    keeps them in this process, not in the server thread)."""
-
-    def __init__(self) -> None:
-        from moto.server import ThreadedMotoServer
-
-        self._factory = ThreadedMotoServer
-        self.port = free_port()
-        self.server = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> "S3Server":
-        self.server = self._factory(ip_address="127.0.0.1", port=self.port, verbose=False)
-        self.server.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.stop()
-        self.server = None
 
 
 @dataclass
@@ -170,15 +135,20 @@ class Pollers:
         return counts
 
 
-def wait_healthy(url: str, timeout_s: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
+def cluster_log_lines(*needles: str, since: float = 0.0) -> list[str]:
+    """Lines of the Ray cluster's log files (every worker's and replica's, written since ``since``, a
+    ``time.time()``) that contain all ``needles``: what the replicas say happened to them (e.g. ``RetryingStore``'s
+    "artifact store unavailable during put generations/<id>/…")."""
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    found = []
+    for path in logs.rglob("*"):
         try:
-            last = httpx.get(f"{url}/healthz", timeout=5)
-            if last.status_code == 200:
-                return
-        except httpx.HTTPError as exc:
-            last = exc
-        time.sleep(0.5)
-    raise TimeoutError(f"graph not healthy after {timeout_s} s: {getattr(last, 'text', last)}")
+            if not path.is_file() or path.stat().st_mtime < since:
+                continue
+            with path.open("r", errors="replace") as lines:
+                found += [line for line in lines if all(needle in line for needle in needles)]
+        except OSError:  # rotated or removed meanwhile
+            continue
+    return found

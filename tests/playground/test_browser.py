@@ -9,8 +9,11 @@ Without the browser these tests fail (they never skip): ``.ci/run`` installs Deb
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
+import time
 from pathlib import Path
 
 import httpx
@@ -27,6 +30,11 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
                   "--disable-component-update"]
 TINY = {"num_views": "4", "num_multiview_steps": "2", "num_inference_steps": "2", "num_3d_max_steps": "10",
         "seed": "7"}
+KEEPALIVE_S = 0.3
+"""The event stream's keep-alive interval here (15 s in service): a tiny job outlives several comment lines."""
+TERMINAL = {"succeeded", "failed", "canceled", "expired"}
+VIEWS_ONLY = {key: value for key, value in TINY.items() if not key.startswith("num_3d")}
+"""A "Views only" job (no NeRF): a few seconds on the tiny preset, enough for several keep-alives."""
 
 
 def chromium_path() -> str:
@@ -41,7 +49,7 @@ def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("playground")
     config = ServiceConfig(preset="tiny", store_url=str(tmp / "store"), database_url=f"sqlite:///{tmp / 'db'}",
                            default_rate_limit_per_min=10_000, default_max_concurrent_jobs=4, heartbeat_s=0.5,
-                           lease_s=30)
+                           lease_s=30, events_keepalive_s=KEEPALIVE_S)
     with LocalServer(config) as running:
         running.key = running.state.keys.create(name="browser", credits=1000).key
         yield running
@@ -148,6 +156,91 @@ def test_cancel_a_running_job(page, server):
     job_id = page.locator("#log li").first.text_content().split("accepted ")[1]
     record = server.state.jobs.get(job_id)
     assert record.status == "canceled" and record.params.negative_prompt == "blurry"
+
+
+# Records every text the progress line shows, with whether Cancel was enabled then and the keep-alives counted so far
+# (app.js counts the stream's comment lines in #log's data-keepalives and shows none of them).
+RECORD_PROGRESS = """() => {
+  window.shown = [];
+  const progress = document.querySelector('#progress');
+  new MutationObserver((records) => {
+    for (const record of records) {
+      for (const node of record.addedNodes) window.shown.push({ text: node.textContent,
+        cancel: !document.querySelector('#cancel').disabled,
+        keepalives: Number(document.querySelector('#log').dataset.keepalives || 0) });
+    }
+  }).observe(progress, { childList: true });
+}"""
+
+
+def log_lines(page) -> list[str]:
+    """The event log's lines without their time stamps ("5:40:12 AM accepted …" → "accepted …")."""
+    return [re.sub(r"^\d{1,2}:\d{2}:\d{2}(?:\s*[AP]M)?\s", "", line)
+            for line in page.locator("#log li").all_text_contents()]
+
+
+def run_views_only(page) -> None:
+    """Submit a "Views only" job of the dragon and wait until the page shows its result (the views' downloads)."""
+    page.get_by_label("Views only").check()
+    page.get_by_test_id("image-input").set_input_files(str(DRAGON))
+    set_parameters(page, VIEWS_ONLY)
+    page.get_by_test_id("submit").click()
+    expect(page.get_by_test_id("progress")).to_have_text("succeeded", timeout=240_000)
+    expect(page.locator("#downloads li").first).to_be_attached(timeout=60_000)
+
+
+def test_keepalive_comments_are_not_events(page, server):
+    """A job that stays open past several keep-alive comments (every 0.3 s here): the log and the progress line show
+    only the stream's real events — never a comment as an event named "message" — and the terminal state once, at
+    the end, with Cancel enabled until then."""
+    page.evaluate(RECORD_PROGRESS)
+    run_views_only(page)
+    shown = page.evaluate("window.shown")
+    texts = [entry["text"] for entry in shown]
+    assert texts[0] == "submitting…" and texts[-1] == "succeeded", texts
+    assert [text for text in texts if text in TERMINAL or text == "message"] == ["succeeded"], texts
+    during = shown[1:-1]  # after the 202, before the end: "status · stage step/total · ETA"
+    assert during and all(re.match(r"^(queued|running) · \S*", entry["text"]) for entry in during), texts
+    assert all(entry["cancel"] for entry in during), "the page took a mid-job line for the end (Cancel disabled)"
+    assert shown[-1]["keepalives"] >= 2, "the job ended before two keep-alives: make it longer"
+    lines = log_lines(page)
+    assert lines[0].startswith("accepted ") and lines[-1] == "succeeded", lines
+    assert all(re.match(r"^(queued|running) · \S*$", line) for line in lines[1:-1]), lines
+    assert [line for line in lines if "message" in line or "ping" in line] == []  # no keep-alive in the log
+    assert int(page.locator("#log").get_attribute("data-keepalives")) >= shown[-1]["keepalives"]
+    assert page.get_by_test_id("error").is_hidden() and page.get_by_test_id("cancel").is_disabled()
+
+
+def test_a_broken_event_stream_resumes_from_the_last_event_id(page, server):
+    """The first event stream breaks after its first event (a route answers with that event alone, its data split
+    over two `data:` lines around a comment, and `retry: 100`): the page joins the data, waits 100 ms (not its
+    default 3 s), reconnects with Last-Event-ID and shows every event once."""
+    seen: list[tuple[float, str | None]] = []  # (when, Last-Event-ID) of each events request
+    first: dict = {}
+
+    def cut(route):
+        seen.append((time.monotonic(), route.request.headers.get("last-event-id")))
+        if len(seen) > 1:
+            route.continue_()
+            return
+        body = route.fetch(timeout=240_000).text()  # the whole real stream (the job's end)
+        block = next(block for block in body.split("\n\n") if "\nevent: " in "\n" + block)
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if not line.startswith(":"))
+        first.update(fields, data=json.loads(fields["data"]))
+        head, tail = fields["data"].split(",", 1)
+        route.fulfill(status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
+                      body=f": cut after one event\nretry: 100\nid: {fields['id']}\nevent: {fields['event']}\n"
+                           f"data: {head},\n: a comment inside the event\ndata: {tail}\n\n")
+        first["cut_at"] = time.monotonic()
+
+    page.route("**/v1/generation/*/events", cut)
+    run_views_only(page)
+    assert [header for _, header in seen] == [None, first["id"]] and first["event"] == "status"
+    assert 0.09 <= seen[1][0] - first["cut_at"] < 2.5  # retry: 100 ms, not the page's default 3 s
+    status = first["data"]
+    assert log_lines(page)[1:] == [f"{status['status']} · {status['stage'] or ''}", "succeeded"]
+    assert int(page.locator("#log").get_attribute("data-keepalives")) >= 2  # the cut stream's two comments
+    assert page.get_by_test_id("error").is_hidden()
 
 
 def test_a_bad_file_shows_the_api_error_next_to_the_field(page, tmp_path):

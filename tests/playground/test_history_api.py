@@ -5,8 +5,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from lift3d.service.config import ServiceConfig
-from lift3d.service.generation import is_progressive_artifact
-from lift3d.service.jobs import JobOutcome
+from lift3d.service.jobs.generation import is_progressive_artifact
+from lift3d.service.jobs.store import JobOutcome
 from lift3d.service.metrics import ServiceMetrics
 from lift3d.service.server import build_api, build_service
 from lift3d.service.state import open_state

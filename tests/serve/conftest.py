@@ -1,36 +1,28 @@
-"""ONE local Ray cluster per test session (2 CPUs, fake GPUs) running the tiny graph, shut down at the end.
+"""The tiny graph on the session's ONE local Ray cluster (the ``ray_cluster`` fixture: 2 CPUs, fake GPUs), started
+once and shared by every module here while no other user (the fault or batch tests) claims the cluster.
 
 Every address is loopback.
 """
 
-import os
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support import free_port, wait_healthy
 
-ROOT = Path(__file__).resolve().parents[2]
-
-FAKE_GPUS = 2
-# Small logical shares so that six replicas fit on 2 CPUs and 2 fake GPUs; one replica each.
+# Small logical shares so that six replicas fit on the cluster's 2 CPUs and 2 fake GPUs; one replica each.
 _ONE = {"min_replicas": 1, "max_replicas": 1, "initial_replicas": 1}
 TEST_DEPLOYMENT_OPTIONS = {
     "Ingress": {"ray_actor_options": {"num_cpus": 0.1}, "autoscaling_config": _ONE},
-    "JobConsumer": {"ray_actor_options": {"num_cpus": 0.1}},
+    # A stopped graph need not wait 20 s (Serve's default) for the consumer's loop or a running job.
+    "JobConsumer": {"ray_actor_options": {"num_cpus": 0.1}, "graceful_shutdown_timeout_s": 1},
     "TextToImage": {"ray_actor_options": {"num_cpus": 0.2, "num_gpus": 0.25}, "autoscaling_config": _ONE},
     "BackgroundRemoval": {"ray_actor_options": {"num_cpus": 0.2, "num_gpus": 0.1}, "autoscaling_config": _ONE},
     "MultiView": {"ray_actor_options": {"num_cpus": 0.2, "num_gpus": 0.5}, "autoscaling_config": _ONE},
     "NerfTrainer": {"ray_actor_options": {"num_cpus": 0.5, "num_gpus": 0.5}, "autoscaling_config": _ONE,
-                    "max_ongoing_requests": 2},
+                    "max_ongoing_requests": 2, "graceful_shutdown_timeout_s": 1},
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -47,22 +39,21 @@ class ServeGraph:
     key_id: str
 
 
-@pytest.fixture(scope="session")
-def serve_graph(tmp_path_factory):
-    ray = pytest.importorskip("ray")
+@pytest.fixture(scope="module")
+def serve_graph(ray_cluster, tmp_path_factory):
+    """The running graph: started on the first module's request, then the same one for every module until another
+    user claims the cluster (then the next module here starts a new one)."""
+    return ray_cluster.use("serve-graph", lambda: _start_graph(ray_cluster, tmp_path_factory.mktemp("serve")),
+                           _stop_graph)
+
+
+def _start_graph(ray_cluster, base: Path) -> ServeGraph:
     from ray import serve
 
     from graph import APP_NAME, ServiceConfig, build_app
     from lift3d.service.config import QueueConfig
 
-    base = tmp_path_factory.mktemp("serve")
-    http_port, metrics_port = free_port(), free_port()
-    os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")  # inherited by the cluster's processes
-    pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    ray.init(num_cpus=2, num_gpus=FAKE_GPUS, include_dashboard=False, namespace="serve",
-             _metrics_export_port=metrics_port,
-             runtime_env={"env_vars": {"PYTHONPATH": pythonpath, "RAY_SERVE_LOG_TO_STDERR": "0"}},
-             configure_logging=False, log_to_driver=False)
+    http_port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": http_port})
     config = ServiceConfig(
         preset="tiny", store_url=f"file://{base / 'store'}",
@@ -82,26 +73,16 @@ def serve_graph(tmp_path_factory):
     state = open_state(config)  # the same database and store as the replicas
     created = state.keys.create(name="serve-tests", credits=1_000_000)
     HTTP.key = created.key
-    graph = ServeGraph(f"http://127.0.0.1:{http_port}", f"http://127.0.0.1:{metrics_port}/metrics", handle,
-                       base / "store", config, state.jobs, created.key, created.id)
-    _wait_healthy(graph.url)
+    graph = ServeGraph(f"http://127.0.0.1:{http_port}", ray_cluster.metrics_url, handle, base / "store", config,
+                       state.jobs, created.key, created.id)
+    wait_healthy(graph.url, timeout_s=120)
     print(f"\nserve graph up in {time.monotonic() - started:.1f} s")
-    yield graph
-    serve.shutdown()
-    ray.shutdown()
+    return graph
 
 
-def _wait_healthy(url: str, timeout_s: float = 120.0) -> None:
-    import httpx
+def _stop_graph(graph: ServeGraph) -> None:
+    import ray
+    from ray import serve
 
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = httpx.get(f"{url}/healthz", timeout=5)
-            if last.status_code == 200:
-                return
-        except httpx.HTTPError as exc:
-            last = exc
-        time.sleep(0.5)
-    raise TimeoutError(f"graph not healthy after {timeout_s} s: {getattr(last, 'text', last)}")
+    if ray.is_initialized():  # else the cluster is gone, and the graph with it
+        serve.shutdown()

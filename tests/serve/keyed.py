@@ -1,7 +1,8 @@
 """httpx calls that carry the test graph's API key (the graph runs with ``auth: true``, as deployed); the
-``serve_graph`` fixture sets the key once the graph is up."""
+``serve_graph`` fixture sets the key once the graph is up. :func:`wait_done` polls a job until it ends."""
 
 import httpx
+from support import wait_until
 
 
 class KeyedHttp:
@@ -26,3 +27,19 @@ class KeyedHttp:
 
 
 HTTP = KeyedHttp()
+
+
+def wait_done(url: str, job_id: str, timeout_s: float = 240.0) -> httpx.Response:
+    """Poll ``GET /v1/generation/{job_id}`` (``Accept: application/json``) every 0.5 s until the job leaves
+    queued/running; its answer then. Every 202 on the way must be a pending body (status queued or running, and
+    exactly the keys id, status, stage, progress, eta_s). Raises ``TimeoutError`` after ``timeout_s``."""
+
+    def answer() -> httpx.Response | None:
+        response = HTTP.get(f"{url}/v1/generation/{job_id}", headers={"Accept": "application/json"}, timeout=30)
+        if response.status_code != 202:
+            return response
+        body = response.json()
+        assert body["status"] in ("queued", "running") and set(body) == {"id", "status", "stage", "progress", "eta_s"}
+        return None
+
+    return wait_until(answer, timeout_s, f"job {job_id} done", interval_s=0.5)

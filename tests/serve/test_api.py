@@ -11,12 +11,11 @@ import time
 import zipfile
 from pathlib import Path
 
-import httpx
-from keyed import HTTP
 import pytest
+from keyed import HTTP, wait_done
 
-from lift3d.service.delivery import INTERNAL_ERROR_MESSAGE
-from lift3d.service.jobs import JobRecord
+from lift3d.errors import INTERNAL_ERROR_MESSAGE
+from lift3d.service.jobs.store import JobRecord
 from lift3d.service.metrics import parse_exposition
 from lift3d.service.schemas import ErrorBody, GenerationAccepted, GenerationRequest, GenerationResult
 from lift3d.params import GenerationParams
@@ -25,19 +24,6 @@ DRAGON = Path(__file__).resolve().parents[2] / "examples" / "dragon2_rgba.png"
 FAST = {"num_views": 4, "num_multiview_steps": 2, "num_inference_steps": 2, "num_3d_max_steps": 12, "seed": 3}
 """Parameters of every job here (the CLI tests' sizes)."""
 TIMEOUT_S = 240.0
-
-
-def wait_done(url: str, job_id: str, timeout_s: float = TIMEOUT_S) -> httpx.Response:
-    """Poll with Accept: application/json until the job leaves queued/running."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        response = HTTP.get(f"{url}/v1/generation/{job_id}", headers={"Accept": "application/json"}, timeout=30)
-        if response.status_code != 202:
-            return response
-        body = response.json()
-        assert body["status"] in ("queued", "running") and set(body) == {"id", "status", "stage", "progress", "eta_s"}
-        time.sleep(0.5)
-    raise TimeoutError(f"job {job_id} not done after {timeout_s} s")
 
 
 @pytest.fixture(scope="module")

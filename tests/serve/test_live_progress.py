@@ -80,6 +80,6 @@ def test_concurrent_event_streams_and_signed_webhooks(serve_graph):
 
 
 def _secret(serve_graph) -> str:
-    from lift3d.service.keys import ApiKeyStore
+    from lift3d.service.accounts.keys import ApiKeyStore
 
     return ApiKeyStore(serve_graph.jobs.database).get(serve_graph.key_id).webhook_secret

@@ -10,8 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-from keyed import HTTP
 import pytest
+from keyed import HTTP, wait_done
+from support import wait_until
 
 from lift3d.service.schemas import GenerationRequest, GenerationResult
 
@@ -24,18 +25,7 @@ COMPARED = ["input.png", "views/000_az000_el0.png", "views/001_az090_el0.png", "
 def _wait_until_idle(jobs, timeout_s: float = 240.0) -> None:
     """No other job may run beside the one under test: concurrent jobs share SDS batches, whose batched UNet
     forward changes the last bits of every gradient in it."""
-    deadline = time.monotonic() + timeout_s
-    while jobs.active_ids():
-        assert time.monotonic() < deadline, f"jobs still active: {jobs.active_ids()}"
-        time.sleep(0.5)
-
-
-def _wait_done(url: str, job_id: str, timeout_s: float = 240.0) -> int:
-    deadline = time.monotonic() + timeout_s
-    while (code := HTTP.get(f"{url}/v1/generation/{job_id}", timeout=30).status_code) == 202:
-        assert time.monotonic() < deadline, f"job {job_id} still running"
-        time.sleep(0.5)
-    return code
+    wait_until(lambda: not jobs.active_ids(), timeout_s, "no active job", interval_s=0.5)
 
 
 def _artifacts(folder: Path) -> dict[str, bytes]:
@@ -43,17 +33,27 @@ def _artifacts(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def cli_run(tmp_path_factory, serve_graph) -> dict[str, bytes]:
-    """``lift3d generate`` in a fresh process with the graph replicas' torch thread count."""
-    out = tmp_path_factory.mktemp("cli")
+def cli_run(tmp_path_factory, serve_graph):
+    """``lift3d generate`` in a fresh process with the graph replicas' torch thread count, started here so that it
+    runs beside the graph's jobs (its own process and thread count: nothing they do changes its bits). Call the
+    fixture's value for the artifacts: it waits for the process."""
+    out, logs = tmp_path_factory.mktemp("cli"), tmp_path_factory.mktemp("cli-log") / "generate.log"
     options = [f"--{key.replace('_', '-')}={value}" for key, value in PARAMS.items()]
-    result = subprocess.run(
-        [sys.executable, "-m", "lift3d.cli", "generate", "--image", str(DRAGON), "--out", str(out), "--preset", "tiny",
-         "--device", "cpu", f"--threads={serve_graph.config.torch_threads}", *options],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stderr
-    return _artifacts(out)
+    with logs.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "lift3d.cli", "generate", "--image", str(DRAGON), "--out", str(out), "--preset",
+             "tiny", "--device", "cpu", f"--threads={serve_graph.config.torch_threads}", *options],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+
+    def artifacts() -> dict[str, bytes]:
+        assert process.wait(timeout=600) == 0, logs.read_text()[-3000:]
+        return _artifacts(out)
+
+    yield artifacts
+    if process.poll() is None:
+        process.kill()
+        process.wait()
 
 
 @pytest.mark.slow
@@ -64,7 +64,7 @@ def test_cli_http_and_handle_give_the_same_views_and_glb_bytes(serve_graph, cli_
                           data={key: str(value) for key, value in PARAMS.items()}, timeout=30)
     assert response.status_code == 202, response.text
     http_id = response.json()["id"]
-    assert _wait_done(serve_graph.url, http_id) == 200
+    assert wait_done(serve_graph.url, http_id).status_code == 200
     glb = HTTP.get(f"{serve_graph.url}/v1/generation/{http_id}", timeout=30).content
 
     # 2. the Python handle API (base64 image), alone too
@@ -75,9 +75,10 @@ def test_cli_http_and_handle_give_the_same_views_and_glb_bytes(serve_graph, cli_
         time.sleep(0.5)
 
     # 3. byte for byte: every view, the contact sheet, both GLBs
+    cli = cli_run()
     generations = serve_graph.store_dir / "generations"
     via_http, via_handle = _artifacts(generations / http_id), _artifacts(generations / accepted.id)
     for name in COMPARED:
-        assert via_http[name] == cli_run[name], f"{name}: HTTP {len(via_http[name])} B, CLI {len(cli_run[name])} B"
-        assert via_handle[name] == cli_run[name], f"{name}: handle differs from CLI"
-    assert glb == cli_run["model.glb"] and len(glb) > 10_000
+        assert via_http[name] == cli[name], f"{name}: HTTP {len(via_http[name])} B, CLI {len(cli[name])} B"
+        assert via_handle[name] == cli[name], f"{name}: handle differs from CLI"
+    assert glb == cli["model.glb"] and len(glb) > 10_000

@@ -1,39 +1,26 @@
 """The S3 artifact store against a real S3-protocol server (moto's ThreadedMotoServer on 127.0.0.1) over HTTP."""
 
-import socket
 import urllib.request
 
 import pytest
+from support.s3 import AWS_TEST_ENV
 
-from lift3d.service.jobs import JobOutcome, JobRecord, JobStore
+from lift3d.service.jobs.store import JobOutcome, JobRecord, JobStore
 from lift3d.io.artifacts import ArtifactWriter
 from lift3d.params import GenerationParams
 from lift3d.io.storage import ArtifactStore, LocalStore, S3Store, StoredObjectNotFound, make_store
 
-moto_server = pytest.importorskip("moto.server")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
-def endpoint():
-    port = _free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+def endpoint(s3_server) -> str:
+    return s3_server.url
 
 
 @pytest.fixture
 def s3_env(monkeypatch):
     # Credentials through boto3's standard chain (environment variables here).
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for name, value in AWS_TEST_ENV.items():
+        monkeypatch.setenv(name, value)
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
         monkeypatch.delenv(name, raising=False)
 

@@ -3,23 +3,12 @@ request and job errors. Submissions happen once per module so that the jobs run 
 
 import io
 import json
-import time
 import zipfile
 
-import httpx
-from keyed import HTTP
 import pytest
+from keyed import HTTP, wait_done
 import trimesh
 
-
-def wait_done(url: str, job_id: str, timeout_s: float = 180.0) -> httpx.Response:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        response = HTTP.get(f"{url}/v1/generation/{job_id}", headers={"Accept": "application/json"}, timeout=30)
-        if response.status_code != 202:
-            return response
-        time.sleep(0.5)
-    raise TimeoutError(f"job {job_id} not done after {timeout_s} s")
 
 FAST = {"steps": "30", "mesh_resolution": "48", "texture": "false", "seed": "1"}
 

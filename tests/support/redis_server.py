@@ -1,7 +1,8 @@
 """A throwaway ``redis-server`` (Debian's binary) for tests: loopback only, its data in a folder of its own, and
 stop / crash / start again on the same port and data (durability tests).
 
-A missing binary fails the test (never a skip): ``.ci/run`` installs Debian's ``redis-server`` package.
+A missing binary fails the test (never a skip): ``make test`` installs Debian's ``redis-server`` package
+(``tools/ensure_test_deps.sh``).
 
 Examples:
     >>> server = RedisServer(tmp_path / "redis", appendonly=True).start()
@@ -17,22 +18,16 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import redis
 
-__all__ = ["RedisServer", "free_port"]
+from support.net import free_port
+from support.wait import wait_until
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+__all__ = ["RedisServer"]
 
 
 class RedisServer:
@@ -49,7 +44,7 @@ class RedisServer:
     def __init__(self, folder: Path, *, appendonly: bool = False, port: int | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            pytest.fail("redis-server not found: install Debian's redis-server package (.ci/run does); the Redis "
+            pytest.fail("redis-server not found: install Debian's redis-server package (make test does); the Redis "
                         "tests must not be skipped")
         self.binary = binary
         self.folder = Path(folder)
@@ -71,17 +66,21 @@ class RedisServer:
             self.process = subprocess.Popen(
                 [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
                  "--save", "", *persistence, "--daemonize", "no"], stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                if self.client.ping() and self.client.info("persistence")["loading"] == 0:
-                    return self
-            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.kill()
-                pytest.fail(f"redis-server did not start: {(self.folder / 'redis.log').read_text()[-2000:]}")
-            time.sleep(0.05)
+        try:
+            wait_until(lambda: self._ready() or self.process.poll() is not None, timeout_s, "redis-server ready",
+                       interval_s=0.02)
+        except TimeoutError:
+            pass
+        if self.process.poll() is not None or not self._ready():
+            self.kill()
+            pytest.fail(f"redis-server did not start: {(self.folder / 'redis.log').read_text()[-2000:]}")
+        return self
+
+    def _ready(self) -> bool:
+        try:
+            return bool(self.client.ping()) and self.client.info("persistence")["loading"] == 0
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+            return False
 
     def kill(self) -> None:
         """SIGKILL the server (a crash: no shutdown save) and wait for it to be gone."""
