@@ -28,10 +28,10 @@ def run_cli(capsys, *args: str) -> tuple[int, str]:
 
 
 @pytest.fixture(scope="module")
-def dragon_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dragon")
-    code = main(["generate", "--image", str(DRAGON), "--out", str(out), "--seed", "3", *FAST])
-    return code, out
+def dragon_run(dragon_generation):
+    """The session's tiny ``generate`` of the dragon (``tests/conftest.py``: seed 3, FAST's sizes, on the CPU)."""
+    assert dragon_generation.params == {"seed": 3, "num_views": 4, "num_multiview_steps": 2, "num_3d_max_steps": 12}
+    return dragon_generation.code, dragon_generation.out
 
 
 def test_generate_writes_every_artifact(dragon_run):
@@ -60,6 +60,20 @@ def test_metadata_records_parameters_seed_timings_and_random_weights(dragon_run)
     assert meta["training"]["steps"] == 12
     assert meta["versions"]["torch"].startswith("2.")
     assert [v["azimuth_deg"] for v in meta["views"]] == [0.0, 90.0, 180.0, 270.0]
+
+
+def test_metadata_records_the_isosurface_threshold_and_why(dragon_run):
+    _, out = dragon_run
+    mesh = json.loads((out / "metadata.json").read_text())["mesh"]
+    # the fit to the reference silhouette, whether or not it was used (12 steps on random weights: measured IoU
+    # 0.54 at 0.79, refused, so the mesh is at the preset's 5)
+    fit = mesh["silhouette_fit"]
+    assert set(fit) == {"fitted_threshold", "iou", "accepted", "used_threshold", "reason", "min_iou", "band"}
+    assert fit["min_iou"] == 0.8 and fit["band"] == [1.25, 20.0]  # the tiny preset's 5, / 4 to × 4
+    assert fit["fitted_threshold"] > 0 and 0 <= fit["iou"] == mesh["silhouette_iou"] <= 1
+    assert fit["accepted"] == (fit["iou"] >= 0.8 and 1.25 <= fit["fitted_threshold"] <= 20)
+    assert mesh["isosurface_threshold_source"] == ("reference silhouette" if fit["accepted"] else "preset")
+    assert mesh["isosurface_threshold"] == fit["used_threshold"] == (fit["fitted_threshold"] if fit["accepted"] else 5.0)
 
 
 def test_glb_reloads_with_the_recorded_vertex_count(dragon_run):
@@ -183,3 +197,90 @@ def test_reconstruct_and_render_views_commands_reject_bad_input(tmp_path, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert not (tmp_path / "out").exists() and not (tmp_path / "out2").exists()
+
+
+# ------------------------------------------------------------------------------------------------ help = the model
+_OPTION_FIELDS = {"views_only": "return_3d", "text_prompt": "text_prompts"}
+"""Options of `lift3d generate` named otherwise than the GenerationParams field they set."""
+
+
+def _generation_options():
+    """(click option, GenerationParams field) of every `lift3d generate` option that sets a field."""
+    import typer.main
+
+    from lift3d.cli.main import app
+    from lift3d.params import GenerationParams
+
+    command = typer.main.get_command(app).commands["generate"]
+    options = [(p, _OPTION_FIELDS.get(p.name, p.name)) for p in command.params]
+    return [(p, field) for p, field in options if field in GenerationParams.model_fields]
+
+
+def _help_numbers(text: str, pattern: str) -> list[float]:
+    import re
+
+    found = re.findall(pattern, text)
+    return [float(n) for match in found for n in (match if isinstance(match, tuple) else (match,))]
+
+
+def test_generate_options_are_unset_and_their_help_states_the_models_default_and_bounds():
+    from lift3d.params import GenerationParams
+
+    options = _generation_options()
+    assert {field for _, field in options} >= {"num_views", "guidance_scale", "num_inference_steps", "seed",
+                                                "num_multiview_steps", "multiview_guidance_scale", "return_3d",
+                                                "num_3d_max_steps", "video_frames", "video_fps", "video_size"}
+    checked = []
+    for option, field in options:
+        info = GenerationParams.model_fields[field]
+        assert option.default is None, f"--{option.name} has its own default {option.default!r}"
+        facts = option.help[option.help.rindex("(") + 1:option.help.rindex(")")]  # "4–12; default 8"
+        default = facts.rsplit("default ", 1)[1]
+        if isinstance(info.default, bool):
+            expected = "off" if info.default == (field != option.name) else "on"  # --views-only sets return_3d=False
+            assert default == expected, (option.name, option.help)
+        elif isinstance(info.default, (int, float)):
+            assert float(default) == info.default, (option.name, option.help)
+        bounds = {key: getattr(m, key) for m in info.metadata for key in ("ge", "le") if hasattr(m, key)}
+        if "ge" in bounds and "le" in bounds:
+            checked.append(option.name)
+            assert _help_numbers(facts, r"(-?[\d.]+)–(-?[\d.]+)")[:2] == [bounds["ge"], bounds["le"]], option.help
+        elif "ge" in bounds:
+            checked.append(option.name)
+            assert _help_numbers(facts, r"≥ (-?[\d.]+)") == [bounds["ge"]], option.help
+    assert len(checked) >= 10, checked  # every bounded field was seen with its bounds
+
+
+def test_generate_help_shows_the_models_numbers():
+    from typer.testing import CliRunner
+
+    from lift3d.cli.main import app
+
+    result = CliRunner().invoke(app, ["generate", "--help"], env={"COLUMNS": "300", "TERM": "dumb"})
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    for snippet in ("Novel views (4–12; default 8)", "SDXL guidance scale (1–50; default 7.5)",
+                    "Seed of every random draw (0–4294967295; default random)",
+                    "Only novel views: no NeRF, no mesh (default off)", "Decimate to about this many faces (≥ 100;",
+                    "Video side in pixels (64–1024, a multiple of 2; default 256)"):
+        assert snippet in text, snippet
+
+
+def test_unset_options_leave_the_models_defaults(tmp_path, capsys, monkeypatch):
+    """Only what the user set reaches GenerationParams: the rest are the model's defaults."""
+    import lift3d.cli.generate as generate_module
+    from lift3d.params import GenerationParams
+
+    seen = {}
+
+    def fake_run(preset, params, image, out, **kwargs):
+        seen["params"] = params
+        raise SystemExit(0)
+
+    monkeypatch.setattr(generate_module, "run_generation", fake_run)
+    with pytest.raises(SystemExit):
+        main(["generate", "--prompt", "a robot", "--num-views", "5", "--no-texture", "--out", str(tmp_path / "o"),
+              "--preset", "tiny"])
+    params = seen["params"]
+    assert params.model_fields_set == {"prompt", "num_views", "texture"}
+    assert params == GenerationParams(prompt="a robot", num_views=5, texture=False)

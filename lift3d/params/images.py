@@ -52,7 +52,7 @@ MAX_IMAGE_SIDE = 2048
 
 def draw_seed(seed: int | None) -> int:
     """``seed`` when it is a positive integer, else a random one in [1, 2³²−1] (Stability: 0 means random)."""
-    return int(seed) if seed else 1 + secrets.randbelow(MAX_SEED)
+    return seed if seed else 1 + secrets.randbelow(MAX_SEED)
 
 
 def _string_int(number_schema: dict[str, Any], string_schema: dict[str, Any]) -> Any:
@@ -86,8 +86,8 @@ class _Sampling(BaseModel):
     """Sampler and schedule, validated to canonical names (:mod:`lift3d.params.samplers`)."""
 
     sampler: str | None = Field(None, description="Sampler: ddim, ddpm, euler, euler_a, heun, dpm2, dpm2_a, dpmpp_2m, "
-                                "dpmpp_2m_sde, dpmpp_sde, dpmpp_2s, lms, unipc, deis (Stability's K_* names too); "
-                                "omitted: the model's own scheduler (SDXL: euler).",
+                                "dpmpp_2m_sde, dpmpp_sde, dpmpp_2s, dpmpp_2s_a, lms, unipc, deis (Stability's K_* names "
+                                "too); omitted: the model's own scheduler (SDXL: euler).",
                                 json_schema_extra={"enum": [*SAMPLER_NAMES, None]})
     scheduler: Literal["normal", "karras", "exponential", "sgm_uniform"] = Field(
         "normal", description="Noise schedule: normal, karras, exponential or sgm_uniform.")

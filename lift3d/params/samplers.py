@@ -1,13 +1,13 @@
 """Sampler and noise-schedule names users send (Stability, Segmind/ComfyUI), without torch or diffusers.
 
 The HTTP door and the CLI validate names with :func:`canonical_sampler` / :func:`canonical_schedule`; the SDXL
-stage maps canonical names to diffusers scheduler classes in :mod:`lift3d.stages.schedulers` (the table in
+stage maps canonical names to diffusers scheduler classes in :mod:`lift3d.stages.sdxl.schedulers` (the table in
 ``docs/images.md``). Names follow k-diffusion / ComfyUI (``euler_a`` is k-diffusion's ``sample_euler_ancestral``);
 Stability v1's enum (``K_EULER_ANCESTRAL``, ``DDIM``…) and ComfyUI's long spellings are accepted as aliases.
 
 Examples:
-    >>> canonical_sampler("K_DPMPP_2M"), canonical_sampler("euler_ancestral")
-    ('dpmpp_2m', 'euler_a')
+    >>> canonical_sampler("K_DPMPP_2M"), canonical_sampler("euler_ancestral"), canonical_sampler("K_DPMPP_2S_ANCESTRAL")
+    ('dpmpp_2m', 'euler_a', 'dpmpp_2s_a')
     >>> canonical_schedule("karras")
     'karras'
 """
@@ -22,7 +22,7 @@ __all__ = ["SAMPLERS", "SAMPLER_ALIASES", "SAMPLER_NAMES", "SCHEDULES", "canonic
 
 SAMPLERS: tuple[str, ...] = (
     "ddim", "ddpm", "euler", "euler_a", "heun", "dpm2", "dpm2_a", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_sde",
-    "dpmpp_2s", "lms", "unipc", "deis",
+    "dpmpp_2s", "dpmpp_2s_a", "lms", "unipc", "deis",
 )
 """Canonical sampler names, the keys of the stage's scheduler table."""
 
@@ -34,9 +34,10 @@ SAMPLER_ALIASES = MappingProxyType({
     # Stability v1 ``sampler`` enum
     "DDIM": "ddim", "DDPM": "ddpm", "K_EULER": "euler", "K_EULER_ANCESTRAL": "euler_a", "K_HEUN": "heun",
     "K_DPM_2": "dpm2", "K_DPM_2_ANCESTRAL": "dpm2_a", "K_DPMPP_2M": "dpmpp_2m", "K_LMS": "lms",
-    "K_DPMPP_SDE": "dpmpp_sde",
+    "K_DPMPP_SDE": "dpmpp_sde", "K_DPMPP_2S_ANCESTRAL": "dpmpp_2s_a",
     # ComfyUI / Segmind spellings
-    "euler_ancestral": "euler_a", "dpm_2": "dpm2", "dpm_2_ancestral": "dpm2_a", "uni_pc": "unipc",
+    "euler_ancestral": "euler_a", "dpm_2": "dpm2", "dpm_2_ancestral": "dpm2_a", "dpmpp_2s_ancestral": "dpmpp_2s_a",
+    "uni_pc": "unipc",
     "dpmpp_2m_sde_gpu": "dpmpp_2m_sde", "dpmpp_sde_gpu": "dpmpp_sde",
 })
 """Other spellings → canonical name."""

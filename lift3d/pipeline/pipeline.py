@@ -20,7 +20,7 @@ from PIL import Image
 from lift3d.io.artifacts import ArtifactWriter, package_versions
 from lift3d.io.encoded import EncodedImage
 from lift3d.io.mesh_assets import MeshExportOptions, write_mesh_assets
-from lift3d.io.video import MP4
+from lift3d.io.media_types import MP4
 from lift3d.params import GenerationParams, check_one_input
 from lift3d.pipeline.providers import InProcessStages, StageProvider, Timed
 from lift3d.pipeline.steps import NovelView, PreparedInput, albedo_fn, train_mesh
@@ -108,22 +108,22 @@ class Lift3DPipeline:
             InvalidInputError: both or neither of image and prompt, or an unusable input (from the stages).
             nerf.mesh.EmptyIsosurfaceError: the optimisation produced no surface.
         """
-        stage = _Stages(progress or NoProgress())
+        timing = _RunTimings(progress or NoProgress())
 
         # 1. Check inputs and fix the seed.
         check_one_input(image is not None, params.prompt is not None)
         params = params.with_seed()
-        seed = int(params.seed)
+        seed = params.seed
         source = EncodedImage.from_image(image) if isinstance(image, Image.Image) else image
 
         # 2. Text → image (SDXL), only for prompts.
         if source is None:
-            with stage.timed("text_to_image", params.num_inference_steps):
-                source = stage.measured("text_to_image", self.stages.text_to_image(params, seed))
+            with timing.timed("text_to_image", params.num_inference_steps):
+                source = timing.measured("text_to_image", self.stages.text_to_image(params, seed))
 
         # 3. Background removal and recentring.
-        with stage.timed("background_removal"):
-            prepared: PreparedInput = stage.measured(
+        with timing.timed("background_removal"):
+            prepared: PreparedInput = timing.measured(
                 "background_removal",
                 self.stages.prepare_input(source, params.remove_background, self.preset.input_size),
             )
@@ -131,9 +131,9 @@ class Lift3DPipeline:
             writer.png("input.png", prepared.png)
 
         # 4. Novel views (Stable Zero123, DDIM), conditioned on the input encoded once for the whole job.
-        with stage.timed("novel_views", params.num_views):
-            condition = stage.measured("novel_views", self.stages.encode_condition(prepared))
-            views = stage.measured("novel_views", self.stages.novel_views(condition, params, seed))
+        with timing.timed("novel_views", params.num_views):
+            condition = timing.measured("novel_views", self.stages.encode_condition(prepared))
+            views = timing.measured("novel_views", self.stages.novel_views(condition, params, seed))
         if writer:
             writer.views([(v.filename, v.png) for v in views])
 
@@ -144,31 +144,31 @@ class Lift3DPipeline:
             if params.num_3d_max_steps is not None:
                 nerf = nerf.with_max_steps(params.num_3d_max_steps)
             guidance = self.stages.guidance(condition, params, seed, nerf.schedule_scale)
-            with stage.timed("sds_training", nerf.training.max_steps) as timer:
+            with timing.timed("sds_training", nerf.training.max_steps) as timer:
                 mesh, history, field_ = train_mesh(
                     prepared, guidance, nerf, seed=seed, device=self.device, callback=timer.step
                 )
-            stage.measured("sds_guidance", Timed(None, guidance.busy_s, guidance.gpu_fraction))
-            stage.busy["sds_training"] = stage.timings["sds_training"]
+            timing.measured("sds_guidance", Timed(None, guidance.busy_s, guidance.gpu_fraction))
+            timing.busy_s["sds_training"] = timing.wall_s["sds_training"]
 
             # 6. Export: model.glb (vertex colours) and, unless disabled, model_textured.glb.
             if writer:
-                with stage.timed("mesh_export"):
+                with timing.timed("mesh_export"):
                     mesh = write_mesh_assets(writer, mesh, albedo_fn(field_), MeshExportOptions.from_params(params),
                                              recenter=True)
-                stage.busy["mesh_export"] = stage.timings["mesh_export"]
+                timing.busy_s["mesh_export"] = timing.wall_s["mesh_export"]
 
             # 7. Turntable video along the camera path, from the exported mesh (or the NeRF), over white.
             if writer and params.video:
-                with stage.timed("turntable", params.video_frames) as timer:
+                with timing.timed("turntable", params.video_frames) as timer:
                     data = turntable_mp4(mesh, params, field=field_, renderer_config=nerf.renderer,
                                          progress=lambda done, total: timer.step(StepStats(done, total, math.nan)))
                     writer.put("turntable.mp4", data, MP4)
-                stage.busy["turntable"], video = stage.timings["turntable"], video_metadata(params)
+                timing.busy_s["turntable"], video = timing.wall_s["turntable"], video_metadata(params)
 
         output = Lift3DPipelineOutput(
-            seed=seed, prepared=prepared, views=views, mesh=mesh, history=history, timings_s=stage.timings,
-            busy_s=stage.busy, gpu_fractions=stage.fractions, video=video,
+            seed=seed, prepared=prepared, views=views, mesh=mesh, history=history, timings_s=timing.wall_s,
+            busy_s=timing.busy_s, gpu_fractions=timing.gpu_fractions, video=video,
         )
         output.metadata = self._metadata(params, output)
         return output
@@ -199,6 +199,7 @@ class Lift3DPipeline:
                 "isosurface_threshold": mesh.metadata.get("isosurface_threshold"),
                 "isosurface_threshold_source": mesh.metadata.get("isosurface_threshold_source"),
                 "silhouette_iou": mesh.metadata.get("silhouette_iou"),
+                "silhouette_fit": mesh.metadata.get("silhouette_fit"),
             },
             "training": None if not history else {
                 "steps": len(history),
@@ -213,23 +214,24 @@ class Lift3DPipeline:
         }
 
 
-class _Stages:
-    """Per-run bookkeeping: wall time per stage (reported to ``progress``), busy time and GPU fraction per stage."""
+class _RunTimings:
+    """The timing of one run, per stage: wall seconds (``wall_s``, each stage reported to ``progress``), busy
+    seconds (``busy_s``: what the stage's worker spent on it) and the GPU fraction of that worker."""
 
     def __init__(self, progress: ProgressReporter) -> None:
         self.progress = progress
-        self.timings: dict[str, float] = {}
-        self.busy: dict[str, float] = {}
-        self.fractions: dict[str, float] = {}
+        self.wall_s: dict[str, float] = {}
+        self.busy_s: dict[str, float] = {}
+        self.gpu_fractions: dict[str, float] = {}
 
     def timed(self, stage: str, total: int | None = None) -> _StageTimer:
-        return _StageTimer(stage, total, self.progress, self.timings)
+        return _StageTimer(stage, total, self.progress, self.wall_s)
 
     def measured(self, stage: str, out: Timed) -> Any:
         """``out.value``; its busy seconds are added to ``stage``'s and its GPU fraction kept."""
-        self.busy[stage] = self.busy.get(stage, 0.0) + out.busy_s
+        self.busy_s[stage] = self.busy_s.get(stage, 0.0) + out.busy_s
         if out.gpu_fraction is not None:
-            self.fractions[stage] = out.gpu_fraction
+            self.gpu_fractions[stage] = out.gpu_fraction
         return out.value
 
 

@@ -24,7 +24,7 @@ from lift3d.stages.zero123 import ConditionEmbedding, SDSRequest, Zero123, step_
 from nerf.cameras import CameraBatch
 from nerf.field import ImplicitVolume
 from nerf.mesh import EmptyIsosurfaceError, extract_mesh
-from nerf.silhouette import SilhouetteFit, ray_max_density, silhouette_threshold
+from nerf.silhouette import SilhouetteFit, choose_threshold, ray_max_density, silhouette_threshold
 from nerf.renderer import VolumeRenderer
 from nerf.trainers.sds import Guidance, GuidanceResult, ReferenceView, SDSTrainer
 from nerf.trainers.stats import StepStats
@@ -235,11 +235,15 @@ def extract_field_mesh(field: ImplicitVolume, nerf: NerfPreset, device: torch.de
     """Marching cubes on the trained field, at the density whose silhouette matches the reference mask.
 
     With ``reference`` given and ``nerf.isosurface_from_reference`` set, the isovalue is the one whose silhouette
-    seen from the reference camera best matches the reference mask (:mod:`nerf.silhouette`); otherwise, or when
-    that fit is impossible (empty mask or field), the preset's fixed threshold. If the field never reaches the
-    threshold (a short or failed optimisation), it retries with the automatic threshold. ``mesh.metadata`` says
-    which: ``isosurface_threshold`` (float or ``"auto"``), ``isosurface_threshold_source`` (``"reference
-    silhouette"``, ``"preset"`` or ``"auto"``) and, for the silhouette, ``silhouette_iou`` in [0, 1].
+    seen from the reference camera best matches the reference mask (:mod:`nerf.silhouette`), when that fit is good
+    enough (:func:`nerf.silhouette.choose_threshold`: IoU >= 0.8 and within a factor 4 of the preset's threshold);
+    otherwise, or when the fit is impossible (empty mask or field), the preset's fixed threshold. If the field
+    never reaches the threshold (a short or failed optimisation), it retries with the automatic threshold.
+    ``mesh.metadata`` says which: ``isosurface_threshold`` (the one used, float or ``"auto"``),
+    ``isosurface_threshold_source`` (``"reference silhouette"``, ``"preset"`` or ``"auto"``) and, whenever a fit
+    was tried, ``silhouette_iou`` (the fit's IoU in [0, 1], None without a fit) and ``silhouette_fit``
+    (:meth:`nerf.silhouette.ThresholdChoice.metadata`: fitted threshold, IoU, accepted, the threshold used, the
+    reason, the floor and the band).
 
     Raises:
         nerf.mesh.EmptyIsosurfaceError: when even the automatic threshold finds no surface (a flat field).
@@ -251,20 +255,24 @@ def extract_field_mesh(field: ImplicitVolume, nerf: NerfPreset, device: torch.de
     config, source, metadata = nerf.isosurface, "preset", {}
     if reference is not None and nerf.isosurface_from_reference:
         try:
-            fit = reference_silhouette_fit(field, nerf, reference, device)
+            fit, why = reference_silhouette_fit(field, nerf, reference, device), ""
         except ValueError as exc:
-            logger.warning("No silhouette threshold (%s); using the preset's %s.", exc, nerf.isosurface.threshold)
+            fit, why = None, f"no silhouette fit ({exc})"
+        choice = choose_threshold(fit, config.threshold, no_fit_reason=why)
+        config, source = replace(config, threshold=choice.threshold), choice.source
+        record = choice.metadata()
+        metadata = {"silhouette_iou": record["iou"], "silhouette_fit": record}
+        if choice.accepted:
+            logger.info("Isosurface threshold %.4g from the reference silhouette: %s.", choice.threshold, choice.reason)
         else:
-            config, source = replace(config, threshold=fit.threshold), "reference silhouette"
-            metadata = {"silhouette_iou": round(fit.iou, 4)}
-            logger.info("Isosurface threshold %.4g from the reference silhouette (IoU %.3f).", fit.threshold, fit.iou)
+            logger.warning("Isosurface threshold not fitted to the reference silhouette: %s.", choice.reason)
     try:
         mesh = extract(config)
         mesh.metadata.update(isosurface_threshold=config.threshold, isosurface_threshold_source=source, **metadata)
     except EmptyIsosurfaceError as exc:
         logger.warning("%s Falling back to the automatic threshold (mean density).", exc)
         mesh = extract(replace(nerf.isosurface, threshold="auto"))
-        mesh.metadata.update(isosurface_threshold="auto", isosurface_threshold_source="auto")
+        mesh.metadata.update(isosurface_threshold="auto", isosurface_threshold_source="auto", **metadata)
     return mesh
 
 

@@ -1,4 +1,4 @@
-"""MultiDiffusion region generation (lift3d.stages.regions) on the tiny SDXL: fusion and bootstrapping arithmetic,
+"""MultiDiffusion region generation (lift3d.stages.sdxl.regions) on the tiny SDXL: fusion and bootstrapping arithmetic,
 masks confining a region's prompt, seeding, sizes, and the errors users can cause."""
 
 from __future__ import annotations
@@ -13,10 +13,17 @@ import pytest
 import torch
 
 from lift3d.errors import InvalidInputError
-from lift3d.stages.generated import GeneratedImage
-from lift3d.stages.region_fusion import binary_mask, bootstrap_inputs, decode_masks, fuse_latents, latent_masks
-from lift3d.stages.regions import RegionGenerator, RegionLatents
-from lift3d.stages.text_to_image import TextToImage
+from lift3d.stages.sdxl.generated import GeneratedImage
+from lift3d.stages.sdxl.region_fusion import (
+    background_weights,
+    binary_mask,
+    bootstrap_inputs,
+    decode_masks,
+    fuse_latents,
+    latent_masks,
+)
+from lift3d.stages.sdxl.regions import RegionGenerator, RegionLatents
+from lift3d.stages.sdxl.text_to_image import TextToImage
 
 BG = "a wooden table"
 
@@ -60,6 +67,35 @@ def test_fuse_latents_is_the_mask_weighted_average():
     assert torch.allclose(fused3[0, 0], expected, rtol=0, atol=1e-6)
 
 
+def test_background_weight_leaves_each_region_to_its_own_prompt():
+    """Bar-Tal et al.'s region_based.py: bg_mask = 1 − Σ fg_masks, negatives set to 0. On a 2×3 latent with the
+    background's latent 1.5, region A's −0.5 (left column pair) and region B's 4.0 (the top row):
+
+        A = [[1, 1, 0],    B = [[0, 1, 1],    bg = max(0, 1 − A − B) = [[0, 0, 0],
+             [1, 0, 0]]         [0, 0, 0]]                               [0, 1, 1]]
+
+    so the fused latent is A's alone where only A covers, B's alone where only B covers, (A + B)/2 = 1.75 where both
+    do, and the background's elsewhere. With the old all-ones background weight a cell covered by A alone was
+    (1.5 − 0.5)/2 = 0.5: half the background prompt."""
+    region_a = torch.tensor([[[[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]]]])
+    region_b = torch.tensor([[[[0.0, 1.0, 1.0], [0.0, 0.0, 0.0]]]])
+    foreground = torch.cat([region_a, region_b])
+    background = background_weights(foreground)
+    assert background[0, 0].tolist() == [[0.0, 0.0, 0.0], [0.0, 1.0, 1.0]]
+    latents = torch.cat([torch.full((1, 1, 2, 3), v) for v in (1.5, -0.5, 4.0)])
+    fused = fuse_latents(latents, torch.cat([background, foreground]))
+    assert fused[0, 0].tolist() == [[-0.5, 1.75, 4.0], [-0.5, 1.5, 1.5]]
+    # Partial cover (soft weights): region A at 0.25 leaves the background 0.75 → 0.75·1.5 + 0.25·(−0.5) = 1.0;
+    # A at 0.6 with B at 0.6 sum past 1 → background 0, A and B averaged: 1.75.
+    soft = torch.tensor([[[[0.25, 0.6]]], [[[0.0, 0.6]]]])
+    soft_background = background_weights(soft)
+    assert torch.allclose(soft_background[0, 0], torch.tensor([[0.75, 0.0]]))
+    fused = fuse_latents(torch.cat([torch.full((1, 1, 1, 2), v) for v in (1.5, -0.5, 4.0)]),
+                         torch.cat([soft_background, soft]))
+    assert torch.allclose(fused[0, 0], torch.tensor([[1.0, 1.75]]), rtol=0, atol=1e-6)
+    assert background_weights(torch.zeros(0, 1, 2, 3)).tolist() == [[[[1.0] * 3] * 2]]  # no region: all background
+
+
 def test_bootstrap_inputs_replace_regions_outside_their_masks():
     x = torch.full((2, 1, 2, 2), 3.0)
     masks = torch.stack([torch.ones(1, 2, 2), torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])])
@@ -74,11 +110,15 @@ def test_latent_masks_are_nearest_binarised_with_the_background_first():
     mask.putpixel((41, 2), 255)  # an odd pixel: between samples, dropped
     weights = latent_masks([mask], 32, 32, device="cpu", dtype=torch.float32)
     assert weights.shape == (2, 1, 32, 32)
-    assert torch.all(weights[0] == 1)
     expected = torch.zeros(32, 32)
     expected[:, :16] = 1
     expected[0, 20] = 1
     assert torch.equal(weights[1, 0], expected)
+    assert torch.equal(weights[0, 0], 1 - expected)  # the background's weight: where no region is
+    overlapping = latent_masks([mask, left_half()], 32, 32, device="cpu", dtype=torch.float32)
+    assert torch.equal(overlapping[0, 0], 1 - expected)  # two regions over one cell: still 0, never −1
+    assert torch.all(overlapping.sum(dim=0) >= 1)
+    assert torch.equal(latent_masks([], 4, 4, device="cpu", dtype=torch.float32), torch.ones(1, 1, 4, 4))
     dot = PIL.Image.new("L", (64, 64))
     dot.putpixel((1, 1), 255)
     with pytest.raises(InvalidInputError, match=r"masks\[0\].*latent resolution"):
@@ -195,7 +235,10 @@ def test_recorded_latent_slice(regions):
     assert torch.allclose(got[0, 0, 0, 12:20], expected, atol=2e-4), got[0, 0, 0, 12:20].tolist()
 
 
-RECORDED = [2.5961, 0.5490, -2.1282, -0.6350, 0.2868, 3.2700, -3.3999, -3.2715]  # row 0, columns 12-19 (16 = edge)
+RECORDED = [2.5397, 0.4664, -1.9770, -0.5296, 0.2876, 3.2703, -3.4000, -3.2717]  # row 0, columns 12-19 (16 = edge)
+# Re-recorded when the background's fusion weight became 1 − Σ masks (issue 20): columns 12-15 lie in the region and
+# moved by 0.05-0.15 (no longer half the background prompt); 16-19 lie outside and moved ≤ 8e-4 (attention leak).
+# Before: [2.5961, 0.5490, -2.1282, -0.6350, 0.2868, 3.2700, -3.3999, -3.2715].
 
 
 # ------------------------------------------------------------------------------------------------ masks in, errors

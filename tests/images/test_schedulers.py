@@ -1,9 +1,10 @@
-"""Sampler × schedule → diffusers scheduler (lift3d.stages.schedulers), checked against hand-computed sigmas."""
+"""Sampler × schedule → diffusers scheduler (lift3d.stages.sdxl.schedulers), checked against hand-computed sigmas."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from diffusers import (
     DDIMScheduler,
     DPMSolverMultistepScheduler,
@@ -14,8 +15,9 @@ from diffusers import (
 )
 
 from lift3d.errors import InvalidInputError
-from lift3d.params.samplers import SAMPLERS, SCHEDULES
-from lift3d.stages.schedulers import SAMPLER_TABLE, build_scheduler, scheduler_table
+from lift3d.params.images import TextToImageParams
+from lift3d.params.samplers import SAMPLER_NAMES, SAMPLERS, SCHEDULES, canonical_sampler
+from lift3d.stages.sdxl.schedulers import SAMPLER_TABLE, build_scheduler, scheduler_table
 from lift3d.stages.tiny import SD_SCHEDULE
 
 # SDXL's own scheduler config: Euler, scaled-linear betas 0.00085 → 0.012, "leading" spacing with offset 1.
@@ -41,7 +43,9 @@ def test_every_sampler_maps_and_the_table_lists_them():
     assert by_name["dpmpp_2m"].diffusers_class == "DPMSolverMultistepScheduler"
     assert by_name["dpmpp_2m"].options == "algorithm_type='dpmsolver++', solver_order=2"
     assert by_name["dpmpp_sde"].diffusers_class == "DPMSolverSDEScheduler"
-    assert sum(len(row.schedules) for row in rows) == 4 * 10 + 2 * 3 + 3  # 49 working combinations
+    assert by_name["dpmpp_2s_a"].schedules == ("normal", "karras", "exponential")
+    assert by_name["dpmpp_2s_a"].options == "algorithm_type='sde-dpmsolver++', solver_order=2"
+    assert sum(len(row.schedules) for row in rows) == 4 * 10 + 2 * 3 + 2 * 3  # 52 working combinations
 
 
 @pytest.mark.parametrize("row", scheduler_table(), ids=lambda row: row.sampler)
@@ -152,3 +156,42 @@ def test_aliases_and_none_work():
         build_scheduler(None, "normal", BASE.config)  # a live config does not name its class
     with pytest.raises(InvalidInputError, match="does not support scheduler 'karras'"):
         build_scheduler(None, "karras", DDIMScheduler(**SD_SCHEDULE))
+
+
+def test_stabilitys_dpmpp_2s_ancestral_is_accepted_and_maps_to_the_stochastic_single_step_solver():
+    # Stability v1's enum had ten K_*/DDIM names; this one was refused with 422 before.
+    assert canonical_sampler("K_DPMPP_2S_ANCESTRAL") == canonical_sampler("dpmpp_2s_ancestral") == "dpmpp_2s_a"
+    assert "K_DPMPP_2S_ANCESTRAL" in SAMPLER_NAMES  # the OpenAPI enum of ``sampler``
+    body = {"text_prompts": [{"text": "a toy robot"}], "sampler": "K_DPMPP_2S_ANCESTRAL", "scheduler": "karras"}
+    assert TextToImageParams(**body).sampler == "dpmpp_2s_a"
+    scheduler = build_scheduler("K_DPMPP_2S_ANCESTRAL", "karras", BASE.config)
+    assert isinstance(scheduler, DPMSolverSinglestepScheduler)
+    assert scheduler.config.algorithm_type == "sde-dpmsolver++" and scheduler.config.solver_order == 2
+    assert scheduler.config.use_karras_sigmas is True
+    assert build_scheduler("dpmpp_2s", "normal", BASE.config).config.algorithm_type == "dpmsolver++"  # no noise
+
+
+def test_dpmpp_2s_a_first_step_is_k_diffusions_ancestral_step():
+    """The first step of ``dpmpp_2s_a`` (order 1) against k-diffusion's ancestral step computed by hand in its VE
+    form: with σ → σ' the step's noise levels, D = (x − σ_t ε)/α_t the denoised estimate,
+    σ_down = σ'²/σ, σ_up = σ'·sqrt(1 − σ'²/σ²), x_ve' = (σ_down/σ) x/α + (1 − σ_down/σ) D + σ_up z; diffusers'
+    samples are VP, x = α·x_ve with α = 1/sqrt(1 + σ²)."""
+    scheduler = build_scheduler("dpmpp_2s_a", "normal", BASE.config)
+    scheduler.set_timesteps(6)
+    assert scheduler.order_list[:2] == [1, 2]  # single step: order 1, then order 2 from the same start
+    sample = torch.linspace(-1.5, 1.5, 16, dtype=torch.float32).reshape(1, 4, 2, 2)
+    eps = torch.linspace(0.8, -0.6, 16, dtype=torch.float32).reshape(1, 4, 2, 2)
+    out = scheduler.step(eps, scheduler.timesteps[0], sample, generator=torch.Generator().manual_seed(5)).prev_sample
+    z = torch.randn(sample.shape, generator=torch.Generator().manual_seed(5)).double()
+
+    sigma, sigma_next = (float(v) for v in scheduler.sigmas[:2])
+    assert sigma == pytest.approx(14.6146, abs=1e-3) and sigma_next == pytest.approx(5.9347, abs=1e-3)
+    alpha, alpha_next = (1 + sigma**2) ** -0.5, (1 + sigma_next**2) ** -0.5
+    x, e = sample.double(), eps.double()
+    denoised = (x - sigma * alpha * e) / alpha
+    sigma_up = sigma_next * (1 - sigma_next**2 / sigma**2) ** 0.5
+    sigma_down = sigma_next**2 / sigma
+    expected = alpha_next * ((sigma_down / sigma) * x / alpha + (1 - sigma_down / sigma) * denoised + sigma_up * z)
+    torch.testing.assert_close(out.double(), expected, rtol=0, atol=2e-5)
+    # the noise matters (a deterministic step would be off by σ_up·z ≈ 5.5·z in VE units) and comes from the generator
+    assert (out.double() - (expected - alpha_next * sigma_up * z)).abs().max() > 0.5

@@ -12,8 +12,8 @@ import torch
 from lift3d.errors import InvalidInputError
 from lift3d.params.images import TextToImageParams, parse_model
 from lift3d.io.encoded import png_bytes
-from lift3d.stages.image_edit import diffusers_strength
-from lift3d.stages.text_to_image import TextToImage
+from lift3d.stages.sdxl.image_edit import diffusers_strength
+from lift3d.stages.sdxl.text_to_image import TextToImage
 
 ROBOT = {"text": "a wooden toy robot", "weight": 1.0}
 
@@ -107,8 +107,9 @@ def test_sampler_and_schedule_change_the_image(t2i):
     dpm = t2i.generate_images(params(sampler="dpmpp_2m"), seed=4)[0].image
     dpm_karras = t2i.generate_images(params(sampler="dpmpp_2m", scheduler="karras"), seed=4)[0].image
     assert mean_abs_diff(euler, dpm) > 1 and mean_abs_diff(dpm, dpm_karras) > 1
-    # stochastic samplers reproduce too: Euler ancestral (generator noise), DPM++ SDE (Brownian tree seeded per sample)
-    for sampler in ("euler_a", "dpmpp_sde"):
+    # stochastic samplers reproduce too: Euler ancestral and DPM++ 2S a (generator noise), DPM++ SDE (Brownian tree
+    # seeded per sample)
+    for sampler in ("euler_a", "dpmpp_2s_a", "dpmpp_sde"):
         both = t2i.generate_images(params(sampler=sampler, samples=2), seed=4)
         assert png_bytes(both[1].image) == png_bytes(t2i.generate_images(params(sampler=sampler), seed=5)[0].image)
     with pytest.raises(InvalidInputError, match="does not support scheduler 'karras'"):

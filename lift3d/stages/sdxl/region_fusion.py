@@ -1,14 +1,14 @@
 """The pipeline-free parts of MultiDiffusion region generation (Bar-Tal et al. 2023, "MultiDiffusion: Fusing
 Diffusion Paths for Controlled Image Generation", ICML 2023; the authors' repo omerbt/MultiDiffusion,
 ``region_based.py``): the region masks (from the API's base64 images to fusion weights at latent resolution), the
-mask-weighted fusion of the prompts' latents and the bootstrapping inputs. :mod:`lift3d.stages.regions` runs them
+mask-weighted fusion of the prompts' latents and the bootstrapping inputs. :mod:`lift3d.stages.sdxl.regions` runs them
 on SDXL.
 
 Examples:
     >>> mask = PIL.Image.new("L", (64, 64)); mask.paste(255, (0, 0, 32, 64))
     >>> weights = latent_masks([mask], 8, 8, device="cpu", dtype=torch.float32)
-    >>> weights.shape, weights[1, 0, 0].tolist()
-    (torch.Size([2, 1, 8, 8]), [1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0])
+    >>> weights.shape, weights[0, 0, 0].tolist(), weights[1, 0, 0].tolist()
+    (torch.Size([2, 1, 8, 8]), [0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0])
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from lift3d.errors import InvalidInputError
 from lift3d.io.images import decode_base64_image
 
-__all__ = ["binary_mask", "bootstrap_inputs", "decode_masks", "fuse_latents", "latent_masks"]
+__all__ = ["background_weights", "binary_mask", "bootstrap_inputs", "decode_masks", "fuse_latents", "latent_masks"]
 
 
 # ------------------------------------------------------------------------------------------------ masks
@@ -70,9 +70,29 @@ def decode_masks(masks_base64: Sequence[str], height: int, width: int) -> list[P
     return masks
 
 
+def background_weights(foreground: torch.Tensor) -> torch.Tensor:
+    """The background prompt's fusion weight where the regions leave room for it: ``max(0, 1 − Σ_i m_i)``, as the
+    authors' ``region_based.py`` builds ``bg_mask`` (``1 − sum(fg_masks)``, negatives set to 0). Inside a region
+    the background prompt then has no say, so the region's prompt alone makes its latent; with an all-ones
+    background weight it would be an even blend of the two prompts there.
+
+    Args:
+        foreground: (k, 1, h, w) region weights in [0, 1] (k may be 0).
+
+    Returns:
+        (1, 1, h, w), in [0, 1]: 1 where no region is, 0 where the regions sum to 1 or more.
+
+    Examples:
+        >>> background_weights(torch.tensor([[[[1.0, 0.25, 0.0]]], [[[1.0, 0.5, 0.0]]]]))[0, 0].tolist()
+        [[0.0, 0.25, 1.0]]
+    """
+    return (1.0 - foreground.sum(dim=0, keepdim=True)).clamp(min=0.0)
+
+
 def latent_masks(masks: Sequence[PIL.Image.Image], latent_height: int, latent_width: int, *,
                  device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
-    """Fusion weights at latent resolution: the background's (all ones) then one binary mask per region.
+    """Fusion weights at latent resolution: the background's (:func:`background_weights`, 1 outside every region,
+    0 inside one) then one binary mask per region.
 
     Each mask is downsampled with nearest-neighbour sampling and binarised at 0.5, as in MultiDiffusion.
 
@@ -81,12 +101,13 @@ def latent_masks(masks: Sequence[PIL.Image.Image], latent_height: int, latent_wi
         latent_height, latent_width: latent size (pixels / the VAE's factor).
 
     Returns:
-        (1 + len(masks), 1, latent_height, latent_width) of 0/1 values.
+        (1 + len(masks), 1, latent_height, latent_width) of 0/1 values; at every cell the weights sum to at least 1
+        (to the number of regions covering it, else the background's 1).
 
     Raises:
         InvalidInputError: a region covers no latent cell (its white area is thinner than a latent cell).
     """
-    rows = [torch.ones((1, 1, latent_height, latent_width), device=device, dtype=dtype)]
+    rows = []
     for index, mask in enumerate(masks):
         pixels = torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float32) / 255.0)[None, None]
         small = F.interpolate(pixels, size=(latent_height, latent_width), mode="nearest") > 0.5
@@ -94,7 +115,9 @@ def latent_masks(masks: Sequence[PIL.Image.Image], latent_height: int, latent_wi
             raise InvalidInputError(f"masks[{index}]'s white area vanishes at latent resolution "
                                     f"({latent_height}×{latent_width} cells): make it larger")
         rows.append(small.to(device=device, dtype=dtype))
-    return torch.cat(rows)
+    foreground = torch.cat(rows) if rows else torch.zeros((0, 1, latent_height, latent_width), device=device,
+                                                          dtype=dtype)
+    return torch.cat([background_weights(foreground), foreground])
 
 
 # ------------------------------------------------------------------------------------------------ fusion
@@ -104,16 +127,18 @@ def fuse_latents(latents: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 
     Args:
         latents: (n, C, h, w), one row per prompt (background first).
-        masks: (n, 1, h, w) non-negative weights whose sum is positive everywhere (the background's is all ones).
+        masks: (n, 1, h, w) non-negative weights whose sum is positive everywhere, e.g. :func:`latent_masks`'
+            (the background's weight ``max(0, 1 − Σ regions)``: a region's latent alone inside it, the mean of the
+            regions' where they overlap, the background's outside every region).
 
     Returns:
         (1, C, h, w).
 
     Examples:
         >>> x = torch.stack([torch.full((1, 2, 2), 1.0), torch.full((1, 2, 2), 3.0)])
-        >>> m = torch.stack([torch.ones(1, 2, 2), torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])])
-        >>> fuse_latents(x, m)[0, 0].tolist()
-        [[2.0, 1.0], [2.0, 1.0]]
+        >>> region = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])
+        >>> fuse_latents(x, torch.stack([background_weights(region[None])[0], region]))[0, 0].tolist()
+        [[3.0, 1.0], [3.0, 1.0]]
     """
     return (latents * masks).sum(dim=0, keepdim=True) / masks.sum(dim=0, keepdim=True)
 

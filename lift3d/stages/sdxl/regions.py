@@ -4,12 +4,13 @@ Paths for Controlled Image Generation", ICML 2023; the authors' repo omerbt/Mult
 One latent covers the whole image. At every DDIM step it is denoised once per prompt — the background prompt over
 the whole image and one prompt per region — in one batched UNet call with classifier-free guidance, and the
 per-prompt DDIM results are averaged pixel by pixel, each weighted by its mask at latent resolution
-(:func:`fuse_latents`; the background's mask is all ones). During the first ``bootstrapping`` steps each region
+(:func:`fuse_latents`; the background's weight is 1 − Σ region masks, at least 0, as in the authors' code, so a
+region's latent comes from its own prompt alone). During the first ``bootstrapping`` steps each region
 is denoised over a noised constant-colour image outside its mask (:func:`bootstrap_inputs`), which makes the
 region's subject form inside its mask instead of spreading over the image.
 
 Examples:
-    >>> from lift3d.stages.text_to_image import TextToImage
+    >>> from lift3d.stages.sdxl.text_to_image import TextToImage
     >>> regions = RegionGenerator(TextToImage.tiny(seed=0).pipe)
     >>> mask = PIL.Image.new("L", (64, 64)); mask.paste(255, (0, 0, 32, 64))
     >>> out = regions(bg_prompt="a wooden table", fg_prompts=["a toy robot"], masks=[mask], height=64, width=64,
@@ -33,8 +34,8 @@ from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionXLPipeline
 
 from lift3d.errors import InvalidInputError
 from lift3d.params import SDXL_GUIDANCE_SCALE_RANGE as GUIDANCE_SCALE_RANGE
-from lift3d.stages.generated import GeneratedImage
-from lift3d.stages.region_fusion import binary_mask, bootstrap_inputs, decode_masks, fuse_latents, latent_masks
+from lift3d.stages.sdxl.generated import GeneratedImage
+from lift3d.stages.sdxl.region_fusion import binary_mask, bootstrap_inputs, decode_masks, fuse_latents, latent_masks
 
 __all__ = ["RegionGenerator", "RegionLatents", "binary_mask", "bootstrap_inputs", "decode_masks", "fuse_latents",
            "latent_masks"]

@@ -18,6 +18,27 @@ Every call builds a new scheduler (schedulers keep per-call state, so concurrent
 ``from_config`` of the pipeline's scheduler config so the betas, the prediction type and the training timestep
 count carry over.
 
+DPM++ 2S a. ``dpmpp_2s_a`` (Stability's ``K_DPMPP_2S_ANCESTRAL``, A1111's "DPM++ 2S a") is
+``DPMSolverSinglestepScheduler(algorithm_type="sde-dpmsolver++", solver_order=2)``, the closest diffusers has.
+
+k-diffusion's ``sample_dpmpp_2s_ancestral`` (crowsonkb/k-diffusion, ``k_diffusion/sampling.py``) takes, per step
+σ_i → σ_{i+1}, the ancestral split σ_down = σ_{i+1}²/σ_i, σ_up = σ_{i+1}·sqrt(1 − σ_{i+1}²/σ_i²) (eta = 1), a
+second-order single-step DPM-Solver++ step (Lu et al. 2022, arXiv:2211.01095, Alg. 1: one extra model call at the
+log-σ midpoint) from σ_i down to σ_down, then adds σ_up · noise. diffusers ships no such scheduler. The candidates:
+
+- ``EulerAncestralDiscreteScheduler``: the same ancestral noise, but first order (one model call, an Euler step to
+  σ_down): it keeps the "a" and drops the "2S".
+- ``DPMSolverSinglestepScheduler`` with ``dpmsolver++`` (our ``dpmpp_2s``): the "2S" update, deterministic.
+- ``DPMSolverSinglestepScheduler`` with ``sde-dpmsolver++`` (chosen): the same single-step second-order
+  DPM-Solver++ update, stochastic, and its noise is the ancestral one: at first order its step from σ to σ' is
+  x' = (σ'/σ)² x + (1 − (σ'/σ)²) D + σ'·sqrt(1 − (σ'/σ)²) z (VE form, D the denoised estimate), which is exactly
+  k-diffusion's first-order step to σ_down = σ'²/σ plus σ_up · z (``tests/images/test_schedulers.py`` checks it).
+
+What differs from k-diffusion: diffusers takes the intermediate point of each second-order step from the timestep
+list (steps alternate order 1 and order 2, one model call per step) where k-diffusion adds a call at the midpoint
+(two calls per step), and diffusers also adds noise at the intermediate step. So N steps here cost N UNet calls,
+against 2N − 1 in k-diffusion; the solver family and the noise injected per step are the same.
+
 Examples:
     >>> from diffusers import EulerDiscreteScheduler
     >>> base = EulerDiscreteScheduler(beta_schedule="scaled_linear")
@@ -87,9 +108,12 @@ SAMPLER_TABLE: Mapping[str, SamplerEntry] = MappingProxyType({
     # diffusers' table lists DPMSolverSinglestepScheduler for "DPM++ SDE"; DPMSolverSDEScheduler is the port of
     # k-diffusion's sample_dpmpp_sde itself (Brownian-tree noise, needs torchsde).
     "dpmpp_sde": SamplerEntry(DPMSolverSDEScheduler, {}, "DPM++ SDE"),
-    # The closest diffusers has to k-diffusion's sample_dpmpp_2s_ancestral (without its ancestral noise).
+    # DPM-Solver++(2S) without noise, as k-diffusion's sample_dpmpp_2s_ancestral at eta = 0 (not an A1111 entry).
     "dpmpp_2s": SamplerEntry(DPMSolverSinglestepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2},
-                             "DPM++ 2S a (closest)"),
+                             "— (DPM++ 2S a without its noise)"),
+    # Stability's K_DPMPP_2S_ANCESTRAL: no port in diffusers; the closest, see the module docstring.
+    "dpmpp_2s_a": SamplerEntry(DPMSolverSinglestepScheduler,
+                               {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}, "DPM++ 2S a (closest)"),
     "lms": SamplerEntry(LMSDiscreteScheduler, {}, "LMS"),
     "unipc": SamplerEntry(UniPCMultistepScheduler, {}, "—"),
     "deis": SamplerEntry(DEISMultistepScheduler, {}, "—"),
