@@ -114,13 +114,17 @@ def ray_cluster():
 
 # ------------------------------------------------------------------------------------- databases (issue 9)
 @pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path) -> str:
-    """A fresh, empty database: a SQLite file in ``tmp_path``, or a new database on the session's PostgreSQL."""
+def database_url(request, tmp_path):
+    """A fresh, empty database: a SQLite file in ``tmp_path``, or a new database on the session's PostgreSQL
+    (dropped after the test)."""
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'lift3d.db'}"
+        yield f"sqlite:///{tmp_path / 'lift3d.db'}"
+        return
     import uuid
 
-    return request.getfixturevalue("postgres_server").create_database(f"t_{uuid.uuid4().hex[:16]}")
+    server, name = request.getfixturevalue("postgres_server"), f"t_{uuid.uuid4().hex[:16]}"
+    yield server.create_database(name)
+    server.drop_database(name)
 
 
 @pytest.fixture

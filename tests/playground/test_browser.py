@@ -4,7 +4,7 @@ model in the viewer, the GLB download, cancel, a bad file's error — with no co
 the server's origin. ``LIFT3D_UPDATE_SCREENSHOT=1`` makes the run rewrite ``docs/playground.png``, the README's
 screenshot.
 
-Without the browser these tests fail (they never skip): ``.ci/run`` installs Debian's chromium.
+Without the browser these tests fail (they never skip): ``make test`` installs Debian's chromium.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ VIEWS_ONLY = {key: value for key, value in TINY.items() if not key.startswith("n
 def chromium_path() -> str:
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:
-        pytest.fail("Debian's chromium is not installed (apt-get install chromium; .ci/run does it)")
+        pytest.fail("Debian's chromium is not installed (apt-get install chromium; make test does it as root)")
     return path
 
 

@@ -33,13 +33,20 @@ class PostgresServer:
         return f"postgresql+psycopg://{self.user}@/{database}?host={self.socket_dir}&port={self.port}"
 
     def create_database(self, name: str) -> str:
-        """``CREATE DATABASE name``; returns its :meth:`url`."""
+        """``CREATE DATABASE name`` (empty: a copy of ``template1``); returns its :meth:`url`."""
+        self._execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def drop_database(self, name: str) -> None:
+        """``DROP DATABASE name WITH (FORCE)``: its files go at once, open connections are ended."""
+        self._execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def _execute(self, statement: str) -> None:
         import psycopg
 
         with psycopg.connect(host=str(self.socket_dir), port=self.port, user=self.user, dbname="postgres",
                              autocommit=True) as connection:
-            connection.execute(f'CREATE DATABASE "{name}"')
-        return self.url(name)
+            connection.execute(statement)
 
 
 def _postgres_bindir() -> Path | None:
@@ -49,6 +56,16 @@ def _postgres_bindir() -> Path | None:
             return Path(out)
     versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
     return versions[-1].parent if versions else None
+
+
+def _in_memory_dir(path: str = "/dev/shm", min_free_bytes: int = 1 << 30) -> str | None:
+    """``/dev/shm`` when it is a writable folder with at least 1 GiB free (a container's default is 64 MiB), else
+    None (the default temp folder). In memory a test database is created and dropped in ~50 ms, ~300 ms on disk."""
+    try:
+        stats = os.statvfs(path)
+    except OSError:
+        return None
+    return path if os.access(path, os.W_OK) and stats.f_bavail * stats.f_frsize >= min_free_bytes else None
 
 
 @contextlib.contextmanager
@@ -62,8 +79,8 @@ def running_postgres() -> Iterator[PostgresServer]:
     if bindir is None:
         pytest.fail("PostgreSQL server binaries not found (pg_config --bindir, /usr/lib/postgresql/*/bin): install "
                     "Debian's postgresql package; the PostgreSQL tests must not be skipped")
-    # Its own folder under /tmp: pytest's tmp dirs are private to the test user, and the server may run as postgres.
-    root = Path(tempfile.mkdtemp(prefix="lift3d-pg-"))
+    # Its own folder: pytest's tmp dirs are private to the test user, and the server may run as postgres.
+    root = Path(tempfile.mkdtemp(prefix="lift3d-pg-", dir=_in_memory_dir()))
     data, sockets = root / "data", root / "sock"
     sockets.mkdir()
     user = getpass.getuser()
@@ -86,7 +103,9 @@ def running_postgres() -> Iterator[PostgresServer]:
         if done.returncode != 0:
             pytest.fail(f"initdb failed: {done.stderr[-2000:]}")
         port = free_port()
-        options = f"-k {sockets} -p {port} -c listen_addresses='' -c fsync=off -c full_page_writes=off"
+        # dynamic shared memory in the data folder (mmap), not /dev/shm: an immediate stop leaves nothing behind
+        options = (f"-k {sockets} -p {port} -c listen_addresses='' -c fsync=off -c full_page_writes=off "
+                   "-c dynamic_shared_memory_type=mmap")
         done = subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l",
                                str(root / "log"), "-w", "start"], capture_output=True, text=True, env=env)
         if done.returncode != 0:
