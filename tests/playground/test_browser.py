@@ -30,7 +30,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
                   "--disable-component-update"]
 TINY = {"num_views": "4", "num_multiview_steps": "2", "num_inference_steps": "2", "num_3d_max_steps": "10",
         "seed": "7"}
-KEEPALIVE_S = 0.3
+KEEPALIVE_S = 0.1
 """The event stream's keep-alive interval here (15 s in service): a tiny job outlives several comment lines."""
 TERMINAL = {"succeeded", "failed", "canceled", "expired"}
 VIEWS_ONLY = {key: value for key, value in TINY.items() if not key.startswith("num_3d")}
@@ -190,7 +190,7 @@ def run_views_only(page) -> None:
 
 
 def test_keepalive_comments_are_not_events(page, server):
-    """A job that stays open past several keep-alive comments (every 0.3 s here): the log and the progress line show
+    """A job that stays open past several keep-alive comments (every 0.1 s here): the log and the progress line show
     only the stream's real events — never a comment as an event named "message" — and the terminal state once, at
     the end, with Cancel enabled until then."""
     page.evaluate(RECORD_PROGRESS)
