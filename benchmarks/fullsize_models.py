@@ -3,7 +3,7 @@
 The components are the classes the real loaders return (diffusers ``UNet2DConditionModel`` / ``AutoencoderKL``,
 transformers ``CLIPTextModel`` / ``CLIPTextModelWithProjection`` / ``CLIPVisionModelWithProjection``,
 :class:`~lift3d.stages.zero123.CLIPCameraProjection`), built from the published configurations below, wrapped in
-the project's own stages (:class:`~lift3d.stages.text_to_image.TextToImage`,
+the project's own stages (:class:`~lift3d.stages.sdxl.text_to_image.TextToImage`,
 :class:`~lift3d.stages.zero123.Zero123`) with ``random_weights=True``. Every matrix has its real shape, so
 FLOPs, kernels and memory are those of the real models; the outputs are noise.
 
@@ -53,7 +53,7 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
-from lift3d.stages.text_to_image import TextToImage
+from lift3d.stages.sdxl.text_to_image import TextToImage
 from lift3d.stages.tiny import SD_SCHEDULE, tiny_clip_tokenizer
 from lift3d.stages.zero123 import CLIPCameraProjection, Zero123
 
@@ -259,9 +259,11 @@ def fullsize_text_to_image(
 
 def fullsize_zero123(
     device: str | torch.device = "cuda", dtype: torch.dtype = torch.float16, seed: int = 0,
+    vae_dtype: torch.dtype = torch.float32,
 ) -> Zero123:
     """Stable Zero123's architecture (8-channel SD 1.x UNet, SD VAE, CLIP ViT-L/14 vision + projection, camera
-    projection 772 → 768) with seeded random weights; 256² images, default SDS settings (threestudio)."""
+    projection 772 → 768) with seeded random weights; 256² images, default SDS settings (threestudio). The VAE in
+    ``vae_dtype`` (default fp32, as :func:`lift3d.stages.zero123.model.component_dtypes` loads it on CUDA)."""
     image_encoder = build_module(
         lambda: CLIPVisionModelWithProjection(CLIPVisionConfig(**ZERO123_IMAGE_ENCODER, attn_implementation="sdpa")),
         device, dtype, seed=seed + 2)
@@ -270,7 +272,7 @@ def fullsize_zero123(
         device, dtype, seed=seed + 3)
     return Zero123(
         unet=build_module(lambda: UNet2DConditionModel(**ZERO123_UNET), device, dtype, seed=seed),
-        vae=build_module(lambda: AutoencoderKL(**SD_VAE), device, dtype, seed=seed + 1),
+        vae=build_module(lambda: AutoencoderKL(**SD_VAE), device, vae_dtype, seed=seed + 1),
         image_encoder=image_encoder,
         clip_camera_projection=projection,
         # The DDIM schedule of lift3d.stages.zero123.weights (step 5 of the conversion recipe).

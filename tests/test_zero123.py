@@ -142,7 +142,9 @@ def test_grad_rgb_equals_direct_backward(model, cond):
     loss = 0.5 * (z - (z - out.grad).detach()).pow(2).sum() / 2
     loss.backward()
     assert loss.item() == pytest.approx(out.loss.item(), rel=1e-5)
-    torch.testing.assert_close(direct.grad, out.grad_rgb, atol=1e-7, rtol=1e-4)
+    # ≤ 1e-6 absolute on values up to ~0.3: one view per encoder pass (other kernel shapes) and this surrogate's
+    # own rounding (z − (z − grad) ≠ grad in float32) differ in the last bits
+    torch.testing.assert_close(direct.grad, out.grad_rgb, atol=1e-6, rtol=1e-4)
     assert out.grad_rgb.abs().sum() > 0
 
 

@@ -34,7 +34,6 @@ from torch import Tensor
 from transformers import CLIPVisionModelWithProjection
 
 from lift3d.errors import InvalidInputError
-from lift3d.stages.loading import default_dtype
 from lift3d.stages.tiny import seeded
 from lift3d.stages.zero123.camera import CLIPCameraProjection, camera_embedding, clip_preprocess
 from lift3d.stages.zero123.condition import ConditionEmbedding
@@ -42,9 +41,46 @@ from lift3d.stages.zero123.sds import ScoreDistillation, SDSConfig
 from lift3d.stages.zero123.tiny import tiny_zero123_components
 from lift3d.stages.zero123.weights import load_components, save_components
 
-__all__ = ["Zero123"]
+__all__ = ["Zero123", "component_dtypes"]
 
 logger = logging.getLogger(__name__)
+
+
+def component_dtypes(device: str | torch.device) -> tuple[torch.dtype, torch.dtype]:
+    """``(UNet, CLIP and camera projection dtype, VAE dtype)`` that :meth:`Zero123.from_pretrained` loads on
+    ``device``: on CUDA the UNet in fp16 and the VAE in fp32, elsewhere fp32 for both.
+
+    Decided by measurement (``benchmarks/sds_precision.py``, CPU): the SDS pixel gradient (d loss / d rendered RGB)
+    with each component in fp16 / bf16 / fp32 against all-fp32, same requests and draws; bound: smallest cosine
+    ≥ 0.999; the cheapest dtype within it wins.
+
+    Tiny model, whole ``sds_batch`` path, 6 requests × 4 views (smallest cosine / largest relative error)::
+
+        VAE ↓ UNet → fp32                  bf16                  fp16
+        fp32         1.000000 / 0           0.999746 / 2.3e-02    0.999997 / 2.5e-03
+        bf16         0.999395 / 3.5e-02     0.999181 / 4.1e-02    0.999391 / 3.5e-02
+        fp16         0.999990 / 4.5e-03     0.999774 / 2.1e-02    0.999987 / 5.2e-03
+
+    The VAE encoder path alone, one view, latent gradient 0.5·N(0, 1)/12 × scale (cosine): the tiny VAE at 32²
+    (native kernels; median |pixel gradient| 6.3e-3 × scale) and the full-size SD VAE at 256² (random weights;
+    fp16 and bf16 emulated by rounding every module's output and gradient; median 1.2e-3 × scale)::
+
+        scale              1          0.1        0.01       0.001      1e-4
+        tiny fp16          0.999991   -          0.999703   0.971114   0.326115
+        tiny bf16          0.999518   -          0.999473   0.999501   0.999501
+        full-size fp16     0.999969   0.999905   0.993904   0.672131   -
+        full-size bf16     0.998652   0.998649   0.998650   0.998662   -
+
+    UNet: fp16 (cosine 0.999997; it runs without a graph, so no gradient goes through its precision). VAE
+    encoder, whose backward carries the pixel gradient: fp32. fp16 passes for large gradients, but its range loses
+    small ones (full size: cosine 0.994 when the median pixel gradient is 1e-5, as a converging denoiser gives);
+    bf16 keeps the range but not the bound (0.9987) at full size. threestudio's
+    stable-zero123 guidance runs the whole model in fp32 (``weights_dtype = torch.float32``). Cost: the 84M-parameter VAE in fp32 (+0.16 GiB) and one
+    view's encoder graph in fp32 (about 0.9 GiB) during the backward (:attr:`SDSConfig.encoder_chunk_views`).
+    """
+    if torch.device(device).type == "cuda":
+        return torch.float16, torch.float32
+    return torch.float32, torch.float32
 
 class Zero123(ScoreDistillation):
     """Stable Zero123 novel-view model and SDS guidance.
@@ -96,6 +132,7 @@ class Zero123(ScoreDistillation):
         name_or_path: str | os.PathLike[str] = "ashawkey/stable-zero123-diffusers",
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
+        vae_dtype: torch.dtype | None = None,
     ) -> Zero123:
         """Load from a local directory or Hub id in diffusers layout (:mod:`lift3d.stages.zero123.weights`).
 
@@ -105,12 +142,16 @@ class Zero123(ScoreDistillation):
         Args:
             name_or_path: directory or Hub repo id.
             device: torch device.
-            dtype: weight dtype; default fp16 on CUDA, fp32 elsewhere.
+            dtype: weight dtype of the UNet, CLIP image encoder and camera projection; default
+                :func:`component_dtypes` (fp16 on CUDA, fp32 elsewhere).
+            vae_dtype: weight dtype of the VAE, whose encoder's backward carries the SDS pixel gradient; default
+                :func:`component_dtypes` (fp32).
 
         Raises:
             ModelNotFoundError: within seconds when the model or one of its sub-folders is missing.
         """
-        components = load_components(name_or_path, dtype or default_dtype(device))
+        default, default_vae = component_dtypes(device)
+        components = load_components(name_or_path, dtype or default, vae_dtype or default_vae)
         return cls(**components, random_weights=False, source=os.fspath(name_or_path)).to(device)
 
     @classmethod
@@ -197,7 +238,7 @@ class Zero123(ScoreDistillation):
         # 3. encode: CLIP embedding for cross-attention, unscaled VAE mode for c_concat
         pixels = clip_preprocess(image, self.image_encoder.config.image_size).to(self.dtype)
         image_embeds = self.image_encoder(pixel_values=pixels).image_embeds[:, None]
-        latents = self.vae.encode((image * 2.0 - 1.0).to(self.dtype)).latent_dist.mode()
+        latents = self.vae.encode((image * 2.0 - 1.0).to(self.vae.dtype)).latent_dist.mode()
         return ConditionEmbedding(image_embeds, latents, float(elevation_deg), float(azimuth_deg),
                                   float(camera_distance))
 
@@ -302,6 +343,6 @@ class Zero123(ScoreDistillation):
         return latents
 
     def _decode(self, latents: Tensor) -> list[PIL.Image.Image]:
-        images = self.vae.decode((latents / self.vae.config.scaling_factor).to(self.dtype)).sample
+        images = self.vae.decode((latents / self.vae.config.scaling_factor).to(self.vae.dtype)).sample
         images = (images.float() * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
         return [PIL.Image.fromarray(np.round(image * 255).astype(np.uint8), mode="RGB") for image in images]

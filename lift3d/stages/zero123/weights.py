@@ -52,8 +52,10 @@ LAYOUT_HINT = ("Zero123 needs a diffusers-layout directory with model_index.json
                "scheduler/ and clip_camera_projection/ (or cc_projection/), e.g. ashawkey/stable-zero123-diffusers.")
 
 
-def load_components(name_or_path: str | os.PathLike[str], dtype: torch.dtype) -> dict[str, Any]:
-    """Resolve ``name_or_path`` (local directory or Hub id) and load the five components, weights in ``dtype``.
+def load_components(name_or_path: str | os.PathLike[str], dtype: torch.dtype, vae_dtype: torch.dtype | None = None,
+                    ) -> dict[str, Any]:
+    """Resolve ``name_or_path`` (local directory or Hub id) and load the five components, weights in ``dtype``
+    (the VAE in ``vae_dtype``, default ``dtype``).
 
     Returns:
         Keyword arguments for :class:`Zero123` (``unet``, ``vae``, ``image_encoder``, ``clip_camera_projection``,
@@ -68,7 +70,7 @@ def load_components(name_or_path: str | os.PathLike[str], dtype: torch.dtype) ->
     with loading_errors(name, path, LAYOUT_HINT):
         return {
             "unet": UNet2DConditionModel.from_pretrained(path, subfolder="unet", **diffusers_dtype(dtype)),
-            "vae": AutoencoderKL.from_pretrained(path, subfolder="vae", **diffusers_dtype(dtype)),
+            "vae": AutoencoderKL.from_pretrained(path, subfolder="vae", **diffusers_dtype(vae_dtype or dtype)),
             "image_encoder": CLIPVisionModelWithProjection.from_pretrained(path / "image_encoder",
                                                                            **transformers_dtype(dtype)),
             "clip_camera_projection": _load_projection(name, path, dtype),
