@@ -220,3 +220,43 @@ def test_the_3d_pipelines_call_still_works(t2i):
     [sample] = t2i.generate_images(params(text_prompts=[ROBOT, {"text": "blurry", "weight": -1}], cfg_scale=7.0),
                                    seed=42)
     assert png_bytes(sample.image) == png_bytes(image)
+
+
+def test_the_vae_works_in_tiles_only_above_1024_pixels_and_only_inside_the_call():
+    """Issue 20: a 2048² decode in fp32 does not fit the SDXL replica whole; above 1024 px the VAE tiles, and the
+    switch is undone afterwards (also when the call fails)."""
+    from lift3d.stages.sdxl.text_to_image import TILED_VAE_ABOVE, vae_tiling_for
+
+    class RecordingVae:
+        def __init__(self):
+            self.calls = []
+
+        def enable_tiling(self):
+            self.calls.append("on")
+
+        def disable_tiling(self):
+            self.calls.append("off")
+
+    vae = RecordingVae()
+    with vae_tiling_for(vae, 1024, 1024) as tiled:
+        assert tiled is False and vae.calls == []
+    with vae_tiling_for(vae, 2048, 1024) as tiled:
+        assert tiled is True and vae.calls == ["on"]
+    assert vae.calls == ["on", "off"] and TILED_VAE_ABOVE == 1024
+    try:
+        with vae_tiling_for(vae, 1024, 1032):
+            raise RuntimeError("denoising failed")
+    except RuntimeError:
+        pass
+    assert vae.calls == ["on", "off", "on", "off"]
+
+
+def test_a_tiled_decode_keeps_the_tiny_stage_working_above_1024_pixels():
+    """The tiny stage's VAE (diffusers' AutoencoderKL with tiling on) decodes a 1088×64 latent image in tiles and
+    gives an image of that size; its whole-image decode at 64² is untouched (no tiling switched on)."""
+    from lift3d.stages.sdxl.text_to_image import TextToImage
+
+    stage = TextToImage.tiny(seed=0)
+    image = stage("a robot", seed=1, num_inference_steps=1, height=64, width=1088)
+    assert image.size == (1088, 64)
+    assert stage.pipe.vae.use_tiling is False

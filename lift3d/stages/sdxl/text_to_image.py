@@ -25,6 +25,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import PIL.Image
@@ -44,12 +46,35 @@ from lift3d.stages.sdxl.schedulers import build_scheduler
 from lift3d.stages.tiny import SD_SCHEDULE, seeded, tiny_clip_tokenizer, tiny_text_config, tiny_vae
 from lift3d.stages.sdxl.weighted_prompts import encode_weighted_prompts
 
-__all__ = ["TextToImage", "tiny_sdxl_components"]
+__all__ = ["TILED_VAE_ABOVE", "TextToImage", "tiny_sdxl_components", "vae_tiling_for"]
 
 logger = logging.getLogger(__name__)
 
 MAX_SIDE = 2048
 """Largest height/width accepted, pixels (SDXL is trained at ~1024²; 2048 bounds memory and latency)."""
+
+TILED_VAE_ABOVE = 1024
+"""Images with a side above this many pixels go through the VAE in overlapping tiles (diffusers'
+``AutoencoderKL.enable_tiling``: tiles of the VAE's ``sample_size``, 1024 px for SDXL, a quarter overlapping). The
+fp32 VAE decode of a 2048² image keeps ~12 GiB of temporaries at once (``benchmarks/memory_model.py``, item
+``sdxl_2048``), more than the SDXL replica's 16 GiB target allows beside the weights; tiled, it needs about what a
+1024² decode needs. Sizes up to 1024 px decode whole, as before (bit for bit)."""
+
+
+@contextmanager
+def vae_tiling_for(vae: Any, width: int, height: int) -> Iterator[bool]:
+    """Within the block, the VAE ``vae`` works in tiles when ``max(width, height)`` (pixels) exceeds
+    :data:`TILED_VAE_ABOVE`; yields whether it does. Tiling is switched off again on leaving. Callers hold the
+    stage's lock, so no other call of this stage sees the switch."""
+    tiled = max(width, height) > TILED_VAE_ABOVE
+    if not tiled:
+        yield False
+        return
+    vae.enable_tiling()
+    try:
+        yield True
+    finally:
+        vae.disable_tiling()
 
 
 class TextToImage:
@@ -150,7 +175,7 @@ class TextToImage:
         # 2. seed; a CPU generator makes results identical across devices for a given seed
         generator = torch.Generator(device="cpu").manual_seed(int(seed))
         # 3. denoise and decode
-        with self.lock:
+        with self.lock, vae_tiling_for(self.pipe.vae, width, height):
             images = self._generate(prompt, negative_prompt, guidance_scale, num_inference_steps, height, width,
                                     generator)
         # 4. convert
@@ -268,7 +293,7 @@ class TextToImage:
             init_image = init_image.resize(size, PIL.Image.Resampling.LANCZOS)
         if mode == "image" and params.image_strength >= 1:  # keep all of the init image: nothing to denoise
             return [GeneratedImage(init_image.convert("RGB"), s) for s in seeds]
-        with self.lock:
+        with self.lock, vae_tiling_for(self.pipe.vae, *size):
             return self._generate_images(params, mode, size, seeds, init_image, mask_image)
 
     def _generate_images(self, params: TextToImageParams, mode: EditMode, size: tuple[int, int], seeds: list[int],
