@@ -96,9 +96,9 @@ class ModelPreset:
         reconstruction: trainer configuration of ``views-to-3d`` jobs (steps, seed and mesh resolution come from
             the job).
         pose_controlnet: SDXL OpenPose ControlNet (diffusers layout) hub id or local directory, or ``"tiny"``;
-            loaded on the first pose request (:class:`lift3d.stages.pose_to_image.PoseToImage`).
+            loaded on the first pose request (:class:`lift3d.stages.sdxl.pose_to_image.PoseToImage`).
         pose_detector: directory of the pose detector's ONNX files (None: ``$LIFT3D_POSE_HOME``, default
-            ``~/.cache/lift3d/pose``), or ``"tiny"`` (:class:`lift3d.stages.pose.PoseDetector`).
+            ``~/.cache/lift3d/pose``), or ``"tiny"`` (:class:`lift3d.stages.sdxl.pose.PoseDetector`).
     """
 
     name: str

@@ -18,10 +18,11 @@ Implementation notes:
   allocator instead of being page-faulted in afresh on every call.
 - Index arithmetic is int64. Because ``T`` is a power of two, ``mod T`` is a bit mask and gives exactly the
   same rows as tiny-cuda-nn's uint32 arithmetic.
-- When the input does not require a gradient (training the table, rendering) a custom autograd function saves
-  only the indices and interpolation weights. When it does (analytic normals, which need ``d out / d x`` and,
-  with ``create_graph=True``, its derivative w.r.t. the table), a plain differentiable formulation is used;
-  both give the same values.
+- When the input does not require a gradient (training the table, rendering, and analytic normals through
+  :meth:`HashGridEncoding.forward_with_jacobian`) a custom autograd function saves only the indices,
+  interpolation weights (and their derivatives), with ``save_for_backward`` so that ``torch.utils.checkpoint``
+  can drop and recompute them. When it does (exact derivatives w.r.t. the points to every order), a plain
+  differentiable formulation is used; both give the same values.
 
 Examples:
     >>> enc = HashGridEncoding(HashGridConfig(n_levels=4, log2_hashmap_size=12))
@@ -189,8 +190,8 @@ class _HashGridLookup(torch.autograd.Function):
 
     Optionally also returns the Jacobian ``d out / d x`` (the same gathered features interpolated with the
     weight derivatives). ``x`` is treated as a constant: indices, weights and weight derivatives of every block are
-    kept for the backward pass, which scatters ``weights * grad_out + dweights . grad_jacobian`` into one dense
-    table gradient with ``index_add_``.
+    saved (``save_for_backward``) for the backward pass, which scatters ``weights * grad_out + dweights .
+    grad_jacobian`` into one dense table gradient with ``index_add_``.
     """
 
     @staticmethod
@@ -202,7 +203,8 @@ class _HashGridLookup(torch.autograd.Function):
         n_points, n_out = x.shape[0], encoding.n_output_dims
         out = torch.empty(n_points, n_out, dtype=table.dtype, device=table.device)
         jac = torch.empty(n_points if with_jacobian else 0, n_out, 3, dtype=table.dtype, device=table.device)
-        blocks = []
+        blocks: list[tuple[int, int]] = []
+        saved: list[Tensor | None] = []
         for start in range(0, n_points, encoding.block_size):
             stop = min(start + encoding.block_size, n_points)
             indices, weights, dweights = encoding.corner_indices_and_weights(x[start:stop], with_jacobian)
@@ -212,9 +214,13 @@ class _HashGridLookup(torch.autograd.Function):
                 d_lnf = (gathered.unsqueeze(0) * dweights.unsqueeze(-1)).sum(2)  # (3, L, n, F)
                 jac[start:stop] = d_lnf.permute(2, 1, 3, 0).reshape(stop - start, n_out, 3)
             if keep:  # only when a backward pass can follow (keeps no-grad evaluation lean)
-                blocks.append((start, stop, indices, weights, dweights))
+                blocks.append((start, stop))
+                saved += [indices, weights, dweights]
         if not with_jacobian:
             ctx.mark_non_differentiable(jac)
+        # Saved through save_for_backward (not as ctx attributes) so that saved-tensor hooks see them: under
+        # torch.utils.checkpoint they are dropped after the forward and recomputed in the backward.
+        ctx.save_for_backward(*saved)
         ctx.blocks = blocks
         ctx.table_shape = table.shape
         return out, jac
@@ -226,7 +232,9 @@ class _HashGridLookup(torch.autograd.Function):
         n_features = ctx.table_shape[-1]
         like = grad_out if grad_out is not None else grad_jac
         grad_table = torch.zeros(ctx.table_shape, dtype=like.dtype, device=like.device)
-        for start, stop, indices, weights, dweights in ctx.blocks:
+        saved = ctx.saved_tensors
+        for block, (start, stop) in enumerate(ctx.blocks):
+            indices, weights, dweights = saved[3 * block : 3 * block + 3]
             n_levels, n_points = indices.shape[0], indices.shape[2]
             src = None  # (L, 8, n, F): what each gathered row receives
             if grad_out is not None:

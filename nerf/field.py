@@ -8,8 +8,9 @@ Follows threestudio's ``ImplicitVolume`` (``threestudio/models/geometry/implicit
    ``threestudio/models/networks.py``): a density head (1 output) and an albedo head (3 outputs);
 3. ``density = softplus(raw + bias)`` with the Magic3D blob ``bias = scale * (1 - |x| / std)`` evaluated on the
    *world* point; ``albedo = sigmoid(features)`` (the material's ``albedo_activation: sigmoid``);
-4. normals point outward, along ``-grad(density)``: analytic (autograd of the pre-activation density, which
-   has the same direction since softplus is increasing) or central finite differences of the density.
+4. normals point outward, along ``-grad(density)``: analytic (the gradient of the pre-activation density, which
+   has the same direction since softplus is increasing; see :meth:`ImplicitVolume.forward`) or central finite
+   differences of the density.
 
 Examples:
     >>> field = ImplicitVolume(FieldConfig(hash_grid=HashGridConfig(n_levels=2, log2_hashmap_size=10)), seed=0)
@@ -108,6 +109,33 @@ class VanillaMLP(nn.Sequential):
                 if isinstance(layer, nn.Linear):
                     nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
 
+    def forward_with_tangents(self, x: Tensor, tangents: Tensor) -> tuple[Tensor, Tensor]:
+        """The output and its directional derivatives (forward-mode differentiation, written out).
+
+        Every linear layer maps the tangents as it maps the input; every ReLU multiplies them by its derivative
+        ``1[pre-activation > 0]`` (the derivative autograd uses, 0 at 0). Differentiable w.r.t. the weights, the
+        input and the tangents with a plain first-order graph, so losses on the tangents train the network without
+        a double backward (and the graph can be recomputed by ``torch.utils.checkpoint``).
+
+        Args:
+            x: Tensor with shape (N, n_input).
+            tangents: Tensor with shape (N, K, n_input), K directions ``d x / d u_k``.
+
+        Returns:
+            output: Tensor with shape (N, n_output), equal to ``self(x)``.
+            tangents: Tensor with shape (N, K, n_output), ``d output / d u_k``.
+        """
+        for layer in self:
+            if isinstance(layer, nn.Linear):
+                x, tangents = layer(x), layer(tangents)
+            elif isinstance(layer, nn.ReLU):
+                active = x > 0
+                x = torch.relu(x)
+                tangents = tangents * active.unsqueeze(1)
+            else:  # pragma: no cover - VanillaMLP holds only Linear and ReLU layers
+                raise TypeError(f"forward_with_tangents: unsupported layer {layer!r}")
+        return x, tangents
+
 
 class ImplicitVolume(nn.Module):
     """Hash-grid NeRF field (threestudio ``ImplicitVolume``).
@@ -176,14 +204,22 @@ class ImplicitVolume(nn.Module):
     def forward(self, points: Tensor, with_normal: bool = False) -> FieldOutput:
         """Density, albedo and optionally normals at world points.
 
-        Analytic normals are ``−∇ raw / |∇ raw|`` of the *pre-activation* density ``raw`` (softplus is increasing,
-        so this is the direction of ``−∇ density``, and it stays well conditioned where softplus saturates:
-        threestudio's ``implicit_volume.py``, after multinerf). They are computed even under ``torch.no_grad()``; with
-        gradients enabled (training) the graph is kept (``create_graph=True``) so losses on normals train the
-        field, otherwise all outputs are detached. When ``points`` does not require grad (the usual case) the
-        hash grid supplies its Jacobian in the same pass (:meth:`HashGridEncoding.forward_with_jacobian`), so
-        normals cost little more than the forward pass; the normals are then not differentiated w.r.t. the
-        points. When ``points`` requires grad, everything is differentiated by autograd, exactly but slower.
+        Analytic normals are ``−∇ raw / |∇ raw|`` of the *pre-activation* density ``raw``. threestudio's
+        ``implicit_volume.py`` differentiates the activated density instead (``torch.autograd.grad(density,
+        points, create_graph=True)``, after softplus); softplus is increasing, so the direction is the same, and
+        the pre-activation gradient stays representable where softplus saturates: multinerf's choice
+        (``internal/models.py``, "the gradient of raw (pre-activation) density ... is more numerically stable").
+
+        When ``points`` does not require grad (the usual case) the hash grid supplies its Jacobian in the same
+        pass (:meth:`HashGridEncoding.forward_with_jacobian`) and the gradient is carried forward through the
+        density MLP along the three axes (:meth:`VanillaMLP.forward_with_tangents`): the same first derivative
+        autograd gives (the Jacobian's own dependence on the points, i.e. second derivatives of the encoding, is
+        not represented, and the normals are not differentiated w.r.t. the points), built as a plain first-order
+        graph of the parameters. Losses on the normals therefore train the field with one backward pass, and the
+        whole evaluation can be recomputed under ``torch.utils.checkpoint`` (a ``create_graph`` gradient inside a
+        checkpointed function would be recomputed, and kept, during the forward). Under ``torch.no_grad()`` no
+        graph is built. When ``points`` requires grad, everything is differentiated by autograd
+        (``create_graph=True`` when gradients are enabled), exactly to every order but slower.
 
         Args:
             points: Tensor with shape (N, 3), world units.
@@ -207,30 +243,41 @@ class ImplicitVolume(nn.Module):
         return self._forward_analytic(points)
 
     def _forward_analytic(self, points: Tensor) -> FieldOutput:
+        if points.requires_grad:
+            return self._forward_analytic_autograd(points)
+        # d unit / d points: 1 / (2 r) per axis inside the box, 0 where the clamp holds (autograd's clamp rule)
+        r = self.config.radius
+        shifted = (points + r) / (2.0 * r)
+        unit = shifted.clamp(0.0, 1.0)
+        d_unit = ((shifted >= 0.0) & (shifted <= 1.0)).to(points.dtype) / (2.0 * r)  # (N, 3)
+        enc, jac = self.encoding.forward_with_jacobian(unit)  # (N, D), (N, D, 3)
+        # (N, 3, D): d enc / d points_k, contiguous (a transposed view would send F.linear down a slow batched path)
+        tangents = (jac * d_unit.unsqueeze(1)).transpose(1, 2).contiguous()
+        raw, d_raw = self.density_network.forward_with_tangents(enc, tangents)  # (N, 1), (N, 3, 1)
+        raw = raw[:, 0] + self._density_bias(points)
+        grad = d_raw[..., 0] + self._density_bias_gradient(points)
+        return FieldOutput(F.softplus(raw), torch.sigmoid(self.feature_network(enc)), F.normalize(-grad, dim=-1))
+
+    def _forward_analytic_autograd(self, points: Tensor) -> FieldOutput:
+        """Analytic normals by autograd w.r.t. ``points`` (which require grad): exact to every order."""
         training_graph = torch.is_grad_enabled()
         with torch.enable_grad():
-            if points.requires_grad:
-                # exact to every order w.r.t. the caller's points (the encoding's differentiable path; slower)
-                pts = points
-                raw, enc = self._raw_density_and_encoding(pts)
-            else:
-                pts = points.detach().requires_grad_(True)
-                unit = self._normalise(pts)
-                # One fused pass gives the encoding and its Jacobian; the surrogate below has the encoding's value
-                # and, w.r.t. the points, the encoding's derivative, so autograd through the MLPs and the blob gives
-                # the exact first derivative while the table still receives gradients through the Jacobian.
-                enc, jac = self.encoding.forward_with_jacobian(unit.detach())
-                enc = _WithJacobian.apply(enc, jac, unit)
-                raw = self.density_network(enc)[:, 0] + self._density_bias(pts)
-            # softplus is increasing, so grad(raw) has the direction of grad(density) and is better conditioned
-            # (threestudio does the same)
-            (grad,) = torch.autograd.grad(raw, pts, torch.ones_like(raw), create_graph=training_graph)
+            raw, enc = self._raw_density_and_encoding(points)
+            (grad,) = torch.autograd.grad(raw, points, torch.ones_like(raw), create_graph=training_graph)
             density = F.softplus(raw)
             albedo = torch.sigmoid(self.feature_network(enc))
         normal = F.normalize(-grad, dim=-1)
         if not training_graph:
             density, albedo, normal = density.detach(), albedo.detach(), normal.detach()
         return FieldOutput(density, albedo, normal)
+
+    def _density_bias_gradient(self, points: Tensor) -> Tensor | float:
+        """``d bias / d points``, Tensor with shape (N, 3) (0 at the origin, as autograd's norm rule)."""
+        if self.config.density_bias != "blob_magic3d":
+            return 0.0
+        norm = points.norm(dim=-1, keepdim=True)
+        scale = self.config.density_blob_scale / self.config.density_blob_std
+        return torch.where(norm > 0, -scale * points / norm.clamp_min(torch.finfo(points.dtype).tiny), 0.0)
 
     def _finite_difference_normal(self, points: Tensor) -> Tensor:
         eps = self.config.finite_difference_eps
@@ -240,25 +287,6 @@ class ImplicitVolume(nn.Module):
         shifted = (points[:, None, :] + eps * offsets).clamp(-r, r).reshape(-1, 3)
         density = self.density(shifted).view(-1, 3, 2)
         return F.normalize(-0.5 * (density[..., 0] - density[..., 1]) / eps, dim=-1)
-
-
-class _WithJacobian(torch.autograd.Function):
-    """Identity on ``value`` (N, D) whose derivative w.r.t. ``x`` (N, 3) is ``jacobian`` (N, D, 3).
-
-    The backward is written with differentiable operations, so a ``create_graph`` gradient w.r.t. ``x`` can be
-    differentiated again w.r.t. ``jacobian`` and the incoming gradient (what analytic-normal losses need). The
-    Jacobian's own dependence on ``x`` (second derivatives of the encoding) is not represented.
-    """
-
-    @staticmethod
-    def forward(ctx, value: Tensor, jacobian: Tensor, x: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(jacobian)
-        return value.clone()
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        (jacobian,) = ctx.saved_tensors
-        return grad, None, (jacobian * grad.unsqueeze(-1)).sum(1)
 
 
 def _check_points(points: Tensor) -> None:

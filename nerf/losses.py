@@ -11,7 +11,27 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["normal_smoothness_2d", "normal_smoothness_3d", "opaque_loss", "orientation_loss", "sparsity_loss"]
+__all__ = [
+    "normal_difference_sum",
+    "normal_smoothness_2d",
+    "normal_smoothness_3d",
+    "opaque_loss",
+    "orientation_loss",
+    "orientation_sum",
+    "sparsity_loss",
+]
+
+
+def orientation_sum(weights: Tensor, normals: Tensor, t_dirs: Tensor) -> Tensor:
+    """Numerator of :func:`orientation_loss`, ``sum(weights.detach() * relu(normal . dir)^2)`` (a scalar), so that
+    it can be summed chunk by chunk over the samples (shapes as there)."""
+    facing_away = (normals * t_dirs).sum(-1).clamp_min(0.0)
+    return (weights.detach() * facing_away.square()).sum()
+
+
+def normal_difference_sum(normals: Tensor, perturbed_normals: Tensor) -> Tensor:
+    """Numerator of :func:`normal_smoothness_3d`, ``sum(|normals - perturbed_normals|)`` over all S × 3 entries."""
+    return (normals - perturbed_normals).abs().sum()
 
 
 def orientation_loss(weights: Tensor, normals: Tensor, t_dirs: Tensor, opacity: Tensor) -> Tensor:
@@ -29,9 +49,8 @@ def orientation_loss(weights: Tensor, normals: Tensor, t_dirs: Tensor, opacity: 
     Returns:
         Scalar Tensor, >= 0, differentiable w.r.t. ``normals``.
     """
-    facing_away = (normals * t_dirs).sum(-1).clamp_min(0.0)
     n_visible = (opacity > 0).sum().clamp_min(1)
-    return (weights.detach() * facing_away.square()).sum() / n_visible
+    return orientation_sum(weights, normals, t_dirs) / n_visible
 
 
 def sparsity_loss(opacity: Tensor) -> Tensor:
@@ -83,4 +102,4 @@ def normal_smoothness_3d(normals: Tensor, perturbed_normals: Tensor) -> Tensor:
     Returns:
         Scalar Tensor in [0, 2], differentiable w.r.t. both.
     """
-    return (normals - perturbed_normals).abs().mean()
+    return normal_difference_sum(normals, perturbed_normals) / normals.numel()

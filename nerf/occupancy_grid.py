@@ -14,7 +14,8 @@ The grid itself keeps an exponential moving average of ``occ_eval_fn`` (threestu
 and a binary mask ``occs > min(mean(occs[occs > 0]), occ_threshold)`` (``nerfacc/estimators/occ_grid.py``).
 
 On CUDA tensors, :meth:`OccupancyGrid.sampling` delegates to ``nerfacc.OccGridEstimator`` when ``nerfacc`` can be
-imported; otherwise (and always on CPU) it runs the vectorised PyTorch implementation here.
+imported; otherwise (and always on CPU) it runs the vectorised PyTorch implementation here. Either way the stratified
+jitter is drawn here, from the caller's generator (:func:`near_planes`), so a seed gives the same samples on both.
 
 Examples:
     >>> grid = OccupancyGrid(torch.tensor([-1.0, -1.0, -1.0, 1.0, 1.0, 1.0]), OccupancyGridConfig(resolution=8))
@@ -32,9 +33,10 @@ from typing import Callable, Literal
 import torch
 from torch import Tensor, nn
 
+from nerf.samples import near_planes
 from nerf.volrend import render_visibility_from_density
 
-__all__ = ["OccupancyGrid", "OccupancyGridConfig", "ray_aabb_intersect", "uniform_sampling"]
+__all__ = ["OccupancyGrid", "OccupancyGridConfig", "near_planes", "ray_aabb_intersect", "uniform_sampling"]
 
 logger = logging.getLogger(__name__)
 
@@ -124,16 +126,6 @@ def _march_candidates(
     return ray_indices, t_starts, t_ends, (t_starts + t_ends) * 0.5
 
 
-def _near_planes(
-    n_rays: int, near_plane: float, render_step_size: float, stratified: bool, like: Tensor,
-    generator: torch.Generator | None,
-) -> Tensor:
-    near = torch.full((n_rays,), near_plane, dtype=like.dtype, device=like.device)
-    if stratified:
-        near = near + torch.rand(n_rays, dtype=like.dtype, device=like.device, generator=generator) * render_step_size
-    return near
-
-
 def _check_rays(rays_o: Tensor, rays_d: Tensor, render_step_size: float) -> None:
     if rays_o.dim() != 2 or rays_o.shape[-1] != 3 or rays_o.shape != rays_d.shape:
         raise ValueError(
@@ -174,7 +166,7 @@ def uniform_sampling(
         ValueError: on mis-shaped rays or a non-positive step.
     """
     _check_rays(rays_o, rays_d, render_step_size)
-    near = _near_planes(rays_o.shape[0], near_plane, render_step_size, stratified, rays_o, generator)
+    near = near_planes(rays_o.shape[0], near_plane, render_step_size, stratified, rays_o, generator)
     t_lo, t_hi, hit = ray_aabb_intersect(rays_o, rays_d, aabb.to(rays_o), near, far_plane)
     ray_indices, t_starts, t_ends, mid = _march_candidates(t_lo, t_hi, hit, near, render_step_size)
     # k >= 0 is implied: mid >= t_lo >= near.
@@ -283,6 +275,7 @@ class OccupancyGrid(nn.Module):
         early_stop_eps: float = 1e-4,
         generator: torch.Generator | None = None,
         backend: Literal["auto", "torch", "nerfacc"] = "auto",
+        ray_near: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """March rays through the occupied cells.
 
@@ -297,9 +290,12 @@ class OccupancyGrid(nn.Module):
                 ``alpha_thre > 0``) are dropped, as in nerfacc.
             alpha_thre: opacity threshold for that pruning (0 disables it).
             early_stop_eps: transmittance threshold for that pruning.
-            generator: for the stratified offsets (torch backend only).
+            generator: for the stratified offsets (:func:`near_planes`), on either backend.
             backend: "auto" uses nerfacc for CUDA rays when it imports, else PyTorch; "torch" forces PyTorch;
                 "nerfacc" requires nerfacc (raises ImportError otherwise).
+            ray_near: Tensor with shape (R,), per-ray lattice anchors already drawn (e.g. :func:`near_planes` for
+                a larger batch, sliced); then ``stratified`` must be False. Clamped below at ``near_plane``, as
+                nerfacc clamps its ``t_min``.
 
         Returns:
             ray_indices: Tensor with shape (S,), int64, sorted ascending.
@@ -307,19 +303,29 @@ class OccupancyGrid(nn.Module):
             t_ends: Tensor with shape (S,), ``t_starts + dt``.
 
         Raises:
-            ValueError: on mis-shaped rays, a non-positive step, or a ``sigma_fn`` returning the wrong shape.
+            ValueError: on mis-shaped rays, a non-positive step, a ``sigma_fn`` returning the wrong shape, or
+                ``ray_near`` with ``stratified`` or of the wrong shape.
             ImportError: with ``backend="nerfacc"`` when nerfacc is missing.
         """
         _check_rays(rays_o, rays_d, render_step_size)
+        if ray_near is None:
+            near = near_planes(rays_o.shape[0], near_plane, render_step_size, stratified, rays_o, generator)
+        elif stratified or tuple(ray_near.shape) != (rays_o.shape[0],):
+            raise ValueError(
+                f"ray_near must have shape ({rays_o.shape[0]},) and comes without stratified=True, "
+                f"got {tuple(ray_near.shape)}, stratified={stratified}"
+            )
+        else:
+            near = ray_near.to(rays_o).clamp_min(near_plane)
         estimator = self._nerfacc(rays_o, backend)
         if estimator is not None:
+            # The jitter is ours (drawn above from `generator`); nerfacc starts each ray at max(near_plane, t_min).
             ray_indices, t_starts, t_ends = estimator.sampling(
-                rays_o, rays_d, sigma_fn=sigma_fn, near_plane=near_plane, far_plane=far_plane,
+                rays_o, rays_d, sigma_fn=sigma_fn, near_plane=near_plane, far_plane=far_plane, t_min=near,
                 render_step_size=render_step_size, early_stop_eps=early_stop_eps, alpha_thre=alpha_thre,
-                stratified=stratified,
+                stratified=False,
             )
             return ray_indices.long(), t_starts, t_ends
-        near = _near_planes(rays_o.shape[0], near_plane, render_step_size, stratified, rays_o, generator)
         ray_indices, t_starts, t_ends = self._march_occupied(rays_o, rays_d, near, far_plane, render_step_size)
         if sigma_fn is not None and (alpha_thre > 0.0 or early_stop_eps > 0.0) and t_starts.numel() > 0:
             alpha_thre = min(alpha_thre, float(self.occs.mean()))

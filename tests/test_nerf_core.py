@@ -413,14 +413,19 @@ def test_grid_skipping_matches_dense_sampling():
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_nerfacc_and_torch_samplers_agree_on_cuda():
+@pytest.mark.parametrize("stratified", [False, True])
+def test_nerfacc_and_torch_samplers_agree_on_cuda(stratified):
     pytest.importorskip("nerfacc")
     grid = OccupancyGrid(torch.tensor([-2.0, -2.0, -2.0, 2.0, 2.0, 2.0]), OccupancyGridConfig()).cuda()
     grid.update(0, lambda x: (x.norm(dim=-1) < 0.8).float(), generator=torch.Generator("cuda").manual_seed(0))
     rays_o, rays_d = (t.cuda() for t in ball_rays(48))
     step = 1.732 * 4 / 512
-    t_idx, t_start, t_end = grid.sampling(rays_o, rays_d, step, backend="torch")
-    n_idx, n_start, n_end = grid.sampling(rays_o, rays_d, step, backend="nerfacc")
+    # the same seed gives the same jitter on both backends: it is drawn from the generator, not by nerfacc
+    draw = lambda: torch.Generator("cuda").manual_seed(7)  # noqa: E731
+    t_idx, t_start, t_end = grid.sampling(rays_o, rays_d, step, stratified=stratified, generator=draw(),
+                                          backend="torch")
+    n_idx, n_start, n_end = grid.sampling(rays_o, rays_d, step, stratified=stratified, generator=draw(),
+                                          backend="nerfacc")
     n_rays = rays_o.shape[0]
     counts_t, counts_n = torch.bincount(t_idx, minlength=n_rays), torch.bincount(n_idx, minlength=n_rays)
     same = counts_t == counts_n

@@ -26,10 +26,16 @@ from torch import Tensor
 from nerf.random_cameras import RandomCameraConfig, RandomCameraSampler, ResolutionSchedule
 from nerf.cameras import CameraBatch
 from nerf.field import ImplicitVolume
-from nerf.losses import normal_smoothness_2d, normal_smoothness_3d, opaque_loss, orientation_loss, sparsity_loss
+from nerf.losses import (
+    normal_difference_sum,
+    normal_smoothness_2d,
+    opaque_loss,
+    orientation_sum,
+    sparsity_loss,
+)
 from nerf.schedules import Schedule, ramp
 from nerf.trainers.stats import StepStats
-from nerf.renderer import RenderOutput, VolumeRenderer
+from nerf.renderer import RenderOutput, SampleChunk, SampleTerms, VolumeRenderer
 
 __all__ = ["Guidance", "GuidanceResult", "ReferenceView", "SDSTrainer", "SDSTrainingConfig", "StepStats"]
 
@@ -97,13 +103,20 @@ class SDSTrainingConfig:
             (:func:`nerf.losses.normal_smoothness_3d`), likewise.
         normal_jitter_std: standard deviation of that jitter, world units (threestudio: 0.01).
         white_background_prob: share of random views composited on white, the rest on one random colour per view.
-            Default 1: white only. Stable Zero123 is conditioned on white and the guidance is never told a view's
+            Default 1: white only, as threestudio: its zero123 system (``threestudio/systems/zero123.py``, which
+            ``configs/stable-zero123.yaml`` runs) sets ``batch["bg_color"] = None``, so random views are composited
+            on the renderer's solid-colour background, white (``color (1, 1, 1)``, ``random_aug`` off) — white since
+            July 2023 (``torch.ones`` from 7 July, ``None`` from 13 July: commits a7c9d3f, 0b19588). Before that it
+            mixed in random colours: half the views from May 2023, 20 % from June 2023 (abfe213; the "0.8" cited
+            here before). Stable Zero123 is conditioned on white and the guidance is never told a view's
             background, so a coloured one is pulled toward white and the field answers with white matter; the SDS
             oracle (``benchmarks/sds_oracle.py``) measured Chamfer 33 % at 0.8 against 0.5–1 % at 1.0 on the
-            shared meshes. threestudio's zero123 system uses 0.8 (``threestudio/systems/zero123.py``, earlier
-            0.5).
-        num_samples_per_ray: see :class:`nerf.renderer.RendererConfig`.
-        normals: compute normals (needed by the orientation loss; costs a double backward when analytic).
+            shared meshes.
+
+    Memory: the reference view and the random views are rendered through
+    :meth:`nerf.renderer.VolumeRenderer.render_samples`, in chunks of ``RendererConfig.checkpoint_chunk_samples``
+    samples whose field evaluation, orientation term and 3D normal-smoothness pass are recomputed in the backward
+    pass; only per-ray outputs and the packed samples stay alive until ``loss.backward()``.
     """
 
     max_steps: int = 600
@@ -178,7 +191,7 @@ class SDSTrainer:
             reference.elevation_deg, reference.azimuth_deg, reference.camera_distance, reference.fovy_deg
         )
         self._reference_cache: dict[int, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
-        # Normals cost a double backward: render them only if some normal loss is on at some step.
+        # Normals cost about twice the field's work: render them only if some normal loss is on at some step.
         schedules = (config.lambda_orient, config.lambda_normal_smooth, config.lambda_3d_normal_smooth)
         self.needs_normals = any(ramp(s, step) > 0 for s in schedules for step in range(config.max_steps))
 
@@ -192,21 +205,46 @@ class SDSTrainer:
             self._reference_cache[size] = (rays_o, rays_d, rgb.to(self.device), mask.to(self.device))
         return self._reference_cache[size]
 
+    def _render(self, rays_o: Tensor, rays_d: Tensor, step: int, bg_color: Tensor | None = None) -> RenderOutput:
+        """Render training rays (chunked, checkpointed) with the per-sample regularisers of ``step`` in
+        ``sample_sums``: "orient" (numerator of the orientation loss) and "3d_normal_smooth" (sum of the normal
+        differences under the jitter)."""
+        cfg = self.config
+        samples = self.renderer.sample(rays_o, rays_d, stratified=True, generator=self.render_generator)
+        terms: dict[str, Callable[[SampleChunk], Tensor]] = {}
+        if self.needs_normals and ramp(cfg.lambda_orient, step) > 0:
+            terms["orient"] = lambda chunk: orientation_sum(chunk.weights, chunk.normals, chunk.t_dirs)
+        if self.needs_normals and ramp(cfg.lambda_3d_normal_smooth, step) > 0:
+            # drawn for all samples before rendering (the chunks are recomputed in backward and must not draw)
+            jitter = torch.randn((len(samples), 3), generator=self.render_generator, device=rays_o.device,
+                                 dtype=rays_o.dtype)
+
+            def normal_smooth_3d(chunk: SampleChunk) -> Tensor:
+                perturbed = self.field(chunk.points + cfg.normal_jitter_std * jitter[chunk.start : chunk.stop],
+                                       with_normal=True).normal
+                return normal_difference_sum(chunk.normals, perturbed)
+
+            terms["3d_normal_smooth"] = normal_smooth_3d
+        sample_terms: SampleTerms | None = None
+        if terms:
+            sample_terms = lambda chunk: {name: term(chunk) for name, term in terms.items()}  # noqa: E731
+        return self.renderer.render_samples(
+            rays_o, rays_d, samples, bg_color=bg_color, with_normal=self.needs_normals, sample_terms=sample_terms
+        )
+
     def _regularisers(self, out: RenderOutput, step: int, losses: dict[str, Tensor], with_sparsity: bool) -> Tensor:
         cfg = self.config
         total = torch.zeros((), device=self.device)
-        if out.normals is not None and ramp(cfg.lambda_orient, step) > 0:
-            losses["orient"] = orientation_loss(out.weights, out.normals, out.t_dirs, out.opacity)
+        if "orient" in out.sample_sums:
+            # orientation_loss: sum over samples / number of rays with positive opacity
+            losses["orient"] = out.sample_sums["orient"] / (out.opacity > 0).sum().clamp_min(1)
             total = total + ramp(cfg.lambda_orient, step) * losses["orient"]
         if out.normal_map is not None and ramp(cfg.lambda_normal_smooth, step) > 0:
             losses["normal_smooth"] = normal_smoothness_2d(out.normal_map)
             total = total + ramp(cfg.lambda_normal_smooth, step) * losses["normal_smooth"]
-        if out.normals is not None and ramp(cfg.lambda_3d_normal_smooth, step) > 0:
-            points = out.points.detach()
-            jitter = torch.randn(points.shape, generator=self.render_generator, device=points.device,
-                                 dtype=points.dtype)
-            perturbed = self.field(points + cfg.normal_jitter_std * jitter, with_normal=True).normal
-            losses["3d_normal_smooth"] = normal_smoothness_3d(out.normals, perturbed)
+        if "3d_normal_smooth" in out.sample_sums:
+            # normal_smoothness_3d: mean over the S × 3 entries
+            losses["3d_normal_smooth"] = out.sample_sums["3d_normal_smooth"] / (3 * out.ray_indices.numel())
             total = total + ramp(cfg.lambda_3d_normal_smooth, step) * losses["3d_normal_smooth"]
         if with_sparsity:
             losses["sparsity"] = sparsity_loss(out.opacity)
@@ -219,9 +257,7 @@ class SDSTrainer:
         cfg = self.config
         size = cfg.reference_sizes[cfg.schedule.phase(step)]
         rays_o, rays_d, gt_rgb, gt_mask = self._reference_batch(size)
-        out = self.renderer(
-            rays_o, rays_d, with_normal=self.needs_normals, stratified=True, generator=self.render_generator
-        )
+        out = self._render(rays_o, rays_d, step)
         # The background is white, so the target is the image composited on white, as in threestudio.
         gt = gt_rgb * gt_mask + (1.0 - gt_mask)
         losses["rgb"] = F.mse_loss(out.rgb, gt)
@@ -242,10 +278,7 @@ class SDSTrainer:
         batch = len(cameras)
         rays_o, rays_d = _rays(cameras, size, self.device)
         bg = self.backgrounds(batch).to(self.device)[:, None, None, :].expand(batch, size, size, 3)
-        out = self.renderer(
-            rays_o, rays_d, bg_color=bg, with_normal=self.needs_normals, stratified=True,
-            generator=self.render_generator,
-        )
+        out = self._render(rays_o, rays_d, step, bg_color=bg)
         rgb = out.rgb.permute(0, 3, 1, 2)  # (B, 3, H, W)
         result = guidance(
             rgb.detach(), cameras.elevation_deg, cameras.azimuth_deg, cameras.distance, step
