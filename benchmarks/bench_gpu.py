@@ -17,7 +17,10 @@ Parts, each timed after warm-up (CUDA events on the GPU, median of ``--repeats``
    600 steps, ``--steps`` to override) → GLB files, through ``Lift3DPipeline`` with ``InProcessStages`` holding
    the models above. Background removal uses the tiny random ONNX model (u2net's weights are not here either;
    rembg runs on onnxruntime, off the torch GPU path). One run, after parts 1-3 have warmed the models.
-5. Peak GPU memory of each part (``torch.cuda.max_memory_allocated``), next to what was already resident.
+5. Peak GPU memory of each part (``torch.cuda.max_memory_allocated``), next to what was already resident; and the
+   memory model's check (part 5): every item of ``benchmarks/memory_model.py`` (or ``--memory-items``) run for real
+   on the device and measured, then modelled by the same script's fake run, printed side by side, so the first run
+   on a GPU checks the model in one command.
 
 ``--small`` runs every part on the CPU with the tiny presets (tiny SDXL, tiny Zero123, tiny NeRF with 4 steps,
 2 SDXL steps) in well under a minute, so that the script cannot rot (``tests/test_bench_gpu.py``).
@@ -25,6 +28,7 @@ Parts, each timed after warm-up (CUDA events on the GPU, median of ``--repeats``
 Usage::
 
     python benchmarks/bench_gpu.py [--compile] [--steps 600] [--jobs 4] [--json bench_gpu.json]
+    python benchmarks/bench_gpu.py --parts 5 [--memory-items sds_job_trainer_p2,zero123_sds_batch]
     python benchmarks/bench_gpu.py --small --json /tmp/bench_gpu_small.json
 """
 
@@ -54,6 +58,8 @@ SMALL_BANNER = ("RANDOM WEIGHTS, TINY MODELS (--small): a smoke run of the bench
                 "nothing about the full-size models.")
 PROMPT = "a wooden toy robot"
 GIB = 2**30
+SMALL_MEMORY_ITEMS = ("sds_job_guidance_p0", "sds_job_trainer_p0")
+"""Part 5 with ``--small``: two quick tiny items (the full list takes minutes on a CPU)."""
 
 
 # ---------------------------------------------------------------------------------------------------- settings
@@ -76,6 +82,7 @@ class Settings:
     compile_mode: str
     parts: tuple[int, ...]
     threads: int | None
+    memory_items: tuple[str, ...] | None = None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -101,7 +108,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's; 1 with --small, where tiny ops only pay for "
                              "thread hand-offs and a shared machine punishes oversubscription)")
-    parser.add_argument("--parts", default="1,2,3,4", help="comma-separated subset of 1,2,3,4")
+    parser.add_argument("--parts", default="1,2,3,4,5", help="comma-separated subset of 1,2,3,4,5")
+    parser.add_argument("--memory-items", default=None,
+                        help="part 5: comma-separated items of benchmarks/memory_model.py (default: all on a GPU; "
+                             f"{','.join(SMALL_MEMORY_ITEMS)} with --small)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     return parser.parse_args(argv)
 
@@ -115,8 +125,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
     dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
     dtype = dtypes.get(args.dtype) or (torch.float16 if device.type == "cuda" else torch.float32)
     parts = tuple(sorted({int(p) for p in args.parts.split(",") if p.strip()}))
-    if not parts or not set(parts) <= {1, 2, 3, 4}:
-        raise SystemExit(f"bench_gpu: --parts must list some of 1,2,3,4, got {args.parts!r}")
+    if not parts or not set(parts) <= {1, 2, 3, 4, 5}:
+        raise SystemExit(f"bench_gpu: --parts must list some of 1,2,3,4,5, got {args.parts!r}")
     if args.jobs < 1 or (args.repeats is not None and args.repeats < 1) or args.warmup < 0:
         raise SystemExit("bench_gpu: --jobs and --repeats must be >= 1, --warmup >= 0")
     small = args.small
@@ -130,6 +140,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         multiview_steps=pick(args.multiview_steps, 50, 2), jobs=args.jobs, repeats=pick(args.repeats, 3, 2),
         warmup=args.warmup, seed=args.seed, compile=args.compile, compile_mode=args.compile_mode, parts=parts,
         threads=pick(args.threads, None, 1),
+        memory_items=tuple(i.strip() for i in args.memory_items.split(",") if i.strip()) if args.memory_items
+        else (SMALL_MEMORY_ITEMS if small else None),
     )
 
 
@@ -228,7 +240,7 @@ def components(stage: Any) -> dict[str, torch.nn.Module]:
 def build_models(settings: Settings) -> tuple[Callable[[], Any], Callable[[], Any], dict[str, dict[str, Any]]]:
     """Lazy builders of the text-to-image stage and of Zero123 (each built once, on first use), and what was
     built: source, seconds, parameters per component."""
-    from lift3d.stages.text_to_image import TextToImage
+    from lift3d.stages.sdxl.text_to_image import TextToImage
     from lift3d.stages.zero123 import Zero123
 
     cache: dict[str, Any] = {}
@@ -451,6 +463,72 @@ def bench_generate(t2i: Any, zero123: Any, meter: Meter, settings: Settings) -> 
     return row
 
 
+def bench_memory(t2i: Callable[[], Any], zero123: Callable[[], Any], settings: Settings) -> list[dict[str, Any]]:
+    """Part 5: each memory-model item run for real on the device (measured) and fake (modelled), with the
+    benchmark's own models. GiB of tensor storage, the model's allocator margin and CUDA context not included."""
+    from memory.budgets import ServeConfig
+    from memory.items import Env, build_items
+    from memory.tracker import CUDA_GRANULARITY
+    from memory_model import measure_and_model
+
+    from lift3d.presets import get_preset
+
+    serve = ServeConfig.load(ROOT / "serve_config.yaml", ROOT / "k8s" / "rayservice.yaml")
+    items = build_items(get_preset("default").nerf, serve)
+    if settings.memory_items is not None:
+        unknown = set(settings.memory_items) - {i.name for i in items}
+        if unknown:
+            raise SystemExit(f"bench_gpu: unknown --memory-items {sorted(unknown)}; known: {[i.name for i in items]}")
+        items = [i for i in items if i.name in settings.memory_items]
+    cuda = settings.device.type == "cuda"
+    env = Env("tiny" if settings.small else "full", settings.device, None, serve,
+              dtype=None if settings.small else settings.dtype)
+    rows = []
+    for item in items:
+        log(f"part 5: memory model check, {item.name}")
+        if item.replica == "TextToImage":  # the benchmark's models, not a second copy
+            env.cache.setdefault("text_to_image", t2i())
+        elif item.replica == "MultiView":
+            env.cache.setdefault("zero123", zero123())
+        row: dict[str, Any] = {"name": item.name, "replica": item.replica,
+                               "measured_by": "torch.cuda.max_memory_allocated" if cuda else "CPU allocator"}
+        try:
+            check = measure_and_model(item, env, granularity=CUDA_GRANULARITY if cuda else 1)
+        except torch.cuda.OutOfMemoryError as error:  # the model may say so too: keep its number
+            gc.collect()
+            torch.cuda.empty_cache()
+            row.update(measured_gib=None, ratio=None, error=f"CUDA out of memory: {str(error).splitlines()[0]}",
+                       modelled_gib=round(model_only(item, env, CUDA_GRANULARITY) / GIB, 3))
+        else:
+            modelled, measured = check["modelled_mib"] / 1024, check["measured_mib"] / 1024
+            row.update(modelled_gib=round(modelled, 3), measured_gib=round(measured, 3),
+                       ratio=round(modelled / measured, 3) if measured else None)
+        rows.append(row)
+    return rows
+
+
+def model_only(item: Any, env: Any, granularity: int) -> int:
+    """The modelled peak (bytes) of ``item`` alone, fake, with the stated sampler counts."""
+    from memory.items import Env, sample_counts
+    from memory.tracker import fake_session
+    from memory_model import tracked_peak
+
+    with fake_session() as session:
+        fake = Env(env.scale, torch.device("cpu"), session, env.serve, dtype=env.dtype)
+        if item.needs_counts:
+            fake.counts = sample_counts(fake)
+        return tracked_peak(item, fake, granularity)["peak"]
+
+
+def memory_table(rows: list[dict[str, Any]]) -> str:
+    header = f"{'memory model item':<26}{'replica':<13}{'modelled GiB':>13}{'measured GiB':>13}{'ratio':>8}"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(f"{r['name']:<26}{r['replica']:<13}{r['modelled_gib']:>13.3f}{fmt(r['measured_gib'], '.3f'):>13}"
+                     f"{fmt(r['ratio'], '.3f'):>8}  {r.get('error', '')}")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------------------------------ report
 def fmt(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
@@ -527,6 +605,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         log("part 4: whole generate")
         rows.append(bench_generate(t2i(), zero123(), meter, settings))
     rows.sort(key=lambda r: r.part)
+    memory = bench_memory(t2i, zero123, settings) if 5 in settings.parts else []
 
     ratio = weighted_jobs_ratio(rows)
     result = {
@@ -543,8 +622,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "phases": [asdict(p) for p in phases],
         "jobs_throughput_ratio": ratio,
         "rows": [asdict(r) for r in rows],
+        "memory_check": memory,
     }
     print(table(rows))
+    if memory:
+        print(memory_table(memory))
     if ratio is not None:
         print(f"{settings.jobs} concurrent jobs, one sds_batch call vs {settings.jobs} calls, over a "
               f"{nerf.training.max_steps}-step training: {ratio:.2f}x the throughput")

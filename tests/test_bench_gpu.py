@@ -76,6 +76,19 @@ def test_small_run_says_loudly_that_weights_are_random(small_run):
     assert stdout.count("RANDOM WEIGHTS") >= 2  # above and below the table
 
 
+@pytest.mark.slow
+def test_small_run_checks_the_memory_model(small_run):
+    """Part 5 on the CPU: the memory model's tiny items measured by the CPU allocator and modelled, side by side."""
+    result, stdout = small_run
+    bench = _load("bench_gpu")
+    check = result["memory_check"]
+    assert [row["name"] for row in check] == list(bench.SMALL_MEMORY_ITEMS)
+    for row in check:
+        assert row["measured_by"] == "CPU allocator" and row["measured_gib"] > 0
+        assert abs(row["ratio"] - 1) <= 0.2, row
+    assert "memory model item" in stdout and "modelled GiB" in stdout
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: nothing is missing")
 def test_missing_cuda_ends_with_one_clear_line():
     proc = _run("--device", "cuda", timeout=120)
@@ -145,6 +158,7 @@ def test_fullsize_sds_step_runs_on_cuda(tmp_path):
     result = json.loads(path.read_text())
     assert result["device"] == "cuda" and result["mode"] == "full" and result["random_weights"] is True
     assert result["models"]["zero123"]["parameters"]["unet"] == FULLSIZE_PARAMETERS["zero123_unet"]
+    assert result["memory_check"] == []  # --parts 2 only
     for row in result["rows"]:
         assert row["dtype"] == "float16" and row["wall_s"] > 0
         assert row["peak_vram_gib"] >= row["resident_gib"] > 0
