@@ -23,10 +23,14 @@ from nerf.occupancy_grid import OccupancyGridConfig
 from nerf.random_cameras import RandomCameraConfig, ResolutionSchedule
 from nerf.renderer import RendererConfig
 from nerf.schedules import stretch
+from nerf.trainers.field_fit import FieldFitConfig
 from nerf.trainers.photometric import ReconstructionConfig
 from nerf.trainers.sds import SDSTrainingConfig
 
-__all__ = ["ModelPreset", "NerfPreset", "PRESETS", "TINY", "get_preset", "resolve_preset"]
+TRIPOSR_FILES = ("config.yaml", "model.ckpt")
+"""The files of a TripoSR model directory (the layout of ``stabilityai/TripoSR`` on the Hugging Face Hub)."""
+
+__all__ = ["TRIPOSR_FILES", "FastPreset", "ModelPreset", "NerfPreset", "PRESETS", "TINY", "get_preset", "resolve_preset"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +50,7 @@ class NerfPreset:
             best matches the input mask (:mod:`nerf.silhouette`; lift3d's rule, not threestudio's — the SDS oracle
             benchmark found fixed thresholds off by 1–2 % of the object, in different directions per field).
         silhouette_resolution: side in pixels of the reference render used for that fit, >= 16.
+        fit: how ``fast+sds`` fits this NeRF to the feed-forward field before SDS (:mod:`nerf.trainers.field_fit`).
         schedule_scale: recipe steps per training step. The SDS timestep annealing lives in the guidance, which
             reads ``step × schedule_scale`` (see :meth:`with_max_steps`); 1 for a preset as written.
     """
@@ -57,6 +62,7 @@ class NerfPreset:
     isosurface_from_reference: bool = True
     silhouette_resolution: int = 128
     schedule_scale: float = 1.0
+    fit: FieldFitConfig = default(default_factory=FieldFitConfig)
 
     def __post_init__(self) -> None:
         if self.silhouette_resolution < 16:
@@ -83,6 +89,36 @@ class NerfPreset:
 
 
 @dataclass(frozen=True)
+class FastPreset:
+    """The feed-forward methods (``method`` ``fast`` and ``fast+sds``).
+
+    Attributes:
+        isosurface_resolution: marching-cubes grid points per axis on the feed-forward field, >= 8 (TripoSR's
+            ``run.py`` extracts at 256; lift3d's extraction is coarse to fine, :mod:`nerf.mesh`).
+        isosurface_threshold: density of the surface; None takes the model's recommended value
+            (``TriplaneField.isosurface_threshold``; TripoSR: 25, ``run.py`` of VAST-AI-Research/TripoSR).
+        refine_steps: SDS steps of ``fast+sds`` when ``num_3d_max_steps`` is omitted (the preset's SDS schedules
+            stretched to it, :meth:`NerfPreset.with_max_steps`): a third of the cold start's, the count at which the
+            SDS oracle benchmark reaches its target from a guess (``benchmarks/sds_oracle.py --init-mesh``).
+        foreground_ratio: share of the model's input square the object's longer side fills (TripoSR's default
+            0.85, ``run.py``).
+    """
+
+    isosurface_resolution: int = 256
+    isosurface_threshold: float | None = None
+    refine_steps: int = 200
+    foreground_ratio: float = 0.85
+
+    def __post_init__(self) -> None:
+        if self.isosurface_resolution < 8:
+            raise ValueError(f"FastPreset.isosurface_resolution must be >= 8, got {self.isosurface_resolution}")
+        if self.refine_steps < 1:
+            raise ValueError(f"FastPreset.refine_steps must be >= 1, got {self.refine_steps}")
+        if not 0.1 <= self.foreground_ratio <= 1.0:
+            raise ValueError(f"FastPreset.foreground_ratio must be in [0.1, 1], got {self.foreground_ratio}")
+
+
+@dataclass(frozen=True)
 class ModelPreset:
     """Model sources for each stage and the NeRF size.
 
@@ -99,6 +135,11 @@ class ModelPreset:
             loaded on the first pose request (:class:`lift3d.stages.sdxl.pose_to_image.PoseToImage`).
         pose_detector: directory of the pose detector's ONNX files (None: ``$LIFT3D_POSE_HOME``, default
             ``~/.cache/lift3d/pose``), or ``"tiny"`` (:class:`lift3d.stages.sdxl.pose.PoseDetector`).
+        feedforward: the feed-forward reconstruction model's hub id or local directory (TripoSR's layout:
+            ``config.yaml`` + ``model.ckpt``), or ``"tiny"``.
+        feedforward_model: which architecture reads it, a key of
+            :data:`lift3d.stages.feedforward.FEEDFORWARD_MODELS` (``"triposr"``).
+        fast: marching cubes and refine steps of the feed-forward methods.
     """
 
     name: str
@@ -110,9 +151,13 @@ class ModelPreset:
     reconstruction: ReconstructionConfig = default(default_factory=ReconstructionConfig)
     pose_controlnet: str = "thibaud/controlnet-openpose-sdxl-1.0"
     pose_detector: str | None = None
+    feedforward: str = "stabilityai/TripoSR"
+    feedforward_model: str = "triposr"
+    fast: FastPreset = default(default_factory=FastPreset)
 
     def with_models(self, **sources: str | None) -> "ModelPreset":
-        """Override model sources (keys: text_to_image, background, zero123); None keeps the preset's."""
+        """Override model sources (keys: text_to_image, background, zero123, feedforward); None keeps the
+        preset's."""
         return replace(self, **{k: v for k, v in sources.items() if v is not None})
 
 
@@ -141,6 +186,8 @@ def _tiny_nerf() -> NerfPreset:
         # (2 * 1.732 * 2 / 96) ≈ 4.7.
         isosurface=IsosurfaceConfig(resolution=96, threshold=5.0),
         silhouette_resolution=96,
+        # fast+sds on 2 CPU cores: a third of the fit's default steps and half its points (~5 s instead of ~60 s)
+        fit=FieldFitConfig(steps=100, batch_points=4096),
     )
 
 
@@ -153,7 +200,9 @@ PRESETS: dict[str, ModelPreset] = {
         nerf=NerfPreset(),
     ),
     TINY: ModelPreset(name=TINY, text_to_image=TINY, background=TINY, zero123=TINY, nerf=_tiny_nerf(),
-                      pose_controlnet=TINY, pose_detector=TINY,
+                      pose_controlnet=TINY, pose_detector=TINY, feedforward=TINY,
+                      # a third of the tiny SDS run's 200 steps, as the default preset's 200 of 600
+                      fast=FastPreset(isosurface_resolution=64, refine_steps=70),
                       reconstruction=ReconstructionConfig(batch_rays=1024, hull_init_steps=60, hull_resolution=64)),
 }
 
@@ -176,24 +225,30 @@ def resolve_preset(
     text_to_image: str | None = None,
     zero123: str | None = None,
     background: str | None = None,
+    feedforward: str | None = None,
     needs_text_to_image: bool = False,
     needs_zero123: bool = True,
+    needs_feedforward: bool = False,
 ) -> ModelPreset:
     """The preset to run, with per-stage overrides applied.
 
-    ``auto`` picks ``default`` when the diffusion weights it needs (Stable Zero123, and SDXL for prompts) are
-    found locally (a directory, or the Hugging Face cache), else ``tiny`` with a loud warning.
+    ``auto`` picks ``default`` when the weights it needs (Stable Zero123 unless ``method="fast"``, TripoSR for the
+    feed-forward methods, and SDXL for prompts) are found locally (a directory, or the Hugging Face cache), else ``tiny`` with a loud warning.
 
     Raises:
         InvalidInputError: unknown preset name.
     """
+    sources = dict(text_to_image=text_to_image, zero123=zero123, background=background, feedforward=feedforward)
     if name != "auto":
-        return get_preset(name).with_models(text_to_image=text_to_image, zero123=zero123, background=background)
-    preset = get_preset("default").with_models(text_to_image=text_to_image, zero123=zero123, background=background)
-    needed = ([preset.zero123] if needs_zero123 else []) + ([preset.text_to_image] if needs_text_to_image else [])
+        return get_preset(name).with_models(**sources)
+    preset = get_preset("default").with_models(**sources)
+    diffusers = ("model_index.json",)
+    needed = ([(preset.zero123, diffusers)] if needs_zero123 else [])
+    needed += [(preset.text_to_image, diffusers)] if needs_text_to_image else []
+    needed += [(preset.feedforward, TRIPOSR_FILES)] if needs_feedforward else []
     try:
-        for source in needed:
-            locate_pretrained(source)
+        for source, required in needed:
+            locate_pretrained(source, required=required)
     except ModelNotFoundError as exc:
         logger.warning(
             "no model weights found (%s). Falling back to the TINY preset with RANDOM WEIGHTS: the output "

@@ -44,8 +44,10 @@ def generate(
                                                       help="Zero123 DDIM steps"),
     multiview_guidance_scale: Optional[float] = param_option("multiview_guidance_scale", "--multiview-guidance-scale",
                                                              help="Zero123 guidance"),
+    method: Optional[str] = param_option("method", "--method", help="sds (Zero123 SDS, minutes on a GPU), fast (one "
+                                         "feed-forward pass, seconds) or fast+sds (the fast guess refined by SDS)"),
     num_3d_max_steps: Optional[int] = param_option("num_3d_max_steps", "--num-3d-max-steps", help="SDS steps",
-                                                   unset="the preset's, 600 for full models"),
+                                                   unset="the preset's: 600 for full models, 200 for fast+sds"),
     remove_background: Optional[bool] = param_option("remove_background", "--remove-background/--no-remove-background",
                                                      help="rembg + recentring"),
     views_only: Optional[bool] = param_option("return_3d", "--views-only", help="Only novel views: no NeRF, no mesh",
@@ -65,6 +67,9 @@ def generate(
     sdxl_model: Optional[str] = typer.Option(None, "--sdxl-model", help="SDXL hub id or local directory."),
     zero123_model: Optional[str] = typer.Option(None, "--zero123-model", help="Stable Zero123 hub id or directory."),
     rembg_model: Optional[str] = typer.Option(None, "--rembg-model", help="rembg model name (files in REMBG_HOME)."),
+    feedforward_model: Optional[str] = typer.Option(
+        None, "--feedforward-model", help="TripoSR hub id or directory (config.yaml + model.ckpt), for --method "
+        "fast and fast+sds."),
     text_prompt: Optional[list[str]] = param_option(
         "text_prompts", "--text-prompt", help="Weighted SDXL prompt 'TEXT::WEIGHT', repeatable (negative weight: a "
         "negative prompt); replaces --prompt's conditioning"),
@@ -108,7 +113,7 @@ def generate(
         "prompt": prompt, "negative_prompt": negative_prompt, "num_views": num_views,
         "guidance_scale": guidance_scale, "num_inference_steps": num_inference_steps,
         "num_multiview_steps": num_multiview_steps, "multiview_guidance_scale": multiview_guidance_scale,
-        "num_3d_max_steps": num_3d_max_steps, "remove_background": remove_background,
+        "num_3d_max_steps": num_3d_max_steps, "remove_background": remove_background, "method": method,
         "return_3d": None if views_only is None else not views_only, "seed": seed, "texture": texture,
         "texture_size": texture_size, "target_faces": target_faces, "sampler": sampler, "scheduler": scheduler,
         "text_prompts": weighted or None,
@@ -125,7 +130,8 @@ def generate(
     set_torch_threads(threads)
     model_preset = resolve_preset(
         preset, text_to_image=sdxl_model, zero123=zero123_model, background=rembg_model,
-        needs_text_to_image=loaded is None,
+        feedforward=feedforward_model, needs_text_to_image=loaded is None, needs_zero123=params.method != "fast",
+        needs_feedforward=params.method != "sds",
     )
     with RichProgress(stderr) as progress:
         result = run_generation(model_preset, params, loaded, out, progress=progress, device=torch_device)

@@ -2,6 +2,7 @@
 by the CLI, the HTTP API and Ray handles.
 
 - :mod:`lift3d.params.generation`: a 3D generation (:class:`GenerationParams`, :class:`TextureParams`).
+- :mod:`lift3d.params.fast3d`: the synchronous Stable-Fast-3D-compatible endpoint (:class:`FastAssetParams`).
 - :mod:`lift3d.params.images`: the image endpoints (Stability text-to-image, MultiDiffusion regions, pose) and the
   prompt controls a text-to-3D job shares with them.
 - :mod:`lift3d.params.samplers`: sampler and noise-schedule names.
@@ -10,6 +11,7 @@ by the CLI, the HTTP API and Ray handles.
 
 from lift3d.params.generation import (
     MAX_SEED,
+    METHODS,
     SDXL_GUIDANCE_SCALE_RANGE,
     TEXTURE_SIZES,
     GenerationParams,
@@ -19,5 +21,5 @@ from lift3d.params.generation import (
     parse_params,
 )
 
-__all__ = ["GenerationParams", "MAX_SEED", "SDXL_GUIDANCE_SCALE_RANGE", "SeededParams", "TEXTURE_SIZES", "TextureParams",
+__all__ = ["GenerationParams", "MAX_SEED", "METHODS", "SDXL_GUIDANCE_SCALE_RANGE", "SeededParams", "TEXTURE_SIZES", "TextureParams",
            "check_one_input", "parse_params"]

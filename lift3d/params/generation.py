@@ -7,14 +7,19 @@ from __future__ import annotations
 
 import secrets
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lift3d.errors import InvalidInputError
 from lift3d.params.images import MAX_SEED, PromptControls
 from lift3d.params.video import VideoParams
 
-__all__ = ["GenerationParams", "MAX_SEED", "SDXL_GUIDANCE_SCALE_RANGE", "SeededParams", "TEXTURE_SIZES", "TextureParams",
+__all__ = ["GenerationParams", "MAX_SEED", "METHODS", "SDXL_GUIDANCE_SCALE_RANGE", "SeededParams", "TEXTURE_SIZES", "TextureParams",
            "check_one_input", "parse_params"]
+
+METHODS = ("sds", "fast", "fast+sds")
+"""The values of :attr:`GenerationParams.method`."""
 
 SDXL_GUIDANCE_SCALE_RANGE = (1.0, 50.0)
 """Accepted SDXL classifier-free guidance scales (Replicate's SDXL range; the stage enforces the same one)."""
@@ -42,7 +47,8 @@ class TextureParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     texture: bool = Field(
-        True, description="Also export model_textured.glb: xatlas UVs, albedo baked into a texture, PBR material."
+        True, description="Also export model_textured.glb: xatlas UVs, albedo baked into a texture, PBR material "
+        "(method `fast`: model.glb itself is the textured mesh)."
     )
     texture_size: int = Field(1024, description="Side of the baked texture in texels: 512, 1024 or 2048.")
     target_faces: int | None = Field(
@@ -87,9 +93,25 @@ class GenerationParams(TextureParams, PromptControls, VideoParams):
         "input whose alpha channel already separates the object keeps that alpha. When false, RGBA alpha is the mask.",
     )
     return_3d: bool = Field(True, description="False: novel views only, no NeRF and no mesh.")
+    method: Literal["sds", "fast", "fast+sds"] = Field(
+        "sds",
+        description="How the 3D asset is made. `sds`: a NeRF optimised with Stable Zero123 SDS (minutes on a GPU). "
+        "`fast`: one feed-forward pass of a reconstruction model (TripoSR; seconds), no novel views and no SDS. "
+        "`fast+sds`: the feed-forward field initialises the NeRF, then SDS refines it with fewer steps (the "
+        "preset's refine steps; `num_3d_max_steps` overrides).",
+    )
     seed: int | None = Field(
         None, ge=0, le=MAX_SEED, description="Seed of every random draw; random when omitted, echoed back."
     )
+
+    @model_validator(mode="after")
+    def _method_fits(self) -> GenerationParams:
+        """``fast`` makes no novel views and no NeRF: it needs ``return_3d`` and a mesh-rendered video."""
+        if self.method == "fast" and not self.return_3d:
+            raise ValueError("method 'fast' makes no novel views: it needs return_3d true (use method 'sds' for views)")
+        if self.method == "fast" and self.video and self.video_source == "nerf":
+            raise ValueError("method 'fast' trains no NeRF: use video_source 'mesh' (or method 'fast+sds')")
+        return self
 
     def with_seed(self) -> SeededParams:
         """These parameters with the seed fixed, as a :class:`SeededParams` (``seed`` an ``int``): the given seed,

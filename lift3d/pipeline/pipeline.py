@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -25,7 +25,8 @@ from lift3d.params import GenerationParams, check_one_input
 from lift3d.pipeline.providers import InProcessStages, StageProvider, Timed
 from lift3d.pipeline.steps import NovelView, PreparedInput, albedo_fn, train_mesh
 from lift3d.pipeline.turntable import turntable_mp4, video_metadata
-from lift3d.presets import ModelPreset
+from lift3d.pipeline.fast import field_mesh as fast_field_mesh
+from lift3d.presets import ModelPreset, NerfPreset
 from lift3d.progress import NoProgress, ProgressReporter
 from nerf.trainers.stats import StepStats
 
@@ -130,35 +131,50 @@ class Lift3DPipeline:
         if writer:
             writer.png("input.png", prepared.png)
 
-        # 4. Novel views (Stable Zero123, DDIM), conditioned on the input encoded once for the whole job.
-        with timing.timed("novel_views", params.num_views):
-            condition = timing.measured("novel_views", self.stages.encode_condition(prepared))
-            views = timing.measured("novel_views", self.stages.novel_views(condition, params, seed))
-        if writer:
-            writer.views([(v.filename, v.png) for v in views])
-
-        # 5. NeRF optimisation with SDS guidance, then marching cubes.
-        mesh, history, video = None, [], None
-        if params.return_3d:
-            nerf = self.preset.nerf
-            if params.num_3d_max_steps is not None:
-                nerf = nerf.with_max_steps(params.num_3d_max_steps)
-            guidance = self.stages.guidance(condition, params, seed, nerf.schedule_scale)
-            with timing.timed("sds_training", nerf.training.max_steps) as timer:
-                mesh, history, field_ = train_mesh(
-                    prepared, guidance, nerf, seed=seed, device=self.device, callback=timer.step
-                )
-            timing.measured("sds_guidance", Timed(None, guidance.busy_s, guidance.gpu_fraction))
-            timing.busy_s["sds_training"] = timing.wall_s["sds_training"]
-
-            # 6. Export: model.glb (vertex colours) and, unless disabled, model_textured.glb.
+        # 4. Novel views (Stable Zero123, DDIM), conditioned on the input encoded once for the whole job; the
+        #    feed-forward method needs neither.
+        views, condition = [], None
+        if params.method != "fast":
+            with timing.timed("novel_views", params.num_views):
+                condition = timing.measured("novel_views", self.stages.encode_condition(prepared))
+                views = timing.measured("novel_views", self.stages.novel_views(condition, params, seed))
             if writer:
+                writer.views([(v.filename, v.png) for v in views])
+
+        mesh, history, video, guess = None, [], None, None
+        if params.return_3d:
+            # 5. The feed-forward model's field (fast, fast+sds): one forward pass.
+            if params.method != "sds":
+                with timing.timed("feedforward"):
+                    guess = timing.measured("feedforward", self.stages.feedforward(
+                        prepared, self.preset.fast.foreground_ratio))
+
+            # 6. sds: a NeRF optimised with SDS guidance, then marching cubes; fast+sds: the same, started from
+            #    the field (fitted to it) and with fewer steps; fast: nothing to train.
+            nerf = self._nerf_for(params)
+            if params.method == "fast":
+                field_, albedo = None, guess.albedo
+            else:
+                guidance = self.stages.guidance(condition, params, seed, nerf.schedule_scale)
+                with timing.timed("sds_training", nerf.training.max_steps) as timer:
+                    mesh, history, field_ = train_mesh(prepared, guidance, nerf, seed=seed, device=self.device,
+                                                       callback=timer.step, init=guess)
+                albedo = albedo_fn(field_)
+                timing.measured("sds_guidance", Timed(None, guidance.busy_s, guidance.gpu_fraction))
+                timing.busy_s["sds_training"] = timing.wall_s["sds_training"]
+
+            # 7. Export (fast: marching cubes first): model.glb (vertex colours) and, unless disabled,
+            #    model_textured.glb; for fast, model.glb is the textured mesh.
+            if writer or mesh is None:
                 with timing.timed("mesh_export"):
-                    mesh = write_mesh_assets(writer, mesh, albedo_fn(field_), MeshExportOptions.from_params(params),
-                                             recenter=True)
+                    if mesh is None:
+                        mesh = fast_field_mesh(guess, self.preset.fast)
+                    if writer:
+                        mesh = write_mesh_assets(writer, mesh, albedo, MeshExportOptions.from_params(params),
+                                                 recenter=True)
                 timing.busy_s["mesh_export"] = timing.wall_s["mesh_export"]
 
-            # 7. Turntable video along the camera path, from the exported mesh (or the NeRF), over white.
+            # 8. Turntable video along the camera path, from the exported mesh (or the NeRF), over white.
             if writer and params.video:
                 with timing.timed("turntable", params.video_frames) as timer:
                     data = turntable_mp4(mesh, params, field=field_, renderer_config=nerf.renderer,
@@ -173,6 +189,18 @@ class Lift3DPipeline:
         output.metadata = self._metadata(params, output)
         return output
 
+    def _nerf_for(self, params: GenerationParams) -> NerfPreset:
+        """The NeRF configuration of this run: the preset's, stretched to ``num_3d_max_steps`` or, for
+        ``fast+sds`` without it, to the preset's ``fast.refine_steps``; ``fast+sds`` trains with the refinement
+        recipe (:meth:`nerf.trainers.sds.SDSTrainingConfig.for_refinement`)."""
+        steps = params.num_3d_max_steps
+        if steps is None and params.method == "fast+sds":
+            steps = self.preset.fast.refine_steps
+        nerf = self.preset.nerf if steps is None else self.preset.nerf.with_max_steps(steps)
+        if params.method == "fast+sds":
+            nerf = replace(nerf, training=nerf.training.for_refinement())
+        return nerf
+
     def _metadata(self, params: GenerationParams, output: Lift3DPipelineOutput) -> dict[str, Any]:
         models = self.stages.describe()
         random_weights = any(m.get("random_weights") for m in models.values())
@@ -184,6 +212,8 @@ class Lift3DPipeline:
             "params": params.model_dump(),
             "seed": output.seed,
             "preset": self.preset.name,
+            "method": params.method,
+            "feedforward_model": None if params.method == "sds" else self.preset.feedforward_model,
             "models": models,
             "random_weights": random_weights,
             "warning": RANDOM_WEIGHTS_WARNING if random_weights else None,

@@ -27,10 +27,12 @@ from lift3d.pipeline.steps import (
 )
 from lift3d.presets import ModelPreset
 from lift3d.stages.background import BackgroundRemover
+from lift3d.stages.feedforward import FeedForwardModel, feedforward_class
 from lift3d.stages.loading import load_stage
 from lift3d.stages.sdxl.text_to_image import TextToImage
 from lift3d.stages.zero123 import ConditionEmbedding, Zero123
 from nerf.trainers.sds import Guidance, GuidanceResult
+from nerf.triplane import TriplaneField
 
 __all__ = ["InProcessStages", "MeteredGuidance", "StageModels", "StageProvider", "Timed", "TimedGuidance"]
 
@@ -72,6 +74,11 @@ class StageProvider(Protocol):
         """SDS guidance for one job; ``schedule_scale``: recipe steps per training step (timestep annealing)."""
         ...
 
+    def feedforward(self, prepared: PreparedInput, foreground_ratio: float) -> Timed[TriplaneField]:
+        """The feed-forward model's field of ``prepared`` (``method`` ``fast`` and ``fast+sds``), in lift3d's world
+        frame (:class:`nerf.triplane.TriplaneField`); on the caller's side of the wire (the CPU for remote stages)."""
+        ...
+
     def describe(self) -> dict[str, dict[str, Any]]:
         """``{stage: {"source": ..., "random_weights": ...}}`` of the models used so far."""
         ...
@@ -105,6 +112,11 @@ class StageModels:
 
     def zero123(self) -> Zero123:
         return self._load("zero123", Zero123, self.preset.zero123)
+
+    def feedforward(self) -> FeedForwardModel:
+        """The preset's feed-forward reconstruction model (``feedforward_model`` reading ``feedforward``)."""
+        cls = feedforward_class(self.preset.feedforward_model)
+        return self._load("feedforward", cls, self.preset.feedforward)
 
     def describe(self) -> dict[str, dict[str, Any]]:
         """Source and ``random_weights`` of every stage loaded so far."""
@@ -170,6 +182,10 @@ class InProcessStages:
         zero123 = self.models.zero123()
         return TimedGuidance(Zero123Guidance(zero123, condition, params.multiview_guidance_scale, seed,
                                              schedule_scale))
+
+    def feedforward(self, prepared: PreparedInput, foreground_ratio: float) -> Timed[TriplaneField]:
+        start = time.perf_counter()
+        return _timed(start, self.models.feedforward()(prepared.rgba, foreground_ratio=foreground_ratio))
 
     def describe(self) -> dict[str, dict[str, Any]]:
         return self.models.describe()

@@ -26,6 +26,7 @@ from nerf.field import ImplicitVolume
 from nerf.mesh import EmptyIsosurfaceError, extract_mesh
 from nerf.silhouette import SilhouetteFit, choose_threshold, ray_max_density, silhouette_threshold
 from nerf.renderer import VolumeRenderer
+from nerf.trainers.field_fit import TargetField, fit_field
 from nerf.trainers.sds import Guidance, GuidanceResult, ReferenceView, SDSTrainer
 from nerf.trainers.stats import StepStats
 
@@ -209,8 +210,13 @@ def train_mesh(
     seed: int,
     device: torch.device | str = "cpu",
     callback: Callable[[StepStats], None] | None = None,
+    init: TargetField | None = None,
 ) -> tuple[trimesh.Trimesh, list[StepStats], ImplicitVolume]:
     """Optimise a NeRF with the reference view + SDS guidance, then extract a coloured mesh (z-up world).
+
+    With ``init`` (``method="fast+sds"``: the feed-forward model's field, in world coordinates), the NeRF is first
+    fitted to its density and albedo (:func:`nerf.trainers.field_fit.fit_field`, ``nerf.fit``, so that the
+    NeRF's isosurface threshold lands on the guess's surface) and SDS starts from there.
 
     Returns:
         The mesh, the per-step stats, and the trained field (its albedo feeds texture baking).
@@ -224,6 +230,9 @@ def train_mesh(
         camera_distance=REFERENCE_CAMERA_DISTANCE, fovy_deg=REFERENCE_FOVY_DEG,
     )
     field = ImplicitVolume(nerf.field, seed=seed)
+    if init is not None:
+        fit_field(field.to(device), init, nerf.fit, threshold=float(nerf.isosurface.threshold), seed=seed,
+                  device=device)
     renderer = VolumeRenderer(field, nerf.renderer)
     trainer = SDSTrainer(renderer, reference, guidance, nerf.training, seed=seed, device=device)
     history = trainer.train(callback=callback)
