@@ -21,10 +21,12 @@ from dataclasses import dataclass, field, replace
 
 __all__ = ["GPU_PRICES_USD_PER_HOUR", "STAGES", "Bill", "CostModel", "bill", "price_per_gpu_hour"]
 
-STAGES = ("text_to_image", "background_removal", "novel_views", "sds_guidance", "sds_training", "mesh_export",
-          "turntable")
-"""Stages whose busy time is metered. ``sds_guidance`` is the Zero123 share of the SDS loop (MultiView),
-``sds_training`` the NeRF's own share (NerfTrainer); ``turntable`` the video (NerfTrainer)."""
+STAGES = ("text_to_image", "background_removal", "novel_views", "feedforward", "sds_guidance", "sds_training",
+          "mesh_export", "turntable")
+"""Stages whose busy time is metered. ``feedforward`` is the feed-forward reconstruction model's forward pass
+(methods ``fast`` and ``fast+sds``); ``sds_guidance`` is the Zero123 share of the SDS loop (MultiView),
+``sds_training`` the NeRF's own share (NerfTrainer; with ``fast+sds`` its fit to the feed-forward field too);
+``turntable`` the video (NerfTrainer)."""
 
 # AWS EC2 on-demand price per GPU-hour: the hourly Linux price in us-east-1 of the smallest instance carrying
 # that GPU, divided by its GPU count. Source: https://aws.amazon.com/ec2/pricing/on-demand/ (prices as listed

@@ -39,6 +39,7 @@ import uuid
 import zipfile
 from email.parser import BytesParser
 from email.policy import HTTP
+from types import SimpleNamespace
 
 import jsonschema_rs
 import pytest
@@ -185,7 +186,7 @@ def production_app(tmp_path):
     rate limits, idempotency and event routes on, over SQLite; limits high enough that fuzzing is not throttled.
     Returns the app and a key with credits to spare."""
     from lift3d.service.config import ServiceConfig
-    from lift3d.service.server import build_api, build_images, build_service
+    from lift3d.service.server import build_api, build_fast_assets, build_images, build_service
     from lift3d.service.state import open_state
 
     config = ServiceConfig(preset="tiny", store_url=str(tmp_path / "store"),
@@ -194,8 +195,9 @@ def production_app(tmp_path):
     state = open_state(config)
     key = state.keys.create(name="fuzz", credits=1_000_000_000).key
     images = build_images(config, state, fake_sdxl)
+    fast_assets = build_fast_assets(config, state, fake_fast_asset)
     return build_api(config, state, build_service(config, state, lambda job_id: None), ServiceMetrics(),
-                     images=images), key
+                     images=images, fast_assets=fast_assets), key
 
 
 def fake_sdxl(call):
@@ -205,6 +207,14 @@ def fake_sdxl(call):
 
     count = getattr(call.params, "samples", 1)
     return [EncodedSample(EncodedImage(PNG), call.seed + i) for i in range(count)]
+
+
+def fake_fast_asset(image, params):
+    """The fast 3D endpoint's ``make_asset``: a one-triangle GLB whatever the image (the model has its own tests)."""
+    import trimesh  # noqa: PLC0415
+
+    glb = trimesh.Trimesh([[0, 0, 0], [1, 0, 0], [0, 1, 0]], [[0, 1, 2]]).export(file_type="glb")
+    return SimpleNamespace(value=SimpleNamespace(glb=glb, metadata={}), busy_s=0.0)  # a Timed[FastAsset]
 
 
 def _positive(case) -> bool:

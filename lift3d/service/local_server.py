@@ -26,7 +26,7 @@ from lift3d.service.config import ServiceConfig
 from lift3d.costs import CostModel
 from lift3d.service.worker.consumer import consume_job
 from lift3d.service.metrics import ServiceMetrics
-from lift3d.service.server import build_api, build_images, build_service
+from lift3d.service.server import build_api, build_fast_assets, build_images, build_service
 from lift3d.service.state import open_state
 from lift3d.service.worker.runner import JobRunner
 
@@ -57,7 +57,12 @@ class LocalServer:
             config.gpu_type, {}, config.price_per_gpu_hour), heartbeat_s=config.heartbeat_s, worker="local")
         service = build_service(config, self.state, self.queue.put)
         images = build_images(config, self.state, lambda call: self._images()(call))
-        self.app = build_api(config, self.state, service, ServiceMetrics(), images=images)
+        self._fast: Any = None  # InProcessFastAssets, made on the first fast 3D request (it loads the model)
+        self._fast_lock = threading.Lock()
+        self.fast_assets = build_fast_assets(config, self.state,
+                                             lambda image, params: self._fast_assets()(image, params))
+        self.app = build_api(config, self.state, service, ServiceMetrics(), images=images,
+                             fast_assets=self.fast_assets)
         self._server = uvicorn.Server(uvicorn.Config(self.app, host=host, port=self.port, log_level="warning"))
         self._threads: list[threading.Thread] = []
 
@@ -67,6 +72,16 @@ class LocalServer:
 
     def _images(self) -> ImageModels:
         return self.stages.models.images()
+
+    def _fast_assets(self) -> Any:
+        """The in-process fast 3D path (:class:`lift3d.pipeline.fast.InProcessFastAssets`) on this server's models,
+        made once, on first use."""
+        with self._fast_lock:
+            if self._fast is None:
+                from lift3d.pipeline.fast import InProcessFastAssets  # noqa: PLC0415 - loads the model stack
+
+                self._fast = InProcessFastAssets(self.preset, models=self.stages.models)  # the jobs' models
+            return self._fast
 
     def _work(self) -> None:
         while (job_id := self.queue.get()) is not None:
@@ -92,6 +107,7 @@ class LocalServer:
         self.queue.put(None)
         for thread in self._threads:
             thread.join(timeout=30)
+        self.fast_assets.close()
         self.state.close()
 
 

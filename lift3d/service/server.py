@@ -6,6 +6,8 @@ Examples:
     >>> state = open_state(config)
     >>> service = build_service(config, state, enqueue=queue.append)
     >>> api = build_api(config, state, service, ServiceMetrics())
+    >>> fast = build_fast_assets(config, state, InProcessFastAssets(get_preset("tiny"), "cpu"))
+    >>> api = build_api(config, state, service, ServiceMetrics(), fast_assets=fast)
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from lift3d.service.api.app import RequestMetrics, create_api
 from lift3d.service.config import ServiceConfig
 from lift3d.costs import price_per_gpu_hour
 from lift3d.service.accounts.credits import estimate_credits
+from lift3d.service.jobs.fast_asset_service import FAST_ASSET_TIMEOUT_S, FastAssetService, MakeAsset
 from lift3d.service.jobs.generation import GenerationService, WebhookPolicy
 from lift3d.service.jobs.image_service import ImageService
 from lift3d.service.state import ServiceState
 
-__all__ = ["build_api", "build_images", "build_service", "pricing"]
+__all__ = ["build_api", "build_fast_assets", "build_images", "build_service", "pricing"]
 
 
 def pricing(config: ServiceConfig) -> Callable[[str, Any], float]:
@@ -60,9 +63,21 @@ def build_images(config: ServiceConfig, state: ServiceState, generate: Callable[
                         limits=ImageLimits(max_bytes=config.max_upload_bytes))
 
 
+def build_fast_assets(config: ServiceConfig, state: ServiceState, make_asset: MakeAsset, *,
+                      timeout_s: float = FAST_ASSET_TIMEOUT_S) -> FastAssetService:
+    """The fast 3D endpoint's service over ``make_asset`` (``(EncodedImage, FastAssetParams) → Timed[FastAsset]``:
+    the feed-forward deployment behind a handle, or :class:`lift3d.pipeline.fast.InProcessFastAssets`); requests
+    are charged (kind ``stable-fast-3d``) only when API keys are on, and wait at most ``timeout_s`` seconds."""
+    return FastAssetService(make_asset, keys=state.keys, price=pricing(config) if state.keys is not None else None,
+                            limits=ImageLimits(max_bytes=config.max_upload_bytes), timeout_s=timeout_s)
+
+
 def build_api(config: ServiceConfig, state: ServiceState, service: GenerationService, metrics: RequestMetrics,
-              health: Callable[[], Any] | None = None, images: ImageService | None = None) -> FastAPI:
+              health: Callable[[], Any] | None = None, images: ImageService | None = None,
+              fast_assets: FastAssetService | None = None) -> FastAPI:
     """The FastAPI app: routes, event streams, account routes, then admission (rate limit, idempotency, job
-    limits) and authentication as middleware (authentication outermost)."""
+    limits) and authentication as middleware (authentication outermost). ``images`` and ``fast_assets``: the
+    synchronous endpoints' services (:func:`build_images`, :func:`build_fast_assets`); None: those routes answer
+    503."""
     return create_api(service, metrics, health, service.limits, keys=state.keys, database=state.database,
-                      config=config, images=images)
+                      config=config, images=images, fast_assets=fast_assets)

@@ -116,6 +116,31 @@ def test_the_form_is_built_from_the_openapi_schema(page, server):
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
 
 
+def test_the_method_choice_is_sent_with_the_job(page, server):
+    """The Basic fieldset starts with the method (sds, the default; fast; fast+sds), which the POST carries; "Views
+    only" jobs have none. The route answers here with an envelope naming the field (no job runs)."""
+    method = page.locator("#basic [name=method]")
+    assert page.locator("#basic [name]").first.get_attribute("name") == "method"
+    assert method.evaluate("el => [...el.options].map(o => o.value)") == ["sds", "fast", "fast+sds"]
+    assert method.input_value() == "sds" and page.get_by_label("Method").count() == 1
+    sent: list[str] = []
+
+    def refuse(route):
+        sent.append(route.request.post_data_buffer.decode("utf-8", "replace"))
+        route.fulfill(status=422, content_type="application/json",
+                      body=json.dumps({"id": "x", "name": "invalid_parameters", "errors": ["method: noted"]}))
+
+    page.route("**/v1/generation/image-to-3d", refuse)
+    page.expected_errors.append("status of 422")
+    page.get_by_test_id("image-input").set_input_files(str(DRAGON))
+    method.select_option("fast+sds")
+    page.get_by_test_id("submit").click()
+    expect(page.locator(".field-error[data-error-for=method]")).to_have_text("method: noted")
+    assert len(sent) == 1 and re.search(r'name="method"\r\n\r\nfast\+sds\r\n', sent[0]), sent
+    page.get_by_label("Views only").check()
+    assert page.locator("[name=method]").count() == 0
+
+
 def test_upload_watch_view_download(page, server, tmp_path):
     page.get_by_test_id("image-input").set_input_files(str(DRAGON))
     set_parameters(page, {**TINY, "texture": "false", "video": "true", "video_frames": "8", "video_size": "64"})

@@ -14,9 +14,10 @@ The life of a job's credits (all inside the job store's transactions, so they co
    difference only, and the next submit is refused until credits are added).
 3. :func:`refund` when it fails or is canceled: all of the reservation goes back.
 
-Synchronous image requests (``/v1/generation/text-to-image``…) have no job: :func:`charge` takes their estimate
-with the same guarded statement before the model runs, and :func:`return_charge` gives it back when the request
-fails. The estimate is the price (images are cheap and their cost is nearly fixed per step and pixel).
+Synchronous requests (the images of ``/v1/generation/text-to-image``…, the GLB of ``/v2beta/3d/stable-fast-3d``)
+have no job: :func:`charge` takes their estimate with the same guarded statement before the model runs, and
+:func:`return_charge` gives it back when the request fails. The estimate is the price (their cost is nearly fixed
+per step, pixel and texel).
 
 Settle and refund are each guarded by ``UPDATE jobs SET charged_mc = :x WHERE id = :j AND charged_mc IS NULL``, so
 of two replicas finishing the same job only one moves money. Every movement writes a ledger row
@@ -41,28 +42,10 @@ from sqlalchemy.orm import Session
 from lift3d.errors import InvalidInputError, Lift3DError
 from lift3d.service.db.models import ApiKey, CreditEntry, Job
 
-__all__ = [
-    "DEFAULT_SDS_STEPS",
-    "GPU_SECONDS",
-    "MC_PER_CREDIT",
-    "SAFETY_MARGIN",
-    "InsufficientCredits",
-    "Settlement",
-    "StageCost",
-    "balance_credits",
-    "check_credits",
-    "estimate_credits",
-    "estimate_gpu_seconds",
-    "grant",
-    "IMAGE_KINDS",
-    "charge",
-    "refund",
-    "reserve",
-    "return_charge",
-    "settle",
-    "to_credits",
-    "to_mc",
-]
+__all__ = ["DEFAULT_REFINE_STEPS", "DEFAULT_SDS_STEPS", "FAST_ASSET_KIND", "GPU_SECONDS", "IMAGE_KINDS",
+           "MC_PER_CREDIT", "SAFETY_MARGIN", "InsufficientCredits", "Settlement", "StageCost", "balance_credits",
+           "charge", "check_credits", "estimate_credits", "estimate_gpu_seconds", "grant", "refund", "reserve",
+           "return_charge", "settle", "to_credits", "to_mc"]
 
 MC_PER_CREDIT = 1000
 """Milli-credits per credit: the ledger's integer unit."""
@@ -112,7 +95,8 @@ class StageCost:
     """Expected GPU-seconds (busy seconds × the GPU fraction of the deployment running the stage) of one stage:
     ``fixed + per_unit × units``. Units per stage: ``text_to_image`` SDXL steps; ``novel_views`` views × Zero123
     DDIM steps; ``sds_guidance`` and ``sds_training`` SDS steps; ``nerf_training`` photometric steps;
-    ``mesh_export`` and ``views_mesh_export`` megatexels baked (``texture_size² / 10⁶``, 0 without a texture)."""
+    ``mesh_export``, ``views_mesh_export`` and ``fast_mesh_export`` megatexels baked (``texture_size² / 10⁶``, 0
+    without a texture); ``feedforward``, ``field_fit`` and ``remesh`` none (once per request)."""
 
     fixed: float
     per_unit: float = 0.0
@@ -139,6 +123,13 @@ GPU_SECONDS: dict[str, dict[str, StageCost]] = {
         "views_mesh_export": StageCost(fixed=10.0, per_unit=5.0),  # views-to-3d: + per megatexel (any mesh_resolution)
         # turntable video: per frame × (video_size / 512)² — mesh ray casting on the trainer's CPU share; estimate
         "turntable": StageCost(fixed=0.5, per_unit=0.05),
+        # The feed-forward methods (FeedForward and NerfTrainer at 0.5), ESTIMATES as well: TripoSR answers in
+        # < 0.5 s on an A100 (its README), an A10G maybe 2-3x slower → ~1.5 s × 0.5.
+        "feedforward": StageCost(fixed=0.75),
+        "field_fit": StageCost(fixed=2.5),  # fast+sds: the NeRF fitted to the field (300 steps × 8192 points)
+        # marching cubes at 256³ (~2 s), decimation to 50k faces and xatlas (~6 s), × 0.5; bake as mesh_export
+        "fast_mesh_export": StageCost(fixed=4.0, per_unit=5.0),
+        "remesh": StageCost(fixed=1.5),  # stable-fast-3d remesh=triangle: isotropic remeshing (~3 s of CPU) × 0.5
     },
     # The tiny preset on CPU under serve_config.local.yaml (fractions of one fake GPU: TextToImage 0.25,
     # MultiView 0.25, NerfTrainer 0.5). MEASURED on a 2-core machine with one torch thread (busy seconds from
@@ -155,6 +146,13 @@ GPU_SECONDS: dict[str, dict[str, StageCost]] = {
         "nerf_training": StageCost(fixed=1.85, per_unit=0.0275),  # 9.1 s at 100 steps, 25.5 s at 400
         "views_mesh_export": StageCost(fixed=13.5, per_unit=1.85),  # 31 s at mesh_resolution 128, 1024² texels
         "turntable": StageCost(fixed=0.0, per_unit=0.02),  # per frame at 512² (mesh ray casting) × 0.5
+        # Feed-forward (TripoSR tiny), MEASURED the same way (`--method fast`, the dragon): feedforward 0.035 s ×
+        # FeedForward's 0.1; export 2.4 s untextured, 7.1 s at 1024², 16.2 s at 2048² → (4.1 s + 2.9 s/megatexel)
+        # × 0.5 (the endpoint's export runs at FeedForward's 0.1: overpriced here). ESTIMATES: field_fit, remesh.
+        "feedforward": StageCost(fixed=0.004),
+        "field_fit": StageCost(fixed=1.0),
+        "fast_mesh_export": StageCost(fixed=2.05, per_unit=1.45),
+        "remesh": StageCost(fixed=0.5),
     },
 }
 """Expected GPU-seconds per stage and preset (see :class:`StageCost`); the source of each table is in its comment."""
@@ -163,12 +161,16 @@ DEFAULT_SDS_STEPS: dict[str, int] = {"default": 600, "tiny": 200}
 """SDS steps when ``num_3d_max_steps`` is omitted: ``PRESETS[name].nerf.training.max_steps`` (copied, since this
 module may not import the torch-backed presets; a test checks that they agree)."""
 
+DEFAULT_REFINE_STEPS: dict[str, int] = {"default": 200, "tiny": 70}
+"""``fast+sds``'s SDS steps when ``num_3d_max_steps`` is omitted: ``PRESETS[name].fast.refine_steps`` (copied too)."""
+
 SAFETY_MARGIN = 1.25
 """The estimate is the expected cost × this: most jobs settle below their reservation and get the rest back."""
 
-
 IMAGE_KINDS = ("text-to-image", "regions", "pose")
 """Synchronous image requests priced by :func:`estimate_gpu_seconds`."""
+FAST_ASSET_KIND = "stable-fast-3d"
+"""The synchronous image → GLB request (:class:`~lift3d.params.fast3d.FastAssetParams`), priced likewise."""
 
 _UNET_PASSES = {"text-to-image": 1.0, "pose": 1.5}
 """UNet-equivalents per step: a ControlNet adds about half a UNet (its encoder copy); regions: one per prompt."""
@@ -188,31 +190,69 @@ def _image_gpu_seconds(kind: str, params: Any, table: dict[str, StageCost]) -> d
     return {"text_to_image": samples * (cost.fixed + cost.per_unit * steps * passes) * pixels}
 
 
+def _fast_asset_gpu_seconds(params: Any, table: dict[str, StageCost]) -> dict[str, float]:
+    """``stable-fast-3d``: background removal, the feed-forward model, the export of its field (a
+    ``texture_resolution``² bake; + remeshing for ``remesh="triangle"``)."""
+    export = table["fast_mesh_export"].gpu_seconds(params.texture_resolution ** 2 / 1e6)
+    if params.remesh == "triangle":
+        export += table["remesh"].gpu_seconds()
+    return {"background_removal": table["background_removal"].gpu_seconds(),
+            "feedforward": table["feedforward"].gpu_seconds(), "mesh_export": export}
+
+
+def _shape_gpu_seconds(method: str, params: Any, table: dict[str, StageCost], preset_name: str,
+                       megatexels: float) -> dict[str, float]:
+    """The 3D part of a job by ``method``: ``sds`` novel views, SDS (:data:`DEFAULT_SDS_STEPS`), export; ``fast``
+    the feed-forward model, the export of its field (no views); ``fast+sds`` novel views, the feed-forward model,
+    the NeRF's fit to its field (in ``sds_training``), SDS (:data:`DEFAULT_REFINE_STEPS`), export."""
+    if method == "fast":
+        return {"feedforward": table["feedforward"].gpu_seconds(),
+                "mesh_export": table["fast_mesh_export"].gpu_seconds(megatexels)}
+    stages = {"novel_views": table["novel_views"].gpu_seconds(params.num_views * params.num_multiview_steps)}
+    steps = params.num_3d_max_steps or (DEFAULT_SDS_STEPS if method == "sds" else DEFAULT_REFINE_STEPS)[preset_name]
+    fit = 0.0
+    if method == "fast+sds":
+        stages["feedforward"] = table["feedforward"].gpu_seconds()
+        fit = table["field_fit"].gpu_seconds()
+    stages["sds_guidance"] = table["sds_guidance"].gpu_seconds(steps)
+    stages["sds_training"] = fit + table["sds_training"].gpu_seconds(steps)
+    stages["mesh_export"] = table["mesh_export"].gpu_seconds(megatexels)
+    return stages
+
+
 def estimate_gpu_seconds(kind: str, params: Any, preset_name: str) -> dict[str, float]:
     """Expected GPU-seconds per stage of one request (no margin), from :data:`GPU_SECONDS`.
 
     Args:
-        kind: ``image-to-3d``, ``text-to-3d``, ``multiview`` or ``views-to-3d``.
+        kind: ``image-to-3d``, ``text-to-3d``, ``multiview``, ``views-to-3d``, one of :data:`IMAGE_KINDS` or
+            :data:`FAST_ASSET_KIND`.
         params: a :class:`~lift3d.params.GenerationParams` (or :class:`~lift3d.service.schemas.GenerationRequest`);
             for ``views-to-3d`` a :class:`~lift3d.service.jobs.uploads.ReconstructParams` (``steps``, ``texture``,
-            ``texture_size``). Read: ``prompt``, ``num_inference_steps``, ``num_views``, ``num_multiview_steps``,
-            ``num_3d_max_steps``, ``return_3d``, ``texture``, ``texture_size``.
+            ``texture_size``); for ``stable-fast-3d`` a :class:`~lift3d.params.fast3d.FastAssetParams`
+            (``texture_resolution``, ``remesh``). Read: ``prompt``, ``num_inference_steps``, ``num_views``,
+            ``num_multiview_steps``, ``num_3d_max_steps``, ``return_3d``, ``method`` (``sds`` when absent),
+            ``texture``, ``texture_size``, ``video``; a views-only job ignores ``method``.
         preset_name: a key of :data:`GPU_SECONDS`.
 
     Raises:
-        ValueError: unknown preset or kind.
+        ValueError: unknown preset, kind or method.
     """
     if preset_name not in GPU_SECONDS:
         raise ValueError(f"no GPU-second table for preset {preset_name!r}; known: {', '.join(GPU_SECONDS)}")
     table = GPU_SECONDS[preset_name]
     if kind in IMAGE_KINDS:
         return _image_gpu_seconds(kind, params, table)
+    if kind == FAST_ASSET_KIND:
+        return _fast_asset_gpu_seconds(params, table)
     megatexels = (params.texture_size ** 2) / 1e6 if getattr(params, "texture", True) else 0.0
     if kind == "views-to-3d":
         return {"nerf_training": table["nerf_training"].gpu_seconds(params.steps),
                 "mesh_export": table["views_mesh_export"].gpu_seconds(megatexels)}
     if kind not in ("image-to-3d", "text-to-3d", "multiview"):
         raise ValueError(f"unknown generation kind {kind!r}")
+    method = getattr(params, "method", "sds")
+    if method not in ("sds", "fast", "fast+sds"):
+        raise ValueError(f"unknown method {method!r}")
     stages: dict[str, float] = {}
     if params.prompt is not None:  # text-to-3d, or multiview from a prompt: SDXL first
         passes = 1.0  # UNet passes per step: regions add one per region, a pose ControlNet about half a UNet
@@ -222,15 +262,13 @@ def estimate_gpu_seconds(kind: str, params: Any, preset_name: str) -> dict[str, 
             passes = _UNET_PASSES["pose"]
         stages["text_to_image"] = table["text_to_image"].gpu_seconds(params.num_inference_steps * passes)
     stages["background_removal"] = table["background_removal"].gpu_seconds()
-    stages["novel_views"] = table["novel_views"].gpu_seconds(params.num_views * params.num_multiview_steps)
-    if kind != "multiview" and params.return_3d:
-        steps = params.num_3d_max_steps or DEFAULT_SDS_STEPS[preset_name]
-        stages["sds_guidance"] = table["sds_guidance"].gpu_seconds(steps)
-        stages["sds_training"] = table["sds_training"].gpu_seconds(steps)
-        stages["mesh_export"] = table["mesh_export"].gpu_seconds(megatexels)
-        if getattr(params, "video", False):
-            frames = params.video_frames * (params.video_size / 512) ** 2
-            stages["turntable"] = table["turntable"].gpu_seconds(frames)
+    if kind == "multiview" or not params.return_3d:
+        stages["novel_views"] = table["novel_views"].gpu_seconds(params.num_views * params.num_multiview_steps)
+        return stages
+    stages.update(_shape_gpu_seconds(method, params, table, preset_name, megatexels))
+    if getattr(params, "video", False):
+        frames = params.video_frames * (params.video_size / 512) ** 2
+        stages["turntable"] = table["turntable"].gpu_seconds(frames)
     return stages
 
 

@@ -1,11 +1,12 @@
 """Admission control: per-key rate limits, per-key concurrency and a global queue-depth limit.
 
-- Rate limit: requests per minute per API key on every ``/v1/`` request (moving window of 60 s, the ``limits``
-  library). The key's own ``rate_limit_per_min``, else the config's ``default_rate_limit_per_min``; 0 means no
-  limit. Over it: ``429 rate_limited`` with ``Retry-After`` (whole seconds until a slot frees). The counts live in
-  ``rate_limit_storage_url``: ``redis://host:port/db`` shares them between every ingress replica; ``memory://``
-  (the default, for the embedded single-ingress setup) keeps them in the process, so N replicas would admit up to
-  N times the limit. When Redis cannot be reached the request is admitted (fail open) and the error logged.
+- Rate limit: requests per minute per API key on every ``/v1/`` and ``/v2beta/`` request (moving window of 60 s,
+  the ``limits`` library). The key's own ``rate_limit_per_min``, else the config's ``default_rate_limit_per_min``;
+  0 means no limit. Over it: ``429 rate_limited`` with ``Retry-After`` (whole seconds until a slot frees). The
+  counts live in ``rate_limit_storage_url``: ``redis://host:port/db`` shares them between every ingress replica;
+  ``memory://`` (the default, for the embedded single-ingress setup) keeps them in the process, so N replicas
+  would admit up to N times the limit. When Redis cannot be reached the request is admitted (fail open) and the
+  error logged.
 - Concurrency: a key (``max_concurrent_jobs``, else ``default_max_concurrent_jobs``; 0 = no limit) that already
   has that many ``queued`` + ``running`` jobs gets ``429 rate_limited`` for a new job.
 - Queue depth: when ``max_queue_depth`` jobs (all keys; 0 = no limit) are ``queued``, a new job gets ``503
@@ -43,6 +44,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from lift3d.errors import Lift3DError
 from lift3d.service.db.engine import Database
 from lift3d.service.db.models import Job
+from lift3d.service.api.auth import PROTECTED_PREFIX
 from lift3d.service.api.errors import error_response
 from lift3d.service.api.idempotency import LOCAL_OWNER, install_idempotency
 
@@ -158,9 +160,10 @@ class RateLimiter:
 
 
 class RateLimitMiddleware:
-    """ASGI middleware: :meth:`RateLimiter.check` for every request whose path starts with ``prefix``."""
+    """ASGI middleware: :meth:`RateLimiter.check` for every request whose path starts with ``prefix`` (one or a
+    tuple; by default the authenticated paths, ``/v1/`` and ``/v2beta/``)."""
 
-    def __init__(self, app: ASGIApp, limiter: RateLimiter, prefix: str = "/v1/") -> None:
+    def __init__(self, app: ASGIApp, limiter: RateLimiter, prefix: str | tuple[str, ...] = PROTECTED_PREFIX) -> None:
         self.app, self.limiter, self.prefix = app, limiter, prefix
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -2,7 +2,7 @@
 
 :func:`create_api` only assembles: it puts the services on ``app.state`` (:class:`~lift3d.service.api.deps
 .AppServices`, read by the routes' dependencies), includes one router per resource (:mod:`lift3d.service.api.routes`:
-generations, health, images, history, the playground, events, account), installs the error handlers
+generations, health, images, fast3d, history, the playground, events, account), installs the error handlers
 (:mod:`lift3d.service.api.errors`: one envelope for every error, typed exceptions by one handler) and the middleware.
 Routes are thin: parse, call one service method in a worker thread, shape the response. Nothing long runs inside a
 request, so a client disconnect cancels nothing.
@@ -34,6 +34,7 @@ from lift3d.service.api.deps import AppServices
 from lift3d.service.api.errors import install_error_handlers, unexpected_error_response
 from lift3d.service.api.routes import account as account_routes
 from lift3d.service.api.routes import events as event_routes
+from lift3d.service.api.routes import fast3d as fast3d_routes
 from lift3d.service.api.routes import generations as generation_routes
 from lift3d.service.api.routes import health as health_routes
 from lift3d.service.api.routes import history as history_routes
@@ -41,6 +42,7 @@ from lift3d.service.api.routes import images as image_routes
 from lift3d.service.api.routes import playground
 from lift3d.service.config import ServiceConfig
 from lift3d.service.db import Database
+from lift3d.service.jobs.fast_asset_service import FastAssetService
 from lift3d.service.jobs.generation import GenerationService
 from lift3d.service.jobs.image_service import ImageService
 
@@ -58,25 +60,29 @@ class RequestMetrics(Protocol):
 def create_api(service: GenerationService, metrics: RequestMetrics,
                health: Callable[[], Any] | None = None, limits: ImageLimits = ImageLimits(), *,
                keys: ApiKeyStore | None = None, database: Database | None = None,
-               config: ServiceConfig | None = None, images: ImageService | None = None) -> FastAPI:
+               config: ServiceConfig | None = None, images: ImageService | None = None,
+               fast_assets: FastAssetService | None = None) -> FastAPI:
     """The FastAPI app over ``service``. ``health`` (async) returns ``(ok, details)``. With ``keys`` every ``/v1/``
     route needs an API key and ``/v1/user/balance|account`` exist; without, every caller is the local principal
     (``auth: false``, an explicitly local setup). With ``database`` and ``config``: rate limits, job admission and
     ``Idempotency-Key`` (:func:`lift3d.service.api.admission.install_admission`); ``config`` also sets the event-stream
     poll and keep-alive intervals. ``images``: the synchronous image endpoints (:mod:`lift3d.service.api.routes.images`;
-    without, they answer 503). ``limits``: upload limits of the submission and image routes.
+    without, they answer 503). ``fast_assets``: the synchronous image → GLB endpoint
+    (:mod:`lift3d.service.api.routes.fast3d`; without, it answers 503). ``limits``: upload limits of the
+    submission, image and fast 3D routes.
     :func:`lift3d.service.server.build_api` passes all of them."""
     config = config or ServiceConfig()
     api = FastAPI(title="lift3d", version="1.0",
                   description="Image or prompt → novel views → NeRF with SDS → GLB. Submit, poll, download.")
-    api.state.services = AppServices(generations=service, images=images, keys=keys, config=config, limits=limits,
-                                     health=health)
+    api.state.services = AppServices(generations=service, images=images, fast_assets=fast_assets, keys=keys,
+                                     config=config, limits=limits, health=health)
     api.state.metrics = metrics
     api.middleware("http")(_count_and_contain)
     install_error_handlers(api)
     api.include_router(generation_routes.router(limits, service.views_limits))
     api.include_router(health_routes.router)
     api.include_router(image_routes.router)  # POST /v1/generation/text-to-image[/regions|/pose] (synchronous)
+    api.include_router(fast3d_routes.router(limits))  # POST /v2beta/3d/stable-fast-3d (synchronous GLB)
     api.include_router(history_routes.router)  # GET /v1/generations, GET /v1/generation/{id}/artifacts (listings)
     api.include_router(playground.router)  # the page at /, its files under /static/
     playground.mount_static(api)

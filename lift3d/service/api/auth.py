@@ -1,13 +1,13 @@
-"""Who is calling: API-key authentication of the ``/v1/`` routes.
+"""Who is calling: API-key authentication of the ``/v1/`` and ``/v2beta/`` routes.
 
 A request names its key as ``Authorization: Bearer sk-…`` or ``x-api-key: sk-…``. :func:`install_auth` adds an
-ASGI middleware that checks it (:meth:`ApiKeyStore.authenticate`) before any ``/v1/`` route runs and stores the
-caller (:class:`~lift3d.service.accounts.principal.Principal`) as ``request.state.principal``; routes receive it as
-the dependency :data:`~lift3d.service.api.deps.Caller`. A missing, unknown, revoked or expired key gets
-``401 unauthorized`` in the API's error envelope with
-``WWW-Authenticate: Bearer``; other paths (``/healthz``, ``/docs``, ``/openapi.json``) are public. Every response to
-an authenticated call carries ``X-Remaining-Credits``: the key's balance after the call, read when the route has
-produced its response (for reads, which spend nothing, the balance read with the key).
+ASGI middleware that checks it (:meth:`ApiKeyStore.authenticate`) before any ``/v1/`` or ``/v2beta/`` route runs
+and stores the caller (:class:`~lift3d.service.accounts.principal.Principal`) as ``request.state.principal``;
+routes receive it as the dependency :data:`~lift3d.service.api.deps.Caller`. A missing, unknown, revoked or
+expired key gets ``401 unauthorized`` in the API's error envelope with ``WWW-Authenticate: Bearer``; other paths
+(``/healthz``, ``/docs``, ``/openapi.json``) are public. Every response to an authenticated call carries
+``X-Remaining-Credits``: the key's balance after the call, read when the route has produced its response (for
+reads, which spend nothing, the balance read with the key).
 
 Reads (``GET``/``HEAD``: status polls) reuse a key checked within :data:`READ_CACHE_TTL_S` seconds in this process,
 so a revoked key may still read its jobs, and a read's balance header may lag, for that long; every request that
@@ -46,8 +46,9 @@ logger = logging.getLogger(__name__)
 __all__ = ["PROTECTED_PREFIX", "READ_CACHE_TTL_S", "REMAINING_CREDITS_HEADER", "AuthMiddleware", "api_key_of",
            "install_auth"]
 
-PROTECTED_PREFIX = "/v1/"
-"""Paths under this prefix need a key; every other path is public."""
+PROTECTED_PREFIX = ("/v1/", "/v2beta/")
+"""Paths under these prefixes need a key (``/v2beta/``: the Stability-compatible fast 3D endpoint); every other path
+is public."""
 REMAINING_CREDITS_HEADER = "X-Remaining-Credits"
 READ_CACHE_TTL_S = 2.0
 """Seconds a key checked for a read (GET/HEAD) is trusted without asking the database again."""

@@ -7,7 +7,8 @@ routes ask for its parts by type, so nothing is a module global and a test may b
 
 - :data:`Caller`: the request's :class:`~lift3d.service.accounts.principal.Principal`, set by the authentication
   middleware (:mod:`lift3d.service.api.auth`); ``401 unauthorized`` when none was set (fail closed).
-- :data:`Generations`, :data:`Images`, :data:`Keys`, :data:`Config`, :data:`Limits`: the services and settings.
+- :data:`Generations`, :data:`Images`, :data:`FastAssets`, :data:`Keys`, :data:`Config`, :data:`Limits`: the
+  services and settings.
 
 Examples:
     >>> api = FastAPI()
@@ -25,11 +26,12 @@ from lift3d.io.images import ImageLimits
 from lift3d.service.accounts.keys import ApiKeyStore, Unauthorized
 from lift3d.service.accounts.principal import Principal
 from lift3d.service.config import ServiceConfig
+from lift3d.service.jobs.fast_asset_service import FastAssetService
 from lift3d.service.jobs.generation import GenerationService
 from lift3d.service.jobs.image_service import ImageService
 from lift3d.service.schemas import ServiceUnavailableError
 
-__all__ = ["AppServices", "Caller", "Config", "Generations", "Images", "Keys", "Limits", "get_caller",
+__all__ = ["AppServices", "Caller", "Config", "FastAssets", "Generations", "Images", "Keys", "Limits", "get_caller",
            "get_services"]
 
 
@@ -40,6 +42,7 @@ class AppServices:
     Attributes:
         generations: submissions, status, results (None only in apps without the generation routes).
         images: the synchronous image endpoints' service; None: they answer ``503``.
+        fast_assets: the synchronous image → GLB endpoint's service; None (no feed-forward model): ``503``.
         keys: the API key store; None when authentication is off.
         config: the service settings (intervals of the event streams, the account routes' default limits).
         limits: upload limits of the submission and image routes.
@@ -48,6 +51,7 @@ class AppServices:
 
     generations: GenerationService | None = None
     images: ImageService | None = None
+    fast_assets: FastAssetService | None = None
     keys: ApiKeyStore | None = None
     config: ServiceConfig = field(default_factory=ServiceConfig)
     limits: ImageLimits = ImageLimits()
@@ -87,6 +91,10 @@ def _images(request: Request) -> ImageService | None:
     return get_services(request).images
 
 
+def _fast_assets(request: Request) -> FastAssetService | None:
+    return get_services(request).fast_assets
+
+
 def _config(request: Request) -> ServiceConfig:
     return get_services(request).config
 
@@ -101,6 +109,8 @@ Generations = Annotated[GenerationService, Depends(_generations)]
 """The generation service."""
 Images = Annotated[ImageService | None, Depends(_images)]
 """The image endpoints' service; None: not configured (the route answers 503 after reading its body)."""
+FastAssets = Annotated[FastAssetService | None, Depends(_fast_assets)]
+"""The fast 3D endpoint's service; None: no feed-forward model (the route answers 503 after reading its body)."""
 Keys = Annotated[ApiKeyStore | None, Depends(_keys)]
 """The API key store; None when authentication is off."""
 Config = Annotated[ServiceConfig, Depends(_config)]

@@ -6,7 +6,8 @@ import { Viewer } from './viewer.js';
 
 const $ = (selector) => document.querySelector(selector);
 const KEY_STORAGE = 'lift3d.apiKey';
-const BASIC = ['num_views', 'seed', 'num_3d_max_steps', 'texture', 'video', 'remove_background', 'steps'];
+// `method` (sds | fast | fast+sds) comes first among them: it decides how the 3D asset is made.
+const BASIC = ['method', 'num_views', 'seed', 'num_3d_max_steps', 'texture', 'video', 'remove_background', 'steps'];
 // Fields the page sets itself (inputs, mode) or that need more than one control (lists, objects).
 const SKIP = new Set(['image', 'prompt', 'negative_prompt', 'return_3d', 'webhook_url', 'text_prompts', 'regions',
   'pose_image', 'views', 'kind']);
@@ -94,8 +95,10 @@ function buildParameters() {
   basic.replaceChildren(Object.assign(document.createElement('legend'), { textContent: 'Basic' }));
   advanced.replaceChildren();
   for (const [name, schema] of Object.entries(schemaFor(mode))) {
-    if (SKIP.has(name) || (mode === 'views' && /^(video|camera_path|texture|target_faces|num_3d)/.test(name))) continue;
-    (BASIC.includes(name) ? basic : advanced).append(...control(name, schema));
+    if (SKIP.has(name) || (mode === 'views' && /^(method|video|camera_path|texture|target_faces|num_3d)/.test(name))) continue;
+    const controls = control(name, schema);
+    if (name === 'method') basic.querySelector('legend').after(...controls);  // first: how the asset is made
+    else (BASIC.includes(name) ? basic : advanced).append(...controls);
   }
   $('#prompt-input').disabled = mode === 'posed';
   $('#negative-prompt').disabled = mode === 'posed';
