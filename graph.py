@@ -3,11 +3,14 @@
 ::
 
     HTTP ─▶ Ingress ──enqueue──▶ job queue (Celery: embedded filesystem broker, or Redis)
-                                 │
-                                 ▼
-                            JobConsumer ──handle──▶ NerfTrainer ──handles──▶ TextToImage (SDXL)
-                                                               ├───────────▶ BackgroundRemoval (rembg)
-                                                               └───────────▶ MultiView (Zero123, batched SDS)
+             │  │                │
+             │  │                ▼
+             │  │           JobConsumer ──handle──▶ NerfTrainer ──handles──▶ TextToImage (SDXL)
+             │  │                                              ├───────────▶ BackgroundRemoval (rembg)
+             │  │                                              ├───────────▶ MultiView (Zero123, batched SDS)
+             │  │                                              └───────────▶ FeedForward (TripoSR: fast, fast+sds)
+             │  └──handle──▶ TextToImage          (synchronous image endpoints)
+             └─────handles─▶ BackgroundRemoval ─▶ FeedForward  (synchronous POST /v2beta/3d/stable-fast-3d)
 
 Run it:
 
@@ -26,6 +29,7 @@ from ray.serve import Application
 
 from deployments.background import BackgroundRemovalDeployment
 from deployments.consumer import make_job_consumer
+from deployments.feedforward import FeedForwardDeployment
 from deployments.ingress import IngressDeployment
 from deployments.multiview import MultiViewDeployment
 from deployments.nerf_trainer import NerfTrainerDeployment
@@ -60,13 +64,16 @@ def build_app(args: ServiceConfig) -> Application:
     multiview = configured(MultiViewDeployment).bind(preset.zero123, config.device, config.sds_max_batch_size,
                                                      config.sds_batch_wait_timeout_s, config.torch_threads,
                                                      config.sds_max_batch_views)
+    feedforward = configured(FeedForwardDeployment).bind(preset, config.device, config.torch_threads)
     # 2. the trainer, which runs jobs by calling the model deployments
-    trainer = configured(NerfTrainerDeployment).bind(text_to_image, background, multiview, config.trainer_settings())
+    trainer = configured(NerfTrainerDeployment).bind(text_to_image, background, multiview, config.trainer_settings(),
+                                                     feedforward)
     # 3. the queue's consumer, which hands jobs to the trainer
     consumer = configured(make_job_consumer(config.queue)).bind(trainer, config.consumer_settings())
-    # 4. the HTTP ingress; it enqueues jobs (the consumer handle is held only so the graph deploys it) and answers
-    #    the synchronous image endpoints on the SDXL pool
-    return configured(IngressDeployment).bind(config, consumer, text_to_image)
+    # 4. the HTTP ingress; it enqueues jobs (the consumer handle is held only so the graph deploys it), answers the
+    #    synchronous image endpoints on the SDXL pool and the synchronous fast-3D endpoint on background removal
+    #    and the feed-forward pool
+    return configured(IngressDeployment).bind(config, consumer, text_to_image, background, feedforward)
 
 
 app = build_app(ServiceConfig.from_env())

@@ -7,12 +7,17 @@ import torch
 
 from lift3d.devices import set_torch_threads
 
-__all__ = ["actor_device", "assigned_gpu_fraction", "torch_threads"]
+__all__ = ["actor_device", "assigned_gpu_fraction", "local_gpus", "torch_threads"]
 
 
 def assigned_gpu_fraction() -> float:
     """GPUs Ray assigned to this actor (fractions included; 0.0 without GPUs)."""
     return float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
+
+
+def local_gpus() -> int:
+    """CUDA devices of this machine (0 without CUDA)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def torch_threads(num_cpus: float) -> int:

@@ -3,13 +3,15 @@
 ::
 
     prompt rows ─ TextToImage (SDXL) ─┐
-    image rows ───────────────────────┴─ Background ─ NovelViews ─ Training (NeRF + SDS) ─ Publish ─→ driver
-                                                          │               │ SDS steps, batched across items
-                                                          └── Zero123 pool (plain actors) ──┘
+    image rows ───────────────────────┴─ Background ─ FeedForward ─ NovelViews ─ Training (NeRF + SDS) ─ Publish
+                                                                        │               │ SDS steps, batched
+                                                                        └── Zero123 pool (plain actors) ──┘
 
-Each map stage has the pool's ``concurrency`` actors holding ``num_gpus`` and ``num_cpus`` each and takes
-``batch_size`` rows per call (:class:`lift3d.batch.config.BatchStages`). One row per block, so items stream through
-the stages one by one and different items occupy different stages at the same time.
+By ``method``: ``sds`` items pass through FeedForward; ``fast`` ones are done there (field → mesh → GLB) and pass
+NovelViews and Training; ``fast+sds`` ones get their field there, their NeRF (started from it) in Training. Pools no
+item needs are not started (:func:`lift3d.batch.driver.pools_started`). Each map stage has its pool's
+``concurrency`` actors holding ``num_gpus`` and ``num_cpus`` each, ``batch_size`` rows per call
+(:class:`lift3d.batch.config.BatchStages`); one row per block, so items stream through the stages one by one.
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ from collections.abc import Iterator
 import ray
 import ray.data
 
-from batch_jobs.actors import torch_threads
-from batch_jobs.stages import (BackgroundStage, NovelViewsStage, PublishStage, TextToImageStage, TrainingStage,
-                               as_batch)
+from batch_jobs.actors import local_gpus, torch_threads
+from batch_jobs.stages import (BackgroundStage, FeedForwardStage, NovelViewsStage, PublishStage, TextToImageStage,
+                               TrainingStage, as_batch)
 from batch_jobs.zero123 import PoolHandle, Zero123Server
 from lift3d.batch.config import StageOptions
-from lift3d.batch.driver import BatchJob, cost_model_for
+from lift3d.batch.driver import BatchJob, cost_model_for, pools_started
 from lift3d.batch.item import ItemState
 from lift3d.batch.manifest import BatchItem
 from lift3d.errors import Lift3DError
@@ -62,11 +64,12 @@ class RayDataRunner:
     def run(self, items: list[BatchItem], job: BatchJob) -> Iterator[ItemState]:
         config = job.config
         prompts = [item for item in items if item.image is None]
+        started = pools_started(items)
         started_here = not ray.is_initialized()
         if started_here and config.address is None and not os.environ.get("RAY_ADDRESS"):  # `ray job submit` sets it
-            gpus = config.num_gpus if config.num_gpus is not None else _local_gpus()
-            pools = config.plan_pools(gpus, None, bool(prompts))
-            cpus = max(os.cpu_count() or 1, math.ceil(pools.cpus_needed(bool(prompts)) + 1))
+            gpus = config.num_gpus if config.num_gpus is not None else local_gpus()
+            pools = config.plan_pools(gpus, None, **started)
+            cpus = max(os.cpu_count() or 1, math.ceil(pools.cpus_needed(**started) + 1))
             ray.init(num_cpus=cpus, num_gpus=math.ceil(gpus), include_dashboard=False, log_to_driver=False,
                      configure_logging=False)
         else:
@@ -78,7 +81,7 @@ class RayDataRunner:
                                       f"{exc}") from None
             resources = ray.cluster_resources()
             gpus = config.num_gpus if config.num_gpus is not None else float(resources.get("GPU", 0.0))
-            pools = config.plan_pools(gpus, float(resources.get("CPU", 0.0)), bool(prompts))
+            pools = config.plan_pools(gpus, float(resources.get("CPU", 0.0)), **started)
         try:
             yield from self._run(items, prompts, job, pools)
         finally:
@@ -105,12 +108,17 @@ class RayDataRunner:
     def _stream(self, items: list[BatchItem], prompts: list[BatchItem], job: BatchJob, pools
                 ) -> Iterator[ItemState]:
         config, preset = job.config, job.preset
-        # 1. the Zero123 pool: plain actors, shared by the views stage and every training actor
+        sds, fast = [i for i in items if i.params.method != "fast"], [i for i in items if i.params.method != "sds"]
+        cost_model = cost_model_for(config, pools)
+
+        def model(pool: StageOptions, **more) -> dict:  # constructor arguments of a stage holding a model
+            return {"preset": preset, "device": config.device, "threads": torch_threads(pool.num_cpus), **more}
+
+        # 1. the Zero123 pool (items with SDS only): plain actors, shared by the views stage and every trainer
         z = pools.zero123
-        self.zero123 = [
-            Zero123Server.options(num_gpus=z.num_gpus, num_cpus=z.num_cpus).remote(
-                preset.zero123, config.device, torch_threads(z.num_cpus), z.max_batch_size, z.batch_wait_s)
-            for _ in range(max(1, min(z.concurrency, len(items))))]
+        self.zero123 = [Zero123Server.options(num_gpus=z.num_gpus, num_cpus=z.num_cpus).remote(
+            preset.zero123, config.device, torch_threads(z.num_cpus), z.max_batch_size, z.batch_wait_s)
+            for _ in range(min(z.concurrency, len(sds)))]
         zero123 = PoolHandle(self.zero123)
         # 2. rows: one per block; prompt rows through SDXL first
         def dataset(subset: list[BatchItem]):
@@ -119,29 +127,21 @@ class RayDataRunner:
                                        override_num_blocks=len(subset))
 
         images = [item for item in items if item.image is not None]
-        parts = []
-        if prompts:
-            t = pools.text_to_image
-            parts.append(_stage(dataset(prompts), TextToImageStage, {
-                "preset": preset, "device": config.device, "threads": torch_threads(t.num_cpus)}, t, len(prompts)))
+        parts = [_stage(dataset(prompts), TextToImageStage, model(pools.text_to_image), pools.text_to_image,
+                        len(prompts))] if prompts else []
         if images:
             parts.append(dataset(images))
         ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
-        # 3. the stages; a trainer takes its next item only when free, so no item queues behind a busy one
-        n, b, v, t, p = len(items), pools.background, pools.novel_views, pools.training, pools.publish
-        ds = _stage(ds, BackgroundStage, {"preset": preset, "device": config.device,
-                                          "threads": torch_threads(b.num_cpus),
-                                          "s3_endpoint_url": config.s3_endpoint_url}, b, n)
-        ds = _stage(ds, NovelViewsStage, {"zero123": zero123}, v, n)
-        ds = _stage(ds, TrainingStage, {"preset": preset, "device": config.device, "threads": torch_threads(t.num_cpus),
-                                        "zero123": zero123, "cost_model": cost_model_for(config, pools)}, t, n, 1)
-        ds = _stage(ds, PublishStage, {"out": config.out, "s3_endpoint_url": config.s3_endpoint_url}, p, n)
+        # 3. the stages the methods need; a trainer or feed-forward actor takes its next item only when free
+        b, f, t = pools.background, pools.feedforward, pools.training
+        ds = _stage(ds, BackgroundStage, model(b, s3_endpoint_url=config.s3_endpoint_url), b, len(items))
+        if fast:
+            ds = _stage(ds, FeedForwardStage, model(f, cost_model=cost_model), f, len(fast), 1)
+        if sds:
+            ds = _stage(ds, NovelViewsStage, {"zero123": zero123}, pools.novel_views, len(sds))
+            ds = _stage(ds, TrainingStage, model(t, zero123=zero123, cost_model=cost_model), t, len(sds), 1)
+        ds = _stage(ds, PublishStage, {"out": config.out, "s3_endpoint_url": config.s3_endpoint_url}, pools.publish,
+                    len(items))
         # 4. each item as soon as it is published
         for row in ds.iter_rows():
             yield ItemState.from_bytes(bytes(row["state"]))
-
-
-def _local_gpus() -> int:
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -8,18 +8,22 @@ dataset.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from batch_jobs.actors import actor_device
 from batch_jobs.zero123 import PoolHandle, Zero123PoolStages
-from lift3d.batch.item import ItemState, background_step, text_to_image_step, training_step, views_step
+from lift3d.batch.item import (ItemState, background_step, feedforward_step, needs_sds, text_to_image_step,
+                               training_step, views_step)
 from lift3d.batch.locations import Reader, open_output
 from lift3d.batch.outputs import publish_step
 from lift3d.pipeline import InProcessStages
 from lift3d.presets import ModelPreset
 from lift3d.costs import CostModel
 
-__all__ = ["BackgroundStage", "NovelViewsStage", "PublishStage", "TextToImageStage", "TrainingStage", "as_batch"]
+__all__ = ["BackgroundStage", "FeedForwardStage", "NovelViewsStage", "PublishStage", "TextToImageStage",
+           "TrainingStage", "as_batch"]
 
 
 def as_batch(states: list[ItemState]) -> dict[str, np.ndarray]:
@@ -56,6 +60,29 @@ class BackgroundStage:
         return as_batch([background_step(state, self.stages, self.reader, self.size) for state in _states(batch)])
 
 
+class FeedForwardStage:
+    """The feed-forward model (TripoSR), loaded once per actor. ``fast`` items: their whole run here, by
+    ``Lift3DPipeline.run`` (field, marching cubes, texture bake, GLB export into the row; ``mesh_export`` priced
+    at this pool's GPU fraction); ``fast+sds`` items: their field, which the training stage starts from; ``sds``
+    items pass through."""
+
+    def __init__(self, preset: ModelPreset, device: str, threads: int, cost_model: CostModel) -> None:
+        self.preset, self.device = preset, actor_device(device, threads)
+        self.stages = InProcessStages(preset, self.device)
+        self.stages.models.feedforward()
+        fraction = cost_model.gpu_fractions.get("feedforward", 0.0)
+        self.cost_model = replace(cost_model, gpu_fractions={**cost_model.gpu_fractions, "mesh_export": fraction})
+
+    def _step(self, state: ItemState) -> ItemState:
+        state = feedforward_step(state, self.stages, self.preset.fast.foreground_ratio)
+        if state.item.params.method == "fast":
+            return training_step(state, self.preset, self.stages, self.cost_model, self.device, "mesh_export")
+        return state
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return as_batch([self._step(state) for state in _states(batch)])
+
+
 class NovelViewsStage:
     """Each item's Zero123 condition and views, computed by the shared Zero123 pool (this actor holds no model)."""
 
@@ -67,8 +94,9 @@ class NovelViewsStage:
 
 
 class TrainingStage:
-    """NeRF + SDS (guidance from the shared Zero123 pool, batched with the other training actors' steps), marching
-    cubes and GLB export, by ``Lift3DPipeline.run``."""
+    """NeRF + SDS (guidance from the shared Zero123 pool, batched with the other training actors' steps; ``fast+sds``
+    items start from their field), marching cubes and GLB export, by ``Lift3DPipeline.run``; ``fast`` items, done
+    in the feed-forward stage, pass through."""
 
     def __init__(self, preset: ModelPreset, device: str, threads: int, zero123: PoolHandle,
                  cost_model: CostModel) -> None:
@@ -77,7 +105,7 @@ class TrainingStage:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return as_batch([training_step(state, self.preset, self.guidance, self.cost_model, self.device)
-                         for state in _states(batch)])
+                         if needs_sds(state.item.params) else state for state in _states(batch)])
 
 
 class PublishStage:

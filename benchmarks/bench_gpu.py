@@ -1,6 +1,6 @@
 """GPU readiness: time and memory of the full-size models with RANDOM weights (no weights can be downloaded here).
 
-Every model has the architecture of the real one (:mod:`fullsize_models`: SDXL base 1.0, Stable Zero123) and
+Every model has the architecture of the real one (:mod:`fullsize_models`: SDXL base 1.0, Stable Zero123, TripoSR) and
 seeded random weights, so the FLOPs, kernels and memory are those of a real run while every image, view and mesh
 is noise. The output says so loudly, and the JSON carries ``"random_weights": true``.
 
@@ -21,6 +21,11 @@ Parts, each timed after warm-up (CUDA events on the GPU, median of ``--repeats``
    memory model's check (part 5): every item of ``benchmarks/memory_model.py`` (or ``--memory-items``) run for real
    on the device and measured, then modelled by the same script's fake run, printed side by side, so the first run
    on a GPU checks the model in one command.
+6. The feed-forward model (TripoSR, fp32 as the reference runs, its density head given a surface as the tiny
+   preset's is): seconds per image of its forward (one RGBA cut-out framed to 512² → a triplane field), and of the
+   synchronous ``stable-fast-3d`` endpoint's whole asset (:func:`lift3d.pipeline.fast.fast_asset_glb`: forward,
+   marching cubes at the preset's 256³, xatlas unwrap, 1024² texture bake, GLB), each with its peak memory. Run
+   first, alone on the device; its model is dropped before the other parts.
 
 ``--small`` runs every part on the CPU with the tiny presets (tiny SDXL, tiny Zero123, tiny NeRF with 4 steps,
 2 SDXL steps) in well under a minute, so that the script cannot rot (``tests/test_bench_gpu.py``).
@@ -29,6 +34,7 @@ Usage::
 
     python benchmarks/bench_gpu.py [--compile] [--steps 600] [--jobs 4] [--json bench_gpu.json]
     python benchmarks/bench_gpu.py --parts 5 [--memory-items sds_job_trainer_p2,zero123_sds_batch]
+    python benchmarks/bench_gpu.py --parts 6      # the feed-forward model only (about a minute)
     python benchmarks/bench_gpu.py --small --json /tmp/bench_gpu_small.json
 """
 
@@ -108,7 +114,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's; 1 with --small, where tiny ops only pay for "
                              "thread hand-offs and a shared machine punishes oversubscription)")
-    parser.add_argument("--parts", default="1,2,3,4,5", help="comma-separated subset of 1,2,3,4,5")
+    parser.add_argument("--parts", default="1,2,3,4,5,6", help="comma-separated subset of 1,2,3,4,5,6")
     parser.add_argument("--memory-items", default=None,
                         help="part 5: comma-separated items of benchmarks/memory_model.py (default: all on a GPU; "
                              f"{','.join(SMALL_MEMORY_ITEMS)} with --small)")
@@ -125,8 +131,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
     dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
     dtype = dtypes.get(args.dtype) or (torch.float16 if device.type == "cuda" else torch.float32)
     parts = tuple(sorted({int(p) for p in args.parts.split(",") if p.strip()}))
-    if not parts or not set(parts) <= {1, 2, 3, 4, 5}:
-        raise SystemExit(f"bench_gpu: --parts must list some of 1,2,3,4,5, got {args.parts!r}")
+    if not parts or not set(parts) <= {1, 2, 3, 4, 5, 6}:
+        raise SystemExit(f"bench_gpu: --parts must list some of 1,2,3,4,5,6, got {args.parts!r}")
     if args.jobs < 1 or (args.repeats is not None and args.repeats < 1) or args.warmup < 0:
         raise SystemExit("bench_gpu: --jobs and --repeats must be >= 1, --warmup >= 0")
     small = args.small
@@ -230,9 +236,11 @@ def log(message: str) -> None:
 
 # ----------------------------------------------------------------------------------------------------- models
 def components(stage: Any) -> dict[str, torch.nn.Module]:
-    """The torch modules of a text-to-image or Zero123 stage, by name."""
+    """The torch modules of a text-to-image, Zero123 or feed-forward stage, by name."""
     if hasattr(stage, "pipe"):
         return {k: v for k, v in stage.pipe.components.items() if isinstance(v, torch.nn.Module)}
+    if hasattr(stage, "network"):  # TripoSR: image tokenizer, triplane tokens, backbone, upsampler, decoder
+        return dict(stage.network.named_children())
     return {"unet": stage.unet, "vae": stage.vae, "image_encoder": stage.image_encoder,
             "clip_camera_projection": stage.clip_camera_projection}
 
@@ -389,6 +397,56 @@ def bench_sds_jobs(zero123: Any, meter: Meter, settings: Settings, phase: Phase)
     batched.detail["throughput_ratio"] = one_by_one.detail["throughput_ratio"] = ratio
     batched.detail["phase_steps"] = one_by_one.detail["phase_steps"] = phase.steps
     return [batched, one_by_one]
+
+
+def build_feedforward(settings: Settings, built: dict[str, dict[str, Any]]) -> Any:
+    """The feed-forward model of part 6 (tiny with ``--small``; else full size, fp32, with a surface), recorded in
+    ``built`` like the others."""
+    from lift3d.stages.feedforward import TripoSR
+
+    log(f"building feedforward ({'tiny' if settings.small else 'full-size'}, random weights)")
+    start = time.perf_counter()
+    if settings.small:
+        model = TripoSR.tiny(seed=settings.seed, device=settings.device)
+    else:
+        from fullsize_models import fullsize_feedforward
+
+        model = fullsize_feedforward(settings.device, torch.float32, settings.seed, surface=True)
+    Meter(settings.device).sync()
+    built["feedforward"] = {"source": model.source, "build_s": time.perf_counter() - start,
+                            "parameters": {k: sum(p.numel() for p in m.parameters())
+                                           for k, m in components(model).items()}}
+    return model
+
+
+def bench_feedforward(model: Any, meter: Meter, settings: Settings) -> list[Row]:
+    """Part 6: the model's forward (image → field) and the synchronous endpoint's whole asset, per image."""
+    from PIL import Image
+
+    from lift3d.params.fast3d import FastAssetParams
+    from lift3d.pipeline.fast import fast_asset_glb
+    from lift3d.presets import TINY, get_preset
+
+    image = Image.open(ROOT / "examples" / "dragon2_rgba.png")  # an RGBA cut-out: alpha is the mask
+    side = model.config.cond_image_size
+    meter.start_part()
+    runs = meter.runs(lambda: model(image, foreground_ratio=0.85), settings.warmup, settings.repeats)
+    forward = meter.row(6, f"feed-forward field {side}² (TripoSR)", model.dtype, runs, 1.0, "images/s",
+                        input_size=side, what="field")
+    fast = get_preset(TINY if settings.small else "default").fast
+    if settings.small:  # as part 4's mesh: xatlas on the tiny preset's 96³ mesh would take most of the smoke run
+        fast = replace(fast, isosurface_resolution=SMALL_MESH_RESOLUTION)
+    params = FastAssetParams(texture_resolution=512 if settings.small else 1024)
+    assets: list[Any] = []
+    meter.start_part()  # the forward above warmed the model: the first asset runs the same kernels
+    runs = meter.runs(lambda: assets.append(fast_asset_glb(model, image, params, fast)), 0,
+                      1 if settings.small else settings.repeats)
+    metadata = assets[-1].metadata
+    asset = meter.row(6, f"fast asset GLB ({fast.isosurface_resolution}³, {params.texture_resolution}² tex)",
+                      model.dtype, runs, 1.0, "images/s", what="asset", glb_bytes=len(assets[-1].glb),
+                      vertices=metadata["vertices"], faces=metadata["faces"], stage_s=metadata["timings_s"],
+                      isosurface_resolution=fast.isosurface_resolution, texture_resolution=params.texture_resolution)
+    return [forward, asset]
 
 
 class PrebuiltModels:
@@ -586,6 +644,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     nerf = nerf_preset(settings)
     phases = schedule_phases(nerf)
     rows: list[Row] = []
+
+    # The feed-forward model first, alone on the device; dropped after.
+    if 6 in settings.parts:
+        log("part 6: feed-forward model")
+        feedforward = build_feedforward(settings, built)
+        rows.extend(bench_feedforward(feedforward, meter, settings))
+        del feedforward
 
     # Zero123 parts first: SDXL's weights are then not resident yet while they run.
     if 2 in settings.parts:

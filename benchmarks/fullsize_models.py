@@ -1,4 +1,4 @@
-"""Full-size SDXL and Stable Zero123 architectures with seeded RANDOM weights, for timing and memory only.
+"""Full-size SDXL, Stable Zero123 and TripoSR architectures with seeded RANDOM weights, for timing and memory only.
 
 The components are the classes the real loaders return (diffusers ``UNet2DConditionModel`` / ``AutoencoderKL``,
 transformers ``CLIPTextModel`` / ``CLIPTextModelWithProjection`` / ``CLIPVisionModelWithProjection``,
@@ -26,6 +26,8 @@ Sources of the numbers (public configs, read with the project's code-search tool
   (``self.cc_projection = nn.Linear(772, 768)``).
 - CLIP ViT-L/14 vision tower: ``openai/clip-vit-large-patch14`` ``config.json`` ``vision_config`` (copies, e.g.
   ``kandinsky-community/kandinsky-2-1-prior`` ``image_encoder/config.json``).
+- TripoSR: ``stabilityai/TripoSR`` ``config.yaml``, typed as
+  :meth:`lift3d.stages.feedforward.triposr.TripoSRConfig.full` (its module docstring lists the numbers).
 
 Examples:
     >>> unet = build_module(lambda: UNet2DConditionModel(**SDXL_UNET), "meta", torch.float16, seed=0)
@@ -67,6 +69,7 @@ __all__ = [
     "ZERO123_IMAGE_ENCODER",
     "ZERO123_UNET",
     "build_module",
+    "fullsize_feedforward",
     "fullsize_text_to_image",
     "fullsize_zero123",
     "parameter_count",
@@ -280,3 +283,25 @@ def fullsize_zero123(
         random_weights=True,
         source=f"fullsize-random(seed={seed})",
     )
+
+
+def fullsize_feedforward(device: str | torch.device = "cuda", dtype: torch.dtype = torch.float32, seed: int = 0,
+                         surface: bool = False) -> Any:
+    """TripoSR's architecture (:meth:`TripoSRConfig.full`: DINO ViT-B/16 at 512², 16 transformer blocks over
+    3 × 32² triplane tokens of 1024 channels, upsampler to 40 × 64², a 9-layer MLP) with seeded random weights, as
+    the :class:`~lift3d.stages.feedforward.triposr.TripoSR` stage, in ``dtype`` (fp32: the reference runs so).
+
+    ``surface``: give the density head the spread the tiny preset gives it (built on the CPU in fp32 first, one
+    forward of a random image), so that a field of a random model has a surface at the threshold and marching
+    cubes, remeshing and the texture bake run as with real weights. Not with ``device="meta"``.
+    """
+    from lift3d.stages.feedforward.triposr import TripoSR, TripoSRConfig, TripoSRNetwork
+    from lift3d.stages.feedforward.triposr.model import TINY_DENSITY_SPREAD, _spread_density
+
+    if not surface:
+        network = build_module(lambda: TripoSRNetwork(TripoSRConfig.full()), device, dtype, seed=seed)
+    else:
+        network = build_module(lambda: TripoSRNetwork(TripoSRConfig.full()), "cpu", torch.float32, seed=seed)
+        _spread_density(network, TINY_DENSITY_SPREAD)  # the tiny preset's rescaling, at full size
+        network = network.to(device=device, dtype=dtype)
+    return TripoSR(network, source=f"fullsize-random(seed={seed})", random_weights=True)

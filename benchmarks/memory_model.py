@@ -12,9 +12,10 @@ stated (``memory/nerf_sampling.py``).
 Each peak becomes ``allocated × 1.12 + 0.5 GiB`` (allocator overhead and CUDA context, ``memory/budgets.py``) and
 is checked against its replica's ``num_gpus`` share of its pool's card (``serve_config.yaml``,
 ``k8s/rayservice.yaml``: A10G, 23028 MiB) and the issue's targets; ``fits`` is every item's peak × 1.15 ≤ its
-budget. Three items are sums: ``sds_job_trainer`` (the worst phase of one job), ``nerf_trainer_replica``
-(``max_ongoing_requests`` jobs of the trainer, each at its worst, in one process) and ``multiview_replica`` (a full
-SDS batch and a novel-views request at once, one set of weights).
+budget. Four items are sums: ``sds_job_trainer`` (the worst phase of one job), ``nerf_trainer_replica``
+(``max_ongoing_requests`` jobs of the trainer, each at its worst, in one process), ``multiview_replica`` (a full
+SDS batch and a novel-views request at once, one set of weights) and ``feedforward_replica`` (the FeedForward
+replica's ``max_ongoing_requests`` fast-3D requests at once, one set of weights).
 
 Validation: every item also runs with the tiny presets on the CPU twice — for real, measured by the CPU
 allocator's events (``torch.profiler``), and fake, modelled by the tracker with the real run's sample counts —
@@ -134,7 +135,8 @@ def validate(item: Item, serve: ServeConfig) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------- main
 def select_items(items: list[Item], names: str | None) -> list[Item]:
     """``--items``: the named ones; ``sds_job_trainer`` means every phase, ``nerf_trainer_replica`` adds
-    ``mesh_export``, ``multiview_replica`` the SDS batch and the novel views.
+    ``mesh_export``, ``multiview_replica`` the SDS batch and the novel views, ``feedforward_replica`` the
+    fast-3D request.
 
     Raises:
         SystemExit: an unknown name.
@@ -142,9 +144,11 @@ def select_items(items: list[Item], names: str | None) -> list[Item]:
     if not names:
         return items
     wanted = {name.strip() for name in names.split(",") if name.strip()}
-    expanded = wanted - {"sds_job_trainer", "nerf_trainer_replica", "multiview_replica"}
+    expanded = wanted - {"sds_job_trainer", "nerf_trainer_replica", "multiview_replica", "feedforward_replica"}
     if "multiview_replica" in wanted:
         expanded |= {"zero123_sds_batch", "zero123_novel_views"}
+    if "feedforward_replica" in wanted:
+        expanded.add("feedforward_asset")
     if wanted & {"sds_job_trainer", "nerf_trainer_replica"}:
         expanded |= {i.name for i in items if i.name.startswith("sds_job_trainer_p")}
     if "nerf_trainer_replica" in wanted:
@@ -278,7 +282,8 @@ def composite_rows(rows: list[dict[str, Any]], details: dict[str, Any], serve: S
     """``sds_job_trainer``: the worst phase of one trainer job; ``nerf_trainer_replica``: the trainer replica's
     ``max_ongoing_requests`` jobs in one process, each at its worst (training or export); ``multiview_replica``:
     a full SDS batch and one novel-views request at once (Serve runs a replica's methods in parallel threads), the
-    weights counted once."""
+    weights counted once; ``feedforward_replica``: the FeedForward replica's ``max_ongoing_requests`` fast-3D
+    requests at once, the weights counted once."""
     out = []
     measured = {name: d for name, d in details["items"].items() if "resident_gib" in d}
     allocated = {name: d["allocated_gib"] for name, d in measured.items()}
@@ -290,6 +295,15 @@ def composite_rows(rows: list[dict[str, Any]], details: dict[str, Any], serve: S
                     "budget_gib": round(budget_gib("multiview_replica", serve.replica("MultiView")), 3)})
         details["items"]["multiview_replica"] = {"allocated_gib": round(both, 3),
                                                  "sum_of": ["zero123_sds_batch", "zero123_novel_views"]}
+    if "feedforward_asset" in allocated:
+        n = serve.replica("FeedForward").max_ongoing_requests
+        weights, one = resident["feedforward_asset"], allocated["feedforward_asset"]
+        both = weights + n * (one - weights)
+        out.append({"name": "feedforward_replica", "replica": "FeedForward", "dtype": "float32",
+                    "peak_gib": round(modelled_gib(int(both * GIB)), 3),
+                    "budget_gib": round(budget_gib("feedforward_replica", serve.replica("FeedForward")), 3)})
+        details["items"]["feedforward_replica"] = {"allocated_gib": round(both, 3), "requests": n,
+                                                   "sum_of": ["feedforward_asset"]}
     phases = [r for r in rows if r["name"].startswith("sds_job_trainer_p")]
     if phases:
         worst = max(phases, key=lambda r: r["peak_gib"])

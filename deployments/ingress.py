@@ -24,12 +24,17 @@ from deployments.queue import JobQueue
 from lift3d.errors import Lift3DError
 from lift3d.service.accounts.principal import Principal
 from lift3d.service.config import ServiceConfig
-from lift3d.service.server import build_api, build_images, build_service
+from lift3d.service.server import build_api, build_fast_assets, build_images, build_service
 from lift3d.service.state import open_state
 from lift3d.service.schemas import ErrorBody, GenerationAccepted, GenerationRequest, GenerationResult, GenerationStatus
 from lift3d.logs import install_job_log_filter
 
-__all__ = ["IngressDeployment"]
+__all__ = ["FAST_ASSET_TIMEOUT_S", "IngressDeployment"]
+
+FAST_ASSET_TIMEOUT_S = 50.0
+"""Seconds a ``stable-fast-3d`` request waits for its asset here: under ``serve_config.yaml``'s
+``http_options.request_timeout_s`` (60), so that a stuck model pool gets the service's 503 with the charge returned,
+not a cut connection from Serve's proxy while the charge stands."""
 
 
 @serve.deployment(
@@ -41,10 +46,12 @@ __all__ = ["IngressDeployment"]
 @serve.ingress()
 class IngressDeployment:
     """HTTP and handle front door. ``consumer`` is bound only so that the queue's consumer deploys with the app;
-    ``text_to_image`` (the SDXL deployment) answers the synchronous image endpoints."""
+    ``text_to_image`` (the SDXL deployment) answers the synchronous image endpoints, ``background`` and
+    ``feedforward`` (background removal, then the feed-forward model) the synchronous fast-3D endpoint."""
 
     def __init__(self, config: ServiceConfig, consumer: DeploymentHandle,
-                 text_to_image: DeploymentHandle | None = None) -> None:
+                 text_to_image: DeploymentHandle | None = None, background: DeploymentHandle | None = None,
+                 feedforward: DeploymentHandle | None = None) -> None:
         install_job_log_filter()
         self.consumer = consumer
         self.config = config
@@ -53,10 +60,13 @@ class IngressDeployment:
         self.service = build_service(config, self.state, JobQueue(config.queue).enqueue)
         self.images = None if text_to_image is None else build_images(
             config, self.state, lambda call: text_to_image.images.remote(call).result().value)
+        self.fast_assets = None if background is None or feedforward is None else build_fast_assets(
+            config, self.state, remote_fast_assets(background, feedforward), timeout_s=FAST_ASSET_TIMEOUT_S)
         self.app_name = serve.get_replica_context().app_name
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return build_api(self.config, self.state, self.service, self.metrics, self.health, self.images)
+        return build_api(self.config, self.state, self.service, self.metrics, self.health, self.images,
+                         self.fast_assets)
 
     async def health(self) -> tuple[bool, dict[str, str]]:
         """Whether every deployment of this application is HEALTHY, and each one's status."""
@@ -95,3 +105,17 @@ class IngressDeployment:
         """Stop a generation: its status while it stops, or the envelope (``generation_canceled`` when it had not
         started)."""
         return await self._answer(lambda caller: self.service.cancel(id, caller), api_key, id)
+
+
+def remote_fast_assets(background: DeploymentHandle, feedforward: DeploymentHandle) -> Callable[..., Any]:
+    """The fast-3D service's ``make_asset`` on the graph: ``(image, params) → Timed[FastAsset]`` by
+    :class:`lift3d.pipeline.remote.RemoteFastAssets` (blocking; the service calls it in a worker thread). That module
+    imports torch, so it is imported on the first call: the ingress starts without torch, and loads it when the first
+    reply, a torch-side object, arrives anyway (as with the image endpoints' replies)."""
+
+    def make_asset(image: Any, params: Any) -> Any:
+        from lift3d.pipeline.remote import RemoteFastAssets
+
+        return RemoteFastAssets(background, feedforward)(image, params)
+
+    return make_asset

@@ -1,6 +1,7 @@
 """``NerfTrainer`` deployment: runs attempts of 3D jobs. The pipeline runs here on
-:class:`~lift3d.pipeline.remote.RemoteStages` (``TextToImage``, ``BackgroundRemoval`` and ``MultiView`` through
-handles), trains the NeRF on this replica's GPU, exports the mesh and writes every artifact
+:class:`~lift3d.pipeline.remote.RemoteStages` (``TextToImage``, ``BackgroundRemoval``, ``MultiView`` and, for the
+fast methods, ``FeedForward`` through handles), trains the NeRF on this replica's GPU (or fits it to the
+feed-forward field), exports the mesh and writes every artifact
 (:class:`lift3d.service.worker.runner.JobRunner` does the work).
 
 Examples:
@@ -44,7 +45,7 @@ class NerfTrainerDeployment:
     """Runs attempts of 3D jobs from their records in the service database."""
 
     def __init__(self, text_to_image: DeploymentHandle, background: DeploymentHandle, multiview: DeploymentHandle,
-                 settings: TrainerSettings) -> None:
+                 settings: TrainerSettings, feedforward: DeploymentHandle | None = None) -> None:
         install_job_log_filter()
         self.metrics = RayMetrics()
         fraction = assigned_gpu_fraction()
@@ -53,7 +54,7 @@ class NerfTrainerDeployment:
                                        settings.price_per_gpu_hour)
         self.jobs = open_state(settings, store_retry_s=settings.store_retry_s, metrics=self.metrics).jobs
         self.runner = JobRunner(
-            self.jobs, RemoteStages(text_to_image, background, multiview),
+            self.jobs, RemoteStages(text_to_image, background, multiview, feedforward),
             get_preset(settings.preset), cost_model, device=replica_device(settings.device, settings.torch_threads),
             heartbeat_s=settings.heartbeat_s, on_finish=self._observe,
             worker=serve.get_replica_context().replica_id.unique_id,

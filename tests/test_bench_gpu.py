@@ -43,7 +43,7 @@ def test_small_run_times_every_part_on_the_cpu(small_run):
     result, _ = small_run
     assert result["device"] == "cpu" and result["mode"] == "small"
     rows = result["rows"]
-    assert {row["part"] for row in rows} == {1, 2, 3, 4}
+    assert {row["part"] for row in rows} == {1, 2, 3, 4, 6}
     for row in rows:
         assert row["device"] == "cpu" and row["dtype"] == "float32"
         assert row["wall_s"] > 0 and row["it_per_s"] > 0 and all(t > 0 for t in row["runs_s"]), row["name"]
@@ -53,6 +53,22 @@ def test_small_run_times_every_part_on_the_cpu(small_run):
     (generate,) = [row for row in rows if row["part"] == 4]
     assert {"model.glb", "model_textured.glb", "metadata.json"} <= set(generate["detail"]["artifacts"])
     assert generate["detail"]["nerf_steps"] == 4 and generate["detail"]["random_weights"] is True
+
+
+@pytest.mark.slow
+def test_small_run_times_the_feed_forward_model_and_its_asset(small_run):
+    """Part 6 on the CPU: the tiny TripoSR's forward and the synchronous endpoint's whole asset, per image."""
+    result, stdout = small_run
+    field, asset = [row for row in result["rows"] if row["part"] == 6]
+    assert (field["detail"]["what"], asset["detail"]["what"]) == ("field", "asset")
+    assert field["unit"] == asset["unit"] == "images/s"
+    assert field["detail"]["input_size"] == 64  # TripoSRConfig.tiny's cond_image_size
+    assert asset["wall_s"] > field["wall_s"] > 0  # the asset includes the forward, then marching cubes and xatlas
+    assert asset["detail"]["glb_bytes"] > 0 and asset["detail"]["faces"] > 0
+    assert set(asset["detail"]["stage_s"]) >= {"feedforward", "mesh_export"}
+    assert result["models"]["feedforward"]["source"] == "tiny"
+    assert sum(result["models"]["feedforward"]["parameters"].values()) > 0
+    assert "fast asset GLB" in stdout
 
 
 @pytest.mark.slow
@@ -100,7 +116,7 @@ def test_missing_cuda_ends_with_one_clear_line():
 # Parameter counts of the architectures built from fullsize_models' configs, on the meta device (no memory).
 # Published sizes they must round to: SDXL UNet 2.6B and text encoders 817M together (Podell et al. 2023,
 # table 1), SD 1.x UNet 860M (CompVis model card; +11 520 for Zero123's 4 extra input channels), KL-f8 VAE
-# 83.7M, CLIP ViT-L/14 vision tower 304M with its projection.
+# 83.7M, CLIP ViT-L/14 vision tower 304M with its projection, TripoSR 419M (its fp32 model.ckpt is 1.68 GB).
 FULLSIZE_PARAMETERS = {
     "sdxl_unet": 2_567_463_684,
     "sdxl_vae": 83_653_863,
@@ -110,6 +126,7 @@ FULLSIZE_PARAMETERS = {
     "sd_vae": 83_653_863,
     "zero123_image_encoder": 303_966_208,
     "clip_camera_projection": 772 * 768 + 768,
+    "triposr": 419_275_628,
 }
 
 
@@ -118,6 +135,7 @@ def test_fullsize_architectures_have_the_published_sizes():
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPVisionConfig
     from transformers import CLIPVisionModelWithProjection
 
+    from lift3d.stages.feedforward.triposr import TripoSRConfig, TripoSRNetwork
     from lift3d.stages.tiny import tiny_clip_tokenizer
     from lift3d.stages.zero123 import CLIPCameraProjection
 
@@ -137,6 +155,7 @@ def test_fullsize_architectures_have_the_published_sizes():
         "sd_vae": lambda: AutoencoderKL(**fs.SD_VAE),
         "zero123_image_encoder": lambda: CLIPVisionModelWithProjection(CLIPVisionConfig(**fs.ZERO123_IMAGE_ENCODER)),
         "clip_camera_projection": lambda: CLIPCameraProjection(embedding_dim=768, additional_embeddings=4),
+        "triposr": lambda: TripoSRNetwork(TripoSRConfig.full()),
     }
     counts = {}
     for name, factory in factories.items():
@@ -147,6 +166,7 @@ def test_fullsize_architectures_have_the_published_sizes():
     assert round(counts["sdxl_unet"] / 1e9, 1) == 2.6
     assert int((counts["sdxl_text_encoder"] + counts["sdxl_text_encoder_2"]) / 1e6) == 817
     assert len(tokenizer) <= fs.CLIP_VOCAB_SIZE  # every tiny token id has a row in the real embedding
+    assert round(counts["triposr"] * 4 / 1e9, 2) == 1.68  # fp32 bytes
 
 
 @pytest.mark.cuda
@@ -162,3 +182,16 @@ def test_fullsize_sds_step_runs_on_cuda(tmp_path):
     for row in result["rows"]:
         assert row["dtype"] == "float16" and row["wall_s"] > 0
         assert row["peak_vram_gib"] >= row["resident_gib"] > 0
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fullsize_feedforward_runs_on_cuda(tmp_path):
+    path = tmp_path / "gpu.json"
+    proc = _run("--parts", "6", "--repeats", "1", "--warmup", "1", "--json", str(path))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(path.read_text())
+    assert sum(result["models"]["feedforward"]["parameters"].values()) == FULLSIZE_PARAMETERS["triposr"]
+    field, asset = result["rows"]
+    assert field["dtype"] == "float32" and field["detail"]["input_size"] == 512
+    assert asset["detail"]["faces"] > 0 and asset["peak_vram_gib"] >= asset["resident_gib"] > 1.5  # fp32 weights

@@ -109,19 +109,22 @@ def test_ingress_exposes_only_the_api_paths():
     (rule,) = ingress["spec"]["rules"]
     paths = {(p["path"], p["pathType"]) for p in rule["http"]["paths"]}
     assert paths == {("/v1/", "Prefix"), ("/healthz", "Exact"), ("/docs", "Exact"), ("/openapi.json", "Exact"),
-                     ("/", "Exact"), ("/static/", "Prefix")}  # the playground's page and files
+                     ("/", "Exact"), ("/static/", "Prefix"),  # the playground's page and files
+                     ("/v2beta/3d/stable-fast-3d", "Exact")}  # the synchronous fast 3D endpoint
     service = next(yaml.safe_load_all((ROOT / MANIFEST).read_text()))["metadata"]["name"]
     assert {p["backend"]["service"]["name"] for p in rule["http"]["paths"]} == {f"{service}-serve-svc"}
-    for probe in ("/-/routes", "/-/healthz", "/v1", "/static"):  # what an Ingress with these rules would not route
+    # what an Ingress with these rules would not route
+    for probe in ("/-/routes", "/-/healthz", "/v1", "/static", "/v2beta/", "/v2beta/3d/stable-fast-3d/x"):
         assert not any(probe == path or (kind == "Prefix" and probe.startswith(path)) for path, kind in paths)
 
 
 # ------------------------------------------------------------------------------------------------ the pools
 GROUP_OF = {"Ingress": "cpu", "JobConsumer": "cpu", "BackgroundRemoval": "cpu",
-            "TextToImage": "sdxl", "MultiView": "zero123", "NerfTrainer": "nerf"}
-POOL_OF = {"cpu": "pool_cpu", "sdxl": "pool_sdxl", "zero123": "pool_zero123", "nerf": "pool_nerf"}
-GPU_GROUPS = ("sdxl", "zero123", "nerf")
-PER_NODE = {"TextToImage": 1, "MultiView": 2, "NerfTrainer": 2}
+            "TextToImage": "sdxl", "MultiView": "zero123", "NerfTrainer": "nerf", "FeedForward": "feedforward"}
+POOL_OF = {"cpu": "pool_cpu", "sdxl": "pool_sdxl", "zero123": "pool_zero123", "nerf": "pool_nerf",
+           "feedforward": "pool_feedforward"}
+GPU_GROUPS = ("sdxl", "zero123", "nerf", "feedforward")
+PER_NODE = {"TextToImage": 1, "MultiView": 2, "NerfTrainer": 2, "FeedForward": 2}
 RAY_MEMORY_SHARE = 0.7  # Ray's `memory` resource: what is left after its object store's default 30 %
 
 
@@ -190,7 +193,8 @@ def test_each_group_offers_only_its_own_pool():
     view = autoscaler_view()
     pools = {name: {r for r in offered if r.startswith("pool_")} for name, offered in view.items()}
     assert pools == {"head": set(), **{group: {pool} for group, pool in POOL_OF.items()}}
-    assert {group: view[group].get("GPU", 0) for group in POOL_OF} == {"cpu": 0, "sdxl": 1, "zero123": 1, "nerf": 1}
+    assert {group: view[group].get("GPU", 0) for group in POOL_OF} == {"cpu": 0, "sdxl": 1, "zero123": 1, "nerf": 1,
+                                                                        "feedforward": 1}
 
 
 def test_gpu_deployments_ask_for_the_pool_share_of_their_gpu_share():
@@ -221,6 +225,7 @@ def test_replicas_per_node_and_group_sizes_match_the_deployments():
             total = sum(d["autoscaling_config"][bound] * demand(d).get(resource, 0) for d in cpu_deployments)
             assert total <= nodes * cpu_node[resource], (bound, resource, total)
     assert groups["sdxl"]["minReplicas"] == 0  # SDXL scales to zero
+    assert groups["feedforward"]["minReplicas"] >= 1  # the synchronous endpoint never waits for a GPU node
 
 
 def test_pool_resources_parse_the_same_for_the_shell_the_operator_and_the_autoscaler():

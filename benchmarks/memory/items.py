@@ -17,6 +17,13 @@ An :class:`Item` prepares (builds the models, the inputs) and then runs one requ
   reference render at 128² / 256² / 512², the random views, both normal-smoothness passes, Adam), with Adam's
   moments already there (as in the middle of a training) and the guidance returning a zero gradient of the
   renders' shape (what a remote guidance's answer is once on the device).
+- ``feedforward_asset`` (FeedForward): one synchronous fast-3D request,
+  :func:`lift3d.pipeline.fast.fast_asset_glb`'s device work: TripoSR's forward on an RGBA cut-out
+  (:meth:`TripoSR.__call__`, framed to 512²), marching cubes' largest query (density of ``IsosurfaceConfig.chunk``
+  grid points made on the device, as ``nerf.mesh`` makes them), the vertex colours of as many points, and the
+  texture bake at the largest ``texture_resolution`` (2048², every texel covered). A fake field has no surface, so
+  the grid's other chunks, which are the same query again, are not run (stated). ``feedforward_replica``: the
+  replica's ``max_ongoing_requests`` requests at once, one set of weights (``benchmarks/memory_model.py``).
 - ``mesh_export`` (NerfTrainer): the trained field (with its last gradients) through
   :func:`lift3d.pipeline.steps.extract_field_mesh` (silhouette fit, marching-cubes grid queries), the vertex
   colours of a mesh of ``IsosurfaceConfig.chunk`` vertices (a fake field has no surface to find: the pass's
@@ -24,8 +31,8 @@ An :class:`Item` prepares (builds the models, the inputs) and then runs one requ
 
 At full size the models are the published architectures (``benchmarks/fullsize_models.py``) built on the meta
 device and turned into fake tensors (:func:`memory.tracker.to_fake`) in the dtype of their replica on CUDA (fp16
-for SDXL and Stable Zero123 as ``default_dtype`` picks, fp32 for the NeRF); at the tiny size they are the tiny
-presets (float32, as on the CPU). The code of the tree whose ``lift3d`` is imported is used (the script also runs
+for SDXL and Stable Zero123 as ``default_dtype`` picks, fp32 for the NeRF and for TripoSR, as its reference runs);
+at the tiny size they are the tiny presets (float32, as on the CPU). The code of the tree whose ``lift3d`` is imported is used (the script also runs
 against the original main for the "before" numbers, whose SDXL stage lived in ``lift3d.stages.text_to_image``).
 """
 
@@ -151,6 +158,21 @@ class Env:
                 self.fakeify(module)
             self.cache["zero123"] = stage
         return self.cache["zero123"]
+
+    def feedforward(self) -> Any:
+        """The feed-forward model (TripoSR), fp32 at full size (it runs so), the tiny preset otherwise."""
+        if "feedforward" not in self.cache:
+            from lift3d.stages.feedforward import TripoSR
+
+            with real_tensors():
+                if not self.full:
+                    stage = TripoSR.tiny(seed=0, device="cpu" if self.fake is not None else self.device)
+                else:
+                    stage = _fullsize_models().fullsize_feedforward(
+                        "meta" if self.fake is not None else self.device, torch.float32)
+            self.fakeify(stage.network)
+            self.cache["feedforward"] = stage
+        return self.cache["feedforward"]
 
     def condition(self) -> Any:
         """A job's encoded conditioning view, on the CPU (as requests carry it)."""
@@ -456,6 +478,48 @@ def mesh_export_item() -> Item:
     return Item("mesh_export", "NerfTrainer", prepare)
 
 
+def feedforward_asset_item() -> Item:
+    def prepare(env: Env) -> Prepared:
+        from PIL import Image
+
+        from lift3d.stages.feedforward.framing import framed_tensor
+        from nerf.mesh import IsosurfaceConfig
+        from nerf.texture import bake_texture
+
+        model = env.feedforward()
+        side = 512 if env.full else 64
+        with real_tensors():
+            yy, xx = np.mgrid[:side, :side]
+            disc = (((yy - side / 2) ** 2 + (xx - side / 2) ** 2) < (0.3 * side) ** 2).astype(np.uint8) * 255
+            image = Image.fromarray(np.dstack([np.full((side, side, 3), 180, np.uint8), disc]), "RGBA")
+        chunk, size = IsosurfaceConfig().chunk, MAX_TEXTURE_SIZE if env.full else TINY_TEXTURE_SIZE
+
+        def run() -> None:
+            # TripoSR.__call__'s steps; the field is made with real tensors around it (its checks read its real
+            # 3 × 3 rotation, which a fake session would turn fake and unreadable; the planes stay fake)
+            config = model.config
+            with torch.no_grad():
+                framed = framed_tensor(image, foreground_ratio=0.85, size=config.cond_image_size,
+                                       background=config.background, device=model.device, dtype=model.dtype)
+                planes = model.network(framed)[0]
+                del framed
+            with real_tensors():
+                field_ = model.field(planes)
+            with torch.no_grad():
+                idx = torch.arange(chunk, device=model.device)  # one chunk of the marching-cubes grid
+                points = torch.stack([idx // 65536, (idx // 256) % 256, idx % 256], dim=-1).float() / 255 - 0.5
+                del idx
+                field_.density(points)
+                field_.albedo(points)  # the vertex colours: the same number of points at most
+                del points
+            bake_texture(_quad_uv_mesh(), field_.albedo, size=size)
+
+        return Prepared([model.network], run, _dtype_name(model.dtype),
+                        {"input_size": model.config.cond_image_size, "query_points": chunk, "texture_size": size})
+
+    return Item("feedforward_asset", "FeedForward", prepare)
+
+
 def config_fingerprint(serve: ServeConfig) -> dict[str, Any]:
     """The values of ``serve_config.yaml`` the items depend on (besides the budgets): SDS batch size and views
     bound, and the concurrency of the SDXL and trainer replicas."""
@@ -479,4 +543,6 @@ def build_items(env_preset: Any, serve: ServeConfig) -> list[Item]:
     items += [sds_batch_item()]
     items += [trainer_item(p) for p in phases]
     items += [mesh_export_item()]
+    if "FeedForward" in serve.replicas:
+        items += [feedforward_asset_item()]
     return items

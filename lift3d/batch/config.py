@@ -3,7 +3,10 @@
 The defaults size one node with one 24 GB A10G (8 vCPU, 32 GiB), the GPU of the Serve pools
 (``serve_config.yaml``): SDXL fp16 ~10 GB, one Stable Zero123 fp16 ~6 GB shared by the views and every item's SDS,
 two hash-grid NeRFs ~3 GB each. The GPU fractions add up to one GPU; the CPUs to 6.5 of 8, leaving Ray Data and
-the driver room:
+the driver room. The feed-forward pool (TripoSR) starts only when some item's ``method`` is ``fast`` or
+``fast+sds``, and the Zero123, views and training pools only when some item's is ``sds`` or ``fast+sds``; a run
+holding every pool at once on one GPU (prompts, SDS and fast items) asks for 1.1 GPUs: give one pool less
+(``--stage text_to_image.num_gpus=0.3``) or run it on two.
 
 ==============  =======  ========  ===========  ==========  =====================================================
 pool            GPUs     CPUs      actors       batch       what
@@ -13,6 +16,8 @@ background      0        1         1 per GPU    1 row       rembg ONNX on the CP
 novel_views     0        0.25      1 per GPU    1 row       calls the Zero123 pool (holds no model)
 zero123         0.3      1         1 per GPU    8 SDS reqs  Stable Zero123: conditions, views, SDS of all trainers
 training        0.15     1.5       2 per GPU    1 row       NeRF + SDS (guidance from the Zero123 pool), GLB export
+feedforward     0.1      1         1 per GPU    1 row       TripoSR: fast+sds items' fields; fast items' whole run
+                                                            (field, marching cubes, texture bake, GLB export)
 publish         0        0.25      1 per GPU    1 row       writes each item's outputs (local rename or S3 PUTs)
 ==============  =======  ========  ===========  ==========  =====================================================
 
@@ -66,18 +71,28 @@ class BatchStages(BaseModel):
     zero123: Zero123PoolOptions = Field(default_factory=lambda: Zero123PoolOptions(num_gpus=0.3, num_cpus=1))
     training: StageOptions = Field(default_factory=lambda: StageOptions(num_gpus=0.15, num_cpus=1.5, concurrency=2))
     publish: StageOptions = Field(default_factory=lambda: StageOptions(num_gpus=0.0, num_cpus=0.25))
+    feedforward: StageOptions = Field(default_factory=lambda: StageOptions(num_gpus=0.1, num_cpus=1))
 
-    def pools(self, with_text_to_image: bool = True) -> dict[str, StageOptions]:
-        """The pools a run starts (SDXL's only when prompt rows exist), by name."""
-        return {n: getattr(self, n) for n in type(self).model_fields if with_text_to_image or n != "text_to_image"}
+    def pools(self, with_text_to_image: bool = True, with_feedforward: bool = False, with_sds: bool = True
+              ) -> dict[str, StageOptions]:
+        """The pools a run starts, by name: SDXL's only when prompt rows exist, the feed-forward model's only for
+        ``fast`` / ``fast+sds`` items, Zero123's, the views' and the trainers' only for ``sds`` / ``fast+sds``."""
+        skip = ({"text_to_image"} if not with_text_to_image else set()) | (
+            {"feedforward"} if not with_feedforward else set()) | (
+            {"novel_views", "zero123", "training"} if not with_sds else set())
+        return {n: getattr(self, n) for n in type(self).model_fields if n not in skip}
 
-    def gpus_needed(self, with_text_to_image: bool = True) -> float:
+    def gpus_needed(self, with_text_to_image: bool = True, with_feedforward: bool = False,
+                    with_sds: bool = True) -> float:
         """GPUs all started pools hold at once."""
-        return sum(p.num_gpus * p.concurrency for p in self.pools(with_text_to_image).values())
+        pools = self.pools(with_text_to_image, with_feedforward, with_sds)
+        return sum(p.num_gpus * p.concurrency for p in pools.values())
 
-    def cpus_needed(self, with_text_to_image: bool = True) -> float:
+    def cpus_needed(self, with_text_to_image: bool = True, with_feedforward: bool = False,
+                    with_sds: bool = True) -> float:
         """CPUs all started pools hold at once."""
-        return sum(p.num_cpus * p.concurrency for p in self.pools(with_text_to_image).values())
+        pools = self.pools(with_text_to_image, with_feedforward, with_sds)
+        return sum(p.num_cpus * p.concurrency for p in pools.values())
 
 
 class BatchConfig(BaseModel):
@@ -95,7 +110,7 @@ class BatchConfig(BaseModel):
                                      "(`lift3d generate`'s; a row's own columns override them).")
     preset: str = Field("auto", description="Model preset: default, tiny or auto (as `lift3d generate`).")
     models: dict[str, str] = Field(default_factory=dict, description="Model source overrides: text_to_image, "
-                                   "zero123, background.")
+                                   "zero123, background, feedforward.")
     device: str = Field("auto", description="Torch device of the model and training actors: auto, cpu or cuda.")
     num_gpus: float | None = Field(None, ge=0, description="GPUs the run uses; scales the pools (for_gpus). 0: CPU "
                                    "only; None: the cluster's GPUs (a local cluster: this machine's CUDA devices).")
@@ -122,20 +137,23 @@ class BatchConfig(BaseModel):
             scaled[name] = stage.model_copy(update=update)
         return BatchStages(**scaled)
 
-    def plan_pools(self, gpus: float, cpus: float | None, with_text_to_image: bool) -> BatchStages:
-        """The pools scaled for ``gpus`` (:meth:`for_gpus`), once they fit ``gpus`` and ``cpus`` (None: any CPUs,
-        e.g. a local cluster started with as many logical CPUs as the pools ask).
+    def plan_pools(self, gpus: float, cpus: float | None, with_text_to_image: bool, with_feedforward: bool = False,
+                   with_sds: bool = True) -> BatchStages:
+        """The pools scaled for ``gpus`` (:meth:`for_gpus`), once the ones the run starts (:meth:`BatchStages.pools`)
+        fit ``gpus`` and ``cpus`` (None: any CPUs, e.g. a local cluster started with as many logical CPUs as the
+        pools ask).
 
         Raises:
             InvalidInputError: the pools ask for more GPUs or CPUs than there are (Ray would wait forever).
         """
         stages = self.for_gpus(gpus)
-        needed = stages.gpus_needed(with_text_to_image)
+        started = (with_text_to_image, with_feedforward, with_sds)
+        needed = stages.gpus_needed(*started)
         if needed > gpus + 1e-6:
             raise InvalidInputError(
                 f"the stage pools need {needed:g} GPUs but {gpus:g} are available: use --num-gpus, or lower a "
                 "pool's num_gpus or concurrency (--stage NAME.FIELD=VALUE)")
-        cpus_needed = stages.cpus_needed(with_text_to_image)
+        cpus_needed = stages.cpus_needed(*started)
         if cpus is not None and cpus_needed > cpus + 1e-6:
             raise InvalidInputError(
                 f"the stage pools need {cpus_needed:g} CPUs but the cluster has {cpus:g}: lower a pool's num_cpus "

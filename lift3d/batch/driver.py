@@ -24,7 +24,8 @@ from typing import Protocol
 from rich.console import Console
 
 from lift3d.batch.config import BatchConfig, BatchStages
-from lift3d.batch.item import ItemState, background_step, text_to_image_step, training_step, views_step
+from lift3d.batch.item import (ItemState, background_step, feedforward_step, needs_sds, text_to_image_step,
+                               training_step, views_step)
 from lift3d.batch.locations import Reader, open_output
 from lift3d.batch.manifest import BatchItem, check_rows, read_manifest
 from lift3d.batch.outputs import ResultsLog, bad_row_result, plan_resume, publish_step, result_row
@@ -33,7 +34,8 @@ from lift3d.errors import Lift3DError
 from lift3d.presets import ModelPreset, resolve_preset
 from lift3d.costs import CostModel
 
-__all__ = ["RUNNER_GROUP", "BatchJob", "BatchRunner", "SerialRunner", "cost_model_for", "load_runner", "run_batch"]
+__all__ = ["RUNNER_GROUP", "BatchJob", "BatchRunner", "SerialRunner", "cost_model_for", "load_runner",
+           "pools_started", "run_batch"]
 
 RUNNER_GROUP = "lift3d.batch_runners"
 """Entry-point group of batch runners (``pyproject.toml``: ``[project.entry-points."lift3d.batch_runners"]``)."""
@@ -54,11 +56,22 @@ class BatchRunner(Protocol):
 
 
 def cost_model_for(config: BatchConfig, pools: BatchStages) -> CostModel:
-    """The service's cost model with each stage priced at its pool's GPU fraction."""
+    """The service's cost model with each stage priced at its pool's GPU fraction (a ``fast`` item's
+    ``mesh_export`` runs in the feed-forward pool: its stage prices it there, ``batch_jobs/stages.py``)."""
     fractions = {"text_to_image": pools.text_to_image.num_gpus, "background_removal": pools.background.num_gpus,
                  "novel_views": pools.zero123.num_gpus, "sds_guidance": pools.zero123.num_gpus,
-                 "sds_training": pools.training.num_gpus, "mesh_export": pools.training.num_gpus}
+                 "sds_training": pools.training.num_gpus, "mesh_export": pools.training.num_gpus,
+                 "feedforward": pools.feedforward.num_gpus}
     return CostModel.for_gpu(config.gpu_type, fractions, config.price_per_gpu_hour)
+
+
+def pools_started(items: list[BatchItem]) -> dict[str, bool]:
+    """The optional pools a run of ``items`` starts (:meth:`BatchStages.pools`' flags): SDXL for prompt rows, the
+    feed-forward model for ``fast`` / ``fast+sds`` items, Zero123, the views and the trainers for ``sds`` /
+    ``fast+sds`` items."""
+    return {"with_text_to_image": any(item.image is None for item in items),
+            "with_feedforward": any(item.params.method != "sds" for item in items),
+            "with_sds": any(item.params.method != "fast" for item in items)}
 
 
 def load_runner(name: str) -> BatchRunner:
@@ -92,8 +105,10 @@ class SerialRunner:
         for item in items:
             state = text_to_image_step(ItemState(item), stages)
             state = background_step(state, stages, reader, job.preset.input_size)
-            state = views_step(state, stages)
-            state = training_step(state, job.preset, stages, cost_model, device)
+            state = feedforward_step(state, stages, job.preset.fast.foreground_ratio)  # fast, fast+sds
+            state = views_step(state, stages)  # sds, fast+sds
+            state = training_step(state, job.preset, stages, cost_model, device,
+                                  "sds_training" if needs_sds(item.params) else "mesh_export")
             yield publish_step(state, store)
 
 
@@ -126,8 +141,9 @@ def run_batch(config: BatchConfig, runner: BatchRunner, console: Console | None 
     started = time.monotonic()
     try:
         if todo:
-            preset = resolve_preset(config.preset, **config.models,
-                                    needs_text_to_image=any(item.image is None for item in todo))
+            pools = pools_started(todo)
+            preset = resolve_preset(config.preset, **config.models, needs_text_to_image=pools["with_text_to_image"],
+                                    needs_zero123=pools["with_sds"], needs_feedforward=pools["with_feedforward"])
             with BatchProgress(console, len(todo)) as progress:
                 for state in runner.run(todo, BatchJob(config, preset)):
                     row = result_row(state)

@@ -1,10 +1,14 @@
 """One batch item through the stages: its state between stages, and one function per stage.
 
 The stages split :class:`~lift3d.pipeline.Lift3DPipeline` where its models are: text → image (SDXL), background
-removal, novel views (Zero123), then the NeRF. Each stage function calls the same
-:class:`~lift3d.pipeline.providers.StageProvider` methods the pipeline calls, on whatever provider the caller
-passes (models in this process, or a pool of Zero123 actors), and keeps the :class:`~lift3d.pipeline.Timed` result
-in the item's :class:`ItemState`. The training stage then runs the pipeline itself, ``Lift3DPipeline.run``, on
+removal, the feed-forward field (TripoSR; ``method`` ``fast`` and ``fast+sds``), novel views (Zero123), then the
+NeRF. Which stages an item goes through follows its ``method``: ``sds`` skips the feed-forward model, ``fast`` the
+novel views and SDS (:func:`training_step` meshes its field), ``fast+sds`` goes through all of them, its NeRF
+started from the field.
+
+Each stage function calls the same :class:`~lift3d.pipeline.providers.StageProvider` methods the pipeline calls,
+on whatever provider the caller passes (models in this process, or a pool of Zero123 actors), and keeps the
+:class:`~lift3d.pipeline.Timed` result in the item's :class:`ItemState`. The training stage then runs the pipeline itself, ``Lift3DPipeline.run``, on
 :class:`ReplayStages`, which hands back those results and serves SDS guidance live: the orchestration, the
 artifacts and ``metadata.json`` are the ones of ``lift3d generate`` and of the service (no third copy of the steps).
 
@@ -36,11 +40,12 @@ from lift3d.pipeline.steps import NovelView, PreparedInput
 from lift3d.presets import ModelPreset
 from lift3d.stages.zero123 import ConditionEmbedding
 from nerf.mesh import EmptyIsosurfaceError
+from nerf.triplane import TriplaneField
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ItemError", "ItemState", "MemoryStore", "ReplayStages", "background_step", "text_to_image_step",
-           "training_step", "views_step"]
+__all__ = ["ItemError", "ItemState", "MemoryStore", "ReplayStages", "background_step", "feedforward_step",
+           "needs_sds", "text_to_image_step", "training_step", "views_step"]
 
 _USER_ERRORS = (Lift3DError, EmptyIsosurfaceError)
 
@@ -62,6 +67,7 @@ class ItemState:
         item: the checked manifest row.
         source: the input image (read, or made by SDXL) and the SDXL busy seconds.
         prepared, condition, views: the background-removal and Zero123 results, each with its busy seconds.
+        feedforward: the feed-forward model's field (``fast+sds`` items, on the CPU) with its busy seconds.
         wall_s: wall seconds per stage, as each stage saw them.
         models: ``describe()`` of the models used so far, by stage.
         artifacts: ``{name: (bytes, content type)}`` from training (``model.glb``, ``views/…``, ``metadata.json``).
@@ -75,6 +81,7 @@ class ItemState:
     prepared: Timed[PreparedInput] | None = None
     condition: Timed[ConditionEmbedding] | None = None
     views: Timed[list[NovelView]] | None = None
+    feedforward: Timed[TriplaneField] | None = None
     wall_s: dict[str, float] = field(default_factory=dict)
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     artifacts: dict[str, tuple[bytes, str]] = field(default_factory=dict)
@@ -133,8 +140,27 @@ def background_step(state: ItemState, stages: StageProvider, reader: Reader, inp
     return guarded(state, "background_removal", work)
 
 
+def needs_sds(params: GenerationParams) -> bool:
+    """Whether an item of ``params`` goes through Zero123 and the NeRF (``sds`` and ``fast+sds``, not ``fast``)."""
+    return params.method != "fast"
+
+
+def feedforward_step(state: ItemState, stages: StageProvider, foreground_ratio: float) -> ItemState:
+    """The feed-forward model's field of the prepared input, for ``fast`` and ``fast+sds`` items (``sds`` ones pass
+    through): :func:`training_step` meshes it, or starts its NeRF from it (:class:`ReplayStages` hands it back).
+    ``foreground_ratio``: the preset's (``ModelPreset.fast``), as the pipeline passes it."""
+    def work() -> None:
+        state.feedforward = stages.feedforward(state.prepared.value, foreground_ratio)
+        state.models.update(stages.describe())
+
+    return guarded(state, "feedforward", work) if state.item.params.method != "sds" else state
+
+
 def views_step(state: ItemState, stages: StageProvider) -> ItemState:
-    """Zero123: the item's condition, encoded once, and its novel views."""
+    """Zero123: the item's condition, encoded once, and its novel views (``fast`` items need none: they pass)."""
+    if not needs_sds(state.item.params):
+        return state
+
     def work() -> None:
         params = state.item.params
         state.condition = stages.encode_condition(state.prepared.value)
@@ -146,7 +172,8 @@ def views_step(state: ItemState, stages: StageProvider) -> ItemState:
 
 class ReplayStages:
     """A :class:`~lift3d.pipeline.StageProvider` for ``Lift3DPipeline.run`` in the training stage: the results the
-    earlier stages stored in ``state`` (with their busy seconds), and live SDS guidance from ``guidance``."""
+    earlier stages stored in ``state`` (with their busy seconds), and live SDS guidance from ``guidance`` (the
+    feed-forward field too, should no stage have stored one)."""
 
     def __init__(self, state: ItemState, guidance: StageProvider) -> None:
         self.state, self.live = state, guidance
@@ -167,6 +194,11 @@ class ReplayStages:
     def guidance(self, condition: ConditionEmbedding, params: GenerationParams, seed: int,
                  schedule_scale: float = 1.0) -> MeteredGuidance:
         return self.live.guidance(condition, params, seed, schedule_scale)
+
+    def feedforward(self, prepared: PreparedInput, foreground_ratio: float) -> Timed[TriplaneField]:
+        if self.state.feedforward is not None:
+            return self.state.feedforward
+        return self.live.feedforward(prepared, foreground_ratio)
 
     def describe(self) -> dict[str, dict[str, Any]]:
         return dict(self.state.models)
@@ -201,10 +233,11 @@ class MemoryStore:
 
 
 def training_step(state: ItemState, preset: ModelPreset, guidance: StageProvider, cost_model: CostModel,
-                  device: torch.device | str = "cpu") -> ItemState:
+                  device: torch.device | str = "cpu", stage: str = "sds_training") -> ItemState:
     """``Lift3DPipeline.run`` on :class:`ReplayStages`: NeRF + SDS (guidance from ``guidance``), marching cubes,
     GLB export into memory, then ``metadata.json`` with the item's id, timings and cost (``cost_model``: the
-    service's, with the pools' GPU fractions)."""
+    service's, with the pools' GPU fractions). ``fast`` items: marching cubes on their field and the export;
+    ``stage`` names the step in a failure's row."""
     def work() -> None:
         item, store = state.item, MemoryStore()
         writer = ArtifactWriter(store)
@@ -219,6 +252,6 @@ def training_step(state: ItemState, preset: ModelPreset, guidance: StageProvider
         state.artifacts = dict(store.objects)
         state.outcome = {"seed": output.seed, "busy_s": cost.busy_s, "gpu_seconds": cost.gpu_seconds,
                          "cost_usd": cost.cost_usd, "random_weights": bool(output.metadata.get("random_weights"))}
-        state.condition = None  # not needed any more; keeps the row small
+        state.condition = state.feedforward = None  # not needed any more; keeps the row small
 
-    return guarded(state, "sds_training", work)
+    return guarded(state, stage, work)

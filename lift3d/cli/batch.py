@@ -36,6 +36,8 @@ def batch(
     num_inference_steps: int = typer.Option(30, "--num-inference-steps", help="SDXL steps, 1–200."),
     num_multiview_steps: int = typer.Option(50, "--num-multiview-steps", help="Zero123 DDIM steps, 1–200."),
     num_3d_max_steps: Optional[int] = typer.Option(None, "--num-3d-max-steps", help="SDS steps, 10–1000."),
+    method: Optional[str] = typer.Option(None, "--method", help="sds, fast or fast+sds for rows without a method "
+                                         "column (default sds)."),
     texture: bool = typer.Option(True, "--texture/--no-texture", help="Also write model_textured.glb."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of rows without one; random per row if omitted."),
     device: str = typer.Option("auto", "--device", help="Torch device of the actors: auto, cpu or cuda."),
@@ -58,7 +60,8 @@ def batch(
     for override in stage:
         stages = parse_stage_override(stages, override)
     defaults = {"num_views": num_views, "num_inference_steps": num_inference_steps, "texture": texture,
-                "num_multiview_steps": num_multiview_steps, "num_3d_max_steps": num_3d_max_steps, "seed": seed}
+                "num_multiview_steps": num_multiview_steps, "num_3d_max_steps": num_3d_max_steps, "seed": seed,
+                "method": method}
     try:
         config = BatchConfig(
             input=manifest, out=out, preset=preset, device=device, num_gpus=num_gpus, stages=stages,

@@ -9,7 +9,10 @@ Replica methods (``deployments/``): ``TextToImage.generate(TextToImageRequest) -
 ``TextToImage.image_for_3d(GenerationParams, seed) -> Timed[EncodedImage]`` (a job's image with prompt controls),
 ``BackgroundRemoval.prepare(PrepareRequest) -> Timed[PreparedInput]``, ``MultiView.encode_condition(rgb) ->
 Timed[ConditionEmbedding]``, ``MultiView.novel_views(NovelViewsRequest) -> Timed[list[NovelView]]``,
-``MultiView.guidance(SDSRequest) -> Timed[SDSResult]`` (batched across jobs) and ``describe() -> dict`` on each.
+``MultiView.guidance(SDSRequest) -> Timed[SDSResult]`` (batched across jobs), ``FeedForward.field(FieldRequest) ->
+Timed[TriplaneField]`` (on the CPU), ``FeedForward.asset(AssetRequest) -> Timed[FastAsset]`` (the synchronous
+fast-3D work after background removal, :func:`~lift3d.pipeline.fast.fast_asset_glb`) and ``describe() -> dict`` on
+each. :class:`RemoteFastAssets` is the synchronous fast-3D call over ``BackgroundRemoval`` and ``FeedForward``.
 """
 
 from __future__ import annotations
@@ -21,13 +24,17 @@ import torch
 
 from lift3d.io.encoded import EncodedImage
 from lift3d.params import GenerationParams
+from lift3d.params.fast3d import FastAssetParams
+from lift3d.pipeline.fast import FAST_INPUT_SIZE, FastAsset
 from lift3d.pipeline.image_generation import uses_prompt_controls
 from lift3d.pipeline.providers import Timed
 from lift3d.pipeline.steps import NovelView, PreparedInput, sds_request
 from lift3d.stages.zero123 import ConditionEmbedding
 from nerf.trainers.sds import GuidanceResult
+from nerf.triplane import TriplaneField
 
-__all__ = ["Handle", "NovelViewsRequest", "PrepareRequest", "RemoteGuidance", "RemoteStages", "TextToImageRequest"]
+__all__ = ["AssetRequest", "FieldRequest", "Handle", "NovelViewsRequest", "PrepareRequest", "RemoteFastAssets",
+           "RemoteGuidance", "RemoteStages", "TextToImageRequest"]
 
 
 class Handle(Protocol):
@@ -69,6 +76,24 @@ class NovelViewsRequest:
     seed: int
 
 
+@dataclass
+class FieldRequest:
+    """The feed-forward model's input: the prepared cut-out (alpha = mask) and the share of the model's input square
+    the object's longer side fills, in [0.1, 1] (see :class:`~lift3d.stages.feedforward.FeedForwardModel`)."""
+
+    prepared: PreparedInput
+    foreground_ratio: float = 0.85
+
+
+@dataclass
+class AssetRequest:
+    """The synchronous fast-3D request once the background is removed: the cut-out (``FAST_INPUT_SIZE``²) and the
+    request's options (:func:`~lift3d.pipeline.fast.fast_asset_glb`)."""
+
+    prepared: PreparedInput
+    params: FastAssetParams
+
+
 class RemoteGuidance:
     """The ``nerf`` :class:`~nerf.trainers.sds.Guidance` callback over ``MultiView.guidance``: one
     :class:`~lift3d.stages.zero123.SDSRequest` per step (:func:`~lift3d.pipeline.steps.sds_request`, as the in-process
@@ -97,8 +122,11 @@ class RemoteStages:
     """A :class:`~lift3d.pipeline.providers.StageProvider` on deployment handles (blocking: call it from a worker
     thread, never on an event loop)."""
 
-    def __init__(self, text_to_image: Handle, background: Handle, multiview: Handle) -> None:
+    def __init__(self, text_to_image: Handle, background: Handle, multiview: Handle,
+                 feedforward: Handle | None = None) -> None:
         self.handles = {"text_to_image": text_to_image, "background": background, "zero123": multiview}
+        if feedforward is not None:  # the fast methods need it; a graph without it runs SDS jobs only
+            self.handles["feedforward"] = feedforward
 
     def text_to_image(self, params: GenerationParams, seed: int) -> Timed[EncodedImage]:
         if uses_prompt_controls(params):
@@ -124,6 +152,39 @@ class RemoteStages:
                  schedule_scale: float = 1.0) -> RemoteGuidance:
         return RemoteGuidance(self.handles["zero123"], condition, params.multiview_guidance_scale, seed, schedule_scale)
 
+    def feedforward(self, prepared: PreparedInput, foreground_ratio: float) -> Timed[TriplaneField]:
+        """The field on the CPU (the replica moves it there before replying).
+
+        Raises:
+            KeyError: these stages were built without a feed-forward handle.
+        """
+        return self.handles["feedforward"].field.remote(FieldRequest(prepared, foreground_ratio)).result()
+
     def describe(self) -> dict[str, dict[str, Any]]:
         responses = {name: handle.describe.remote() for name, handle in self.handles.items()}
         return {name: response.result() for name, response in responses.items()}
+
+
+class RemoteFastAssets:
+    """The synchronous fast-3D call on the graph's replicas, the same steps as
+    :class:`~lift3d.pipeline.fast.InProcessFastAssets`: ``BackgroundRemoval.prepare`` (recentred to
+    :data:`~lift3d.pipeline.fast.FAST_INPUT_SIZE`²), then ``FeedForward.asset`` (model, marching cubes, texture
+    bake, GLB on the feed-forward replica). Blocking: call it from a worker thread.
+
+    The result's busy seconds are both replicas'; its GPU fraction is the feed-forward replica's.
+    """
+
+    def __init__(self, background: Handle, feedforward: Handle) -> None:
+        self.background, self.feedforward = background, feedforward
+
+    def __call__(self, image: EncodedImage, params: FastAssetParams, remove_background: bool = True
+                 ) -> Timed[FastAsset]:
+        """Raises what the replicas raise: InvalidInputError (no object in the image),
+        nerf.mesh.EmptyIsosurfaceError (no surface)."""
+        request = PrepareRequest(image, remove_background, FAST_INPUT_SIZE)
+        prepared: Timed[PreparedInput] = self.background.prepare.remote(request).result()
+        made: Timed[FastAsset] = self.feedforward.asset.remote(AssetRequest(prepared.value, params)).result()
+        asset = made.value
+        asset.metadata["background_removal"] = prepared.value.background_removal
+        asset.metadata.setdefault("timings_s", {})["background_removal"] = round(prepared.busy_s, 3)
+        return Timed(asset, prepared.busy_s + made.busy_s, made.gpu_fraction)

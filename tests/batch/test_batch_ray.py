@@ -19,12 +19,18 @@ import trimesh
 from support.s3 import AWS_TEST_ENV
 
 from batch_jobs.runner import RayDataRunner
+from batch_jobs.stages import FeedForwardStage, as_batch
 from batch_jobs.zero123 import Zero123Server
 from lift3d.batch import BatchConfig, BatchStages, StageOptions, Zero123PoolOptions, run_batch
+from lift3d.batch.item import ItemState, background_step
+from lift3d.batch.locations import Reader
+from lift3d.batch.manifest import BatchItem
 from lift3d.cli import main
 from lift3d.io.storage import S3Store
 from lift3d.pipeline.steps import sds_request
-from lift3d.costs import price_per_gpu_hour
+from lift3d.costs import CostModel, price_per_gpu_hour
+from lift3d.params.generation import SeededParams
+from lift3d.presets import get_preset
 from lift3d.stages.loading import load_stage
 from lift3d.stages.zero123 import Zero123
 
@@ -34,13 +40,14 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 FAST = {"num_views": 4, "num_multiview_steps": 2, "num_inference_steps": 2, "num_3d_max_steps": 12, "texture": False}
 """Parameters of every item here (the CLI tests' sizes, texture off)."""
 
-POOLS = BatchStages(  # 1.9 of the 2 CPUs and the 1 fake GPU; torch threads: 1 per actor
+POOLS = BatchStages(  # 1.9 of the 2 CPUs and the 1 fake GPU (either side of the fast pool); torch threads: 1 each
     text_to_image=StageOptions(num_gpus=0.2, num_cpus=0.25, concurrency=1, batch_size=1),
     background=StageOptions(num_gpus=0.0, num_cpus=0.25, concurrency=1, batch_size=2),  # 2: blocks must still
     novel_views=StageOptions(num_gpus=0.0, num_cpus=0.1, concurrency=1, batch_size=2),  # reach training 1 by 1
     zero123=Zero123PoolOptions(num_gpus=0.3, num_cpus=0.5, concurrency=1, max_batch_size=8, batch_wait_s=0.02),
     training=StageOptions(num_gpus=0.25, num_cpus=0.35, concurrency=2, batch_size=1),
     publish=StageOptions(num_gpus=0.0, num_cpus=0.1, concurrency=1, batch_size=1),
+    feedforward=StageOptions(num_gpus=0.2, num_cpus=0.25, concurrency=1, batch_size=1),  # fast items: no SDXL then
 )
 ARTIFACTS = {"input.png", "metadata.json", "model.glb", "views.png", "views/000_az000_el0.png",
              "views/001_az090_el0.png", "views/002_az180_el0.png", "views/003_az270_el0.png"}
@@ -231,3 +238,56 @@ def test_zero123_pool_serves_sds_of_several_items_in_one_unet_batch(cluster):
         assert sum(t.busy_s for t in batched) > 0
     finally:
         ray.kill(server)
+
+
+def test_the_feed_forward_stage_finishes_fast_items_and_hands_fast_sds_ones_their_field():
+    """The stage's actor class on its own (no cluster): a ``fast`` item leaves it with its GLB (mesh export priced
+    at the feed-forward pool's fraction), a ``fast+sds`` one with its field on the CPU, an ``sds`` one untouched."""
+    preset = get_preset("tiny")
+    stage = FeedForwardStage(preset, "cpu", 1, CostModel.for_gpu("A10G", {"feedforward": 0.2, "mesh_export": 0.25}))
+    states = [background_step(ItemState(BatchItem(method, n, SeededParams(method=method, seed=n, **FAST),
+                                                  str(EXAMPLES / "dragon2_rgba.png"))),
+                              stage.stages, Reader(None), preset.input_size)
+              for n, method in enumerate(("fast", "fast+sds", "sds"))]
+    fast, refine, sds = (ItemState.from_bytes(bytes(data)) for data in stage(as_batch(states))["state"])
+    assert fast.error is None and set(fast.artifacts) == {"input.png", "model.glb", "metadata.json"}
+    assert fast.artifacts["model.glb"][0][:4] == b"glTF" and fast.feedforward is None  # dropped once used
+    busy, gpu = fast.outcome["busy_s"], fast.outcome["gpu_seconds"]
+    assert set(busy) == {"background_removal", "feedforward", "mesh_export"}
+    assert gpu["mesh_export"] == pytest.approx(0.2 * busy["mesh_export"]) and gpu["mesh_export"] > 0
+    meta = json.loads(fast.artifacts["metadata.json"][0])
+    assert (meta["method"], meta["feedforward_model"], meta["training"]) == ("fast", "triposr", None)
+    assert meta["models"]["feedforward"] == {"source": "tiny", "random_weights": True}
+    assert refine.error is None and refine.artifacts == {} and refine.feedforward.busy_s > 0
+    assert refine.feedforward.value.planes.device.type == "cpu" and "feedforward" in refine.wall_s
+    assert sds.feedforward is None and sds.artifacts == {} and "feedforward" not in sds.wall_s
+
+
+def test_fast_and_fast_sds_items_take_the_stages_their_method_needs(cluster, tmp_path):
+    """A fast item is done in the feed-forward pool (no views, no SDS); a fast+sds item gets its field there and
+    its NeRF, started from it, in the training pool; every SDS step is the fast+sds item's."""
+    shutil.copy(EXAMPLES / "dragon2_rgba.png", tmp_path / "dragon.png")
+    manifest = write_jsonl(tmp_path / "m.jsonl", [{"id": "quick", "image": "dragon.png", "seed": 7, "method": "fast"},
+                                                  {"id": "refined", "image": "dragon.png", "seed": 8,
+                                                   "method": "fast+sds"}])
+    runner = RayDataRunner()
+    summary = run_batch(make_config(manifest, str(tmp_path / "out")), runner)
+    assert (summary.succeeded, summary.failed) == (2, 0)
+    rows, out = results(tmp_path / "out"), tmp_path / "out"
+    fractions = {"quick": {"feedforward": 0.2, "mesh_export": 0.2},
+                 "refined": {"feedforward": 0.2, "novel_views": 0.3, "sds_guidance": 0.3, "sds_training": 0.25,
+                             "mesh_export": 0.25}}
+    for item_id, priced in fractions.items():
+        row = rows[item_id]
+        assert row["status"] == "succeeded" and set(priced) <= set(row["seconds"])
+        expected = sum(row["seconds"][stage] * fraction for stage, fraction in priced.items())
+        assert row["gpu_seconds"] == pytest.approx(expected, rel=0.01, abs=0.01) and row["gpu_seconds"] > 0
+        meta = json.loads((out / item_id / "metadata.json").read_text())
+        assert meta["method"] == meta["params"]["method"] == {"quick": "fast", "refined": "fast+sds"}[item_id]
+        assert meta["models"]["feedforward"]["random_weights"] is True
+        assert len(trimesh.load(out / item_id / "model.glb", force="mesh").faces) > 0
+    assert set(rows["quick"]["seconds"]) == {"background_removal", "feedforward", "mesh_export"}
+    assert {key.split("/", 1)[1] for key in rows["quick"]["artifacts"]} == {"input.png", "metadata.json", "model.glb"}
+    assert {key.split("/", 1)[1] for key in rows["refined"]["artifacts"]} == ARTIFACTS
+    assert json.loads((out / "refined" / "metadata.json").read_text())["training"]["steps"] == FAST["num_3d_max_steps"]
+    assert sum(s["requests"] for s in runner.sds_stats) == FAST["num_3d_max_steps"]

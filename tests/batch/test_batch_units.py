@@ -15,11 +15,13 @@ import pytest
 
 from lift3d.batch import BatchConfig, BatchStages, check_rows, load_runner, read_manifest
 from lift3d.batch.config import StageOptions, parse_stage_override
-from lift3d.batch.driver import SerialRunner
+from lift3d.batch.driver import SerialRunner, pools_started
+from lift3d.batch.manifest import BatchItem
 from lift3d.batch.outputs import RESULTS, ResultRow, ResultsLog, plan_resume, publish_item
 from lift3d.cli import main
 from lift3d.errors import InvalidInputError, Lift3DError
 from lift3d.io.storage import LocalStore
+from lift3d.params.generation import SeededParams
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -127,6 +129,29 @@ def test_pools_scale_with_gpus_and_must_fit():
         config.plan_pools(0.5, None, with_text_to_image=True)
     with pytest.raises(InvalidInputError, match="need 6.5 CPUs but the cluster has 4"):
         config.plan_pools(1.0, 4.0, with_text_to_image=True)
+
+
+def test_pools_follow_the_items_methods():
+    """The feed-forward pool starts only for fast / fast+sds items, Zero123's and the trainers' only for sds /
+    fast+sds ones; a run holding every pool on one GPU asks for 1.1 and must give one pool less."""
+    def items(*methods: str, prompt: bool = False) -> list[BatchItem]:
+        return [BatchItem(f"i{n}", n, SeededParams(method=method, seed=n), None if prompt else "a.png")
+                for n, method in enumerate(methods)]
+
+    assert pools_started(items("sds")) == {"with_text_to_image": False, "with_feedforward": False, "with_sds": True}
+    assert pools_started(items("fast")) == {"with_text_to_image": False, "with_feedforward": True, "with_sds": False}
+    assert pools_started(items("sds", "fast+sds", prompt=True)) == {"with_text_to_image": True,
+                                                                    "with_feedforward": True, "with_sds": True}
+    config = BatchConfig(input="m.jsonl", out="out")
+    fast = pools_started(items("fast"))
+    plan = config.plan_pools(1.0, None, **fast)
+    assert set(plan.pools(**fast)) == {"background", "feedforward", "publish"}
+    assert plan.gpus_needed(**fast) == pytest.approx(0.1) and plan.cpus_needed(**fast) == pytest.approx(2.25)
+    assert config.plan_pools(1.0, None, with_text_to_image=True).gpus_needed(True) == pytest.approx(1.0)  # as before
+    with pytest.raises(InvalidInputError, match="need 1.1 GPUs but 1 are available"):
+        config.plan_pools(1.0, None, with_text_to_image=True, with_feedforward=True)
+    lighter = config.model_copy(update={"stages": parse_stage_override(config.stages, "text_to_image.num_gpus=0.3")})
+    assert lighter.plan_pools(1.0, None, True, True, True).gpus_needed(True, True, True) == pytest.approx(1.0)
 
 
 def test_stage_overrides_are_typed_and_checked():

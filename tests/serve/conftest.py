@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from support import free_port, wait_healthy
 
-# Small logical shares so that six replicas fit on the cluster's 2 CPUs and 2 fake GPUs; one replica each.
+# Small logical shares so that seven replicas fit on the cluster's 2 CPUs and 2 fake GPUs; one replica each.
 _ONE = {"min_replicas": 1, "max_replicas": 1, "initial_replicas": 1}
 TEST_DEPLOYMENT_OPTIONS = {
     "Ingress": {"ray_actor_options": {"num_cpus": 0.1}, "autoscaling_config": _ONE},
@@ -20,6 +20,7 @@ TEST_DEPLOYMENT_OPTIONS = {
     "TextToImage": {"ray_actor_options": {"num_cpus": 0.2, "num_gpus": 0.25}, "autoscaling_config": _ONE},
     "BackgroundRemoval": {"ray_actor_options": {"num_cpus": 0.2, "num_gpus": 0.1}, "autoscaling_config": _ONE},
     "MultiView": {"ray_actor_options": {"num_cpus": 0.2, "num_gpus": 0.5}, "autoscaling_config": _ONE},
+    "FeedForward": {"ray_actor_options": {"num_cpus": 0.2, "num_gpus": 0.25}, "autoscaling_config": _ONE},
     "NerfTrainer": {"ray_actor_options": {"num_cpus": 0.5, "num_gpus": 0.5}, "autoscaling_config": _ONE,
                     "max_ongoing_requests": 2, "graceful_shutdown_timeout_s": 1},
 }

@@ -48,6 +48,11 @@ def jobs(serve_graph):
     response = HTTP.post(f"{url}/v1/generation/multiview", json={"image": image, **FAST}, timeout=30)
     assert response.status_code == 202, response.text
     ids["multiview"] = response.json()["id"]
+    # the feed-forward method: the FeedForward replica's field, meshed on the trainer (no views, no SDS)
+    response = HTTP.post(f"{url}/v1/generation/image-to-3d", files={"image": ("dragon.png", DRAGON.read_bytes())},
+                          data={**{k: str(v) for k, v in FAST.items()}, "method": "fast"}, timeout=30)
+    assert response.status_code == 202, response.text
+    ids["fast"] = response.json()["id"]
     # A job whose trainer raises on every attempt: its upload vanished from the store after submission.
     store = serve_graph.jobs
     record = JobRecord.new("image-to-3d", GenerationParams(**FAST), max_attempts=2, owner_id=serve_graph.key_id)
@@ -62,7 +67,7 @@ def test_healthz_ready_when_every_deployment_is_up(serve_graph):
     response = HTTP.get(f"{serve_graph.url}/healthz", timeout=30)
     assert response.status_code == 200
     assert set(response.json()["deployments"]) == {"Ingress", "JobConsumer", "NerfTrainer", "TextToImage",
-                                                   "BackgroundRemoval", "MultiView"}
+                                                   "BackgroundRemoval", "MultiView", "FeedForward"}
 
 
 @pytest.mark.slow
@@ -131,6 +136,47 @@ def test_image_endpoints_through_the_sdxl_replica(serve_graph):
     assert pose.status_code == 200 and pose.headers["content-type"] == "image/jpeg"
     bad = HTTP.post(f"{url}/v1/generation/text-to-image", json={**body, "height": 100}, timeout=30)
     assert bad.status_code == 422 and bad.json()["name"] == "invalid_parameters"
+
+
+@pytest.mark.slow
+def test_fast_job_takes_its_field_from_the_feed_forward_replica(serve_graph, jobs):
+    done = wait_done(serve_graph.url, jobs["fast"])
+    assert done.status_code == 200, done.text
+    body = done.json()
+    assert body["status"] == "succeeded" and body["content_type"] == "model/gltf-binary"
+    assert {"background_removal", "feedforward", "mesh_export"} <= set(body["timings_s"])
+    assert not {"novel_views", "sds_training"} & set(body["timings_s"])
+    assert body["gpu_seconds"]["feedforward"] > 0  # priced at the FeedForward replica's GPU share
+    assert base64.b64decode(body["content"])[:4] == b"glTF"
+    metadata = json.loads((serve_graph.store_dir / "generations" / jobs["fast"] / "metadata.json").read_text())
+    assert (metadata["method"], metadata["feedforward_model"]) == ("fast", "triposr")
+    assert metadata["models"]["feedforward"] == {"source": "tiny", "random_weights": True}
+
+
+@pytest.mark.slow
+def test_stable_fast_3d_answers_a_glb_through_the_graph(serve_graph):
+    """The synchronous endpoint: BackgroundRemoval, then the FeedForward replica's forward, marching cubes and
+    texture bake; the GLB comes back in the response, charged to the key; bad fields get the envelope."""
+    url = serve_graph.url
+    image = io.BytesIO()
+    from PIL import Image
+
+    Image.open(DRAGON).convert("RGB").save(image, format="PNG")  # no alpha: rembg cuts the object out
+    response = HTTP.post(f"{url}/v2beta/3d/stable-fast-3d", files={"image": ("dragon.png", image.getvalue())},
+                         data={"texture_resolution": "512", "foreground_ratio": "0.9"}, timeout=120)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "model/gltf-binary"
+    import trimesh
+
+    scene = trimesh.load(io.BytesIO(response.content), file_type="glb")
+    (mesh,) = scene.geometry.values()
+    assert len(mesh.faces) > 0 and mesh.visual.uv is not None  # UV-textured, not vertex colours
+    assert mesh.visual.material.baseColorTexture.size == (512, 512)
+    assert float(response.headers["x-remaining-credits"]) > 0  # the key was charged like any call (auth is on)
+    bad = HTTP.post(f"{url}/v2beta/3d/stable-fast-3d", files={"image": ("dragon.png", image.getvalue())},
+                    data={"remesh": "quad"}, timeout=30)
+    assert bad.status_code == 422 and bad.json()["name"] == "invalid_parameters"
+    assert set(bad.json()) == {"id", "name", "errors"}
 
 
 @pytest.mark.slow
@@ -250,11 +296,56 @@ def test_serve_configs_validate_and_build(name):
     (app,) = schema.applications
     assert app.import_path == "graph:build_app"
     assert {d.name for d in app.deployments} == {"Ingress", "JobConsumer", "TextToImage", "BackgroundRemoval",
-                                                 "MultiView", "NerfTrainer"}
+                                                 "MultiView", "NerfTrainer", "FeedForward"}
     config = ServiceConfig.model_validate(app.args)
     build_app(config.model_copy(update={"queue": config.queue.model_copy(update={"queue_dir": "/tmp/lift3d-test-q"})}))
     gpus = sum(d.ray_actor_options.num_gpus or 0 for d in app.deployments if d.ray_actor_options)
     assert gpus > 0
+    from deployments.ingress import FAST_ASSET_TIMEOUT_S
+
+    proxy_timeout = schema.http_options.request_timeout_s
+    assert proxy_timeout is None or FAST_ASSET_TIMEOUT_S < proxy_timeout  # the service answers before the proxy cuts
+
+
+def test_the_fast_asset_call_chains_background_removal_and_the_feed_forward_replica():
+    """No cluster: ``RemoteFastAssets`` (the ingress's ``make_asset``) and ``RemoteStages.feedforward`` over stand-in
+    handles: what each replica is asked, and the busy seconds of both in the answer."""
+    from types import SimpleNamespace
+
+    from deployments.ingress import remote_fast_assets
+    from lift3d.io.encoded import EncodedImage
+    from lift3d.params.fast3d import FastAssetParams
+    from lift3d.pipeline.fast import FAST_INPUT_SIZE, FastAsset
+    from lift3d.pipeline.providers import Timed
+    from lift3d.pipeline.remote import AssetRequest, FieldRequest, PrepareRequest, RemoteStages
+    from lift3d.pipeline.steps import PreparedInput
+
+    calls = []
+    prepared = PreparedInput(EncodedImage(DRAGON.read_bytes()), "input_alpha")
+
+    def method(name, answer):
+        def remote(*args):
+            calls.append((name, *args))
+            return SimpleNamespace(result=lambda: answer)
+        return SimpleNamespace(remote=remote)
+
+    background = SimpleNamespace(prepare=method("prepare", Timed(prepared, 0.5, 0.0)))
+    asset = FastAsset(b"glTF...", {"vertices": 8, "timings_s": {"feedforward": 0.1}})
+    feedforward = SimpleNamespace(asset=method("asset", Timed(asset, 2.0, 0.5)),
+                                  field=method("field", Timed("a field", 0.25, 0.5)))
+    params = FastAssetParams(texture_resolution=512)
+    image = EncodedImage(DRAGON.read_bytes())
+    made = remote_fast_assets(background, feedforward)(image, params)
+    assert calls == [("prepare", PrepareRequest(image, True, FAST_INPUT_SIZE)),
+                     ("asset", AssetRequest(prepared, params))]
+    assert (made.value.glb, made.busy_s, made.gpu_fraction) == (b"glTF...", 2.5, 0.5)
+    assert made.value.metadata["background_removal"] == "input_alpha"
+    assert made.value.metadata["timings_s"] == {"feedforward": 0.1, "background_removal": 0.5}
+    stages = RemoteStages(None, background, None, feedforward)
+    assert stages.feedforward(prepared, 0.85).value == "a field"
+    assert calls[-1] == ("field", FieldRequest(prepared, 0.85))
+    with pytest.raises(KeyError):
+        RemoteStages(None, background, None).feedforward(prepared, 0.85)  # a graph without the fast model
 
 
 def test_rayservice_runs_the_same_application_as_serve_config():
