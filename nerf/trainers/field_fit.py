@@ -181,12 +181,12 @@ def _batch(n_field: int, n_box: int, n_band: int, field_radius: float, box_radiu
     return torch.cat(parts)
 
 
-def _density_loss(log_field: Tensor, log_target: Tensor, hi: float, free_below: Tensor) -> Tensor:
+def _density_loss(log_field: Tensor, log_target: Tensor, lo: float, hi: float, free_below: Tensor) -> Tensor:
     """Mean squared error in log space, one-sided where the target sits at the ceiling ``hi`` and, where
-    ``free_below`` (bool, (M,)), at the floor."""
+    ``free_below`` (bool, (M,)), at the floor ``lo``."""
     error = log_field - log_target
     error = torch.where(log_target >= hi, error.clamp_max(0.0), error)
-    error = torch.where(free_below & (log_target <= log_target.min()), error.clamp_min(0.0), error)
+    error = torch.where(free_below & (log_target <= lo), error.clamp_min(0.0), error)
     return error.square().mean()
 
 
@@ -242,7 +242,7 @@ def fit_field(
     jitter = box_radius / config.band_resolution
 
     # 3. regress
-    hi = math.log(config.density_ceiling_ratio * threshold)
+    lo, hi = (math.log(ratio * threshold) for ratio in (config.density_floor_ratio, config.density_ceiling_ratio))
     optimizer = torch.optim.Adam(field.parameters(), lr=config.lr, betas=(0.9, 0.99))
     was_training = field.training
     field.train()
@@ -252,13 +252,14 @@ def fit_field(
         with torch.no_grad():
             log_target = map_density(_target_density(target, points), target.isosurface_threshold, threshold, config)
             albedo_target = target.albedo(points).to(device, dtype)
-            albedo_weight = (log_target - math.log(threshold)).exp().clamp_max(1.0)
+            visible = (log_target - math.log(threshold)).exp().clamp_max(1.0)  # albedo weight
         out = field(points)
         log_field = out.density.clamp_min(torch.finfo(dtype).tiny).log()
-        loss = _density_loss(log_field, log_target, hi, (points.abs() > box_radius).any(dim=-1))
+        outside_box = (points.abs() > box_radius).any(dim=-1)
+        loss = _density_loss(log_field, log_target, lo + 1e-6, hi, outside_box)
         if config.albedo_weight > 0:
             albedo_error = (out.albedo - albedo_target).square().sum(-1)
-            loss = loss + config.albedo_weight * (albedo_weight * albedo_error).sum() / albedo_weight.sum().clamp_min(1)
+            loss = loss + config.albedo_weight * (visible * albedo_error).sum() / visible.sum().clamp_min(1.0)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
