@@ -9,7 +9,7 @@ import secrets
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lift3d.errors import InvalidInputError
 from lift3d.params.images import MAX_SEED, PromptControls
@@ -98,20 +98,12 @@ class GenerationParams(TextureParams, PromptControls, VideoParams):
         description="How the 3D asset is made. `sds`: a NeRF optimised with Stable Zero123 SDS (minutes on a GPU). "
         "`fast`: one feed-forward pass of a reconstruction model (TripoSR; seconds), no novel views and no SDS. "
         "`fast+sds`: the feed-forward field initialises the NeRF, then SDS refines it with fewer steps (the "
-        "preset's refine steps; `num_3d_max_steps` overrides).",
+        "preset's refine steps; `num_3d_max_steps` overrides). With `return_3d` false every method makes the Zero123 "
+        "views only; `fast` renders its video from the mesh (`video_source` `nerf` needs a NeRF).",
     )
     seed: int | None = Field(
         None, ge=0, le=MAX_SEED, description="Seed of every random draw; random when omitted, echoed back."
     )
-
-    @model_validator(mode="after")
-    def _method_fits(self) -> GenerationParams:
-        """``fast`` makes no novel views and no NeRF: it needs ``return_3d`` and a mesh-rendered video."""
-        if self.method == "fast" and not self.return_3d:
-            raise ValueError("method 'fast' makes no novel views: it needs return_3d true (use method 'sds' for views)")
-        if self.method == "fast" and self.video and self.video_source == "nerf":
-            raise ValueError("method 'fast' trains no NeRF: use video_source 'mesh' (or method 'fast+sds')")
-        return self
 
     def with_seed(self) -> SeededParams:
         """These parameters with the seed fixed, as a :class:`SeededParams` (``seed`` an ``int``): the given seed,

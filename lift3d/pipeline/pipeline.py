@@ -134,7 +134,7 @@ class Lift3DPipeline:
         # 4. Novel views (Stable Zero123, DDIM), conditioned on the input encoded once for the whole job; the
         #    feed-forward method needs neither.
         views, condition = [], None
-        if params.method != "fast":
+        if params.method != "fast" or not params.return_3d:
             with timing.timed("novel_views", params.num_views):
                 condition = timing.measured("novel_views", self.stages.encode_condition(prepared))
                 views = timing.measured("novel_views", self.stages.novel_views(condition, params, seed))
@@ -176,11 +176,15 @@ class Lift3DPipeline:
 
             # 8. Turntable video along the camera path, from the exported mesh (or the NeRF), over white.
             if writer and params.video:
+                video_params = params
+                if field_ is None and params.video_source == "nerf":
+                    logger.warning("method 'fast' trains no NeRF: the turntable video is rendered from the mesh")
+                    video_params = params.model_copy(update={"video_source": "mesh"})
                 with timing.timed("turntable", params.video_frames) as timer:
-                    data = turntable_mp4(mesh, params, field=field_, renderer_config=nerf.renderer,
+                    data = turntable_mp4(mesh, video_params, field=field_, renderer_config=nerf.renderer,
                                          progress=lambda done, total: timer.step(StepStats(done, total, math.nan)))
                     writer.put("turntable.mp4", data, MP4)
-                timing.busy_s["turntable"], video = timing.wall_s["turntable"], video_metadata(params)
+                timing.busy_s["turntable"], video = timing.wall_s["turntable"], video_metadata(video_params)
 
         output = Lift3DPipelineOutput(
             seed=seed, prepared=prepared, views=views, mesh=mesh, history=history, timings_s=timing.wall_s,
