@@ -21,6 +21,9 @@ point-to-triangle distance to each is taken (Ericson, *Real-Time Collision Detec
 the sampling bias of sample-to-sample distances (about half the sample spacing, 0.1–0.3 % of the diagonal at 100k
 samples), so a mesh compared with itself scores ≈ 0.
 
+:class:`MeshDistances` also gives the F-score's two halves (``precision``, ``recall``); the fuller per-shape report
+(signed offsets, volume, edge vs flat recall, floaters) is :func:`nerf.shape_report.shape_report`.
+
 Examples:
     >>> a = trimesh.creation.icosphere(subdivisions=4, radius=0.5)
     >>> chamfer_l1(a, a) < 1e-6
@@ -62,10 +65,17 @@ class MeshDistances:
         """``0.5 * (mean(pred_to_ref) + mean(ref_to_pred))``."""
         return 0.5 * (float(self.pred_to_ref.mean()) + float(self.ref_to_pred.mean()))
 
+    def precision(self, threshold: float) -> float:
+        """Fraction in [0, 1] of predicted samples closer than ``threshold`` to the reference surface."""
+        return float((self.pred_to_ref < threshold).mean())
+
+    def recall(self, threshold: float) -> float:
+        """Fraction in [0, 1] of reference samples closer than ``threshold`` to the predicted surface."""
+        return float((self.ref_to_pred < threshold).mean())
+
     def f_score(self, threshold: float) -> float:
         """F-score at ``threshold`` (same units as the distances, e.g. 0.01 = 1 % of the diagonal); in [0, 1]."""
-        precision = float((self.pred_to_ref < threshold).mean())
-        recall = float((self.ref_to_pred < threshold).mean())
+        precision, recall = self.precision(threshold), self.recall(threshold)
         return 0.0 if precision + recall == 0.0 else 2.0 * precision * recall / (precision + recall)
 
 
@@ -193,6 +203,15 @@ def _point_to_surface(points: np.ndarray, samples: np.ndarray, sample_fid: np.nd
     the nearest vertex (right for small ones); the exact distance to each is taken, and never more than the
     distance to the nearest sample.
     """
+    _, closest, sample_dist = _surface_candidates(points, samples, sample_fid, vertices, mesh, k)
+    d = np.linalg.norm(points[:, None] - closest, axis=-1)
+    return np.minimum(d.min(axis=1), sample_dist)
+
+
+def _surface_candidates(points: np.ndarray, samples: np.ndarray, sample_fid: np.ndarray, vertices: np.ndarray,
+                        mesh: trimesh.Trimesh, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidate faces (P, C) of :func:`_point_to_surface`, the closest point on each (P, C, 3) and the distance
+    (P,) to the nearest sample."""
     k = min(k, len(samples))
     sample_dist, nearest = cKDTree(samples).query(points, k=k, workers=-1)
     nearest = nearest.reshape(len(points), k)
@@ -203,12 +222,18 @@ def _point_to_surface(points: np.ndarray, samples: np.ndarray, sample_fid: np.nd
     faces = np.where(valid, faces, faces[:, :1])
     tri = vertices[np.asarray(mesh.faces)]
     c = faces.shape[1]
-    d = _point_triangle_distance(np.repeat(points, c, axis=0), tri[faces.reshape(-1)]).reshape(len(points), c)
-    return np.minimum(d.min(axis=1), np.asarray(sample_dist).reshape(len(points), k)[:, 0])
+    closest = _closest_point_on_triangle(np.repeat(points, c, axis=0), tri[faces.reshape(-1)])
+    return faces, closest.reshape(len(points), c, 3), np.asarray(sample_dist).reshape(len(points), k)[:, 0]
 
 
 def _point_triangle_distance(p: np.ndarray, tri: np.ndarray) -> np.ndarray:
-    """Exact Euclidean distance (M,) from points (M, 3) to triangles (M, 3, 3), by Voronoi-region tests.
+    """Exact Euclidean distance (M,) from points (M, 3) to triangles (M, 3, 3); see
+    :func:`_closest_point_on_triangle`."""
+    return np.linalg.norm(p - _closest_point_on_triangle(p, tri), axis=-1)
+
+
+def _closest_point_on_triangle(p: np.ndarray, tri: np.ndarray) -> np.ndarray:
+    """Closest point (M, 3) on triangles (M, 3, 3) to points (M, 3), by Voronoi-region tests.
 
     Ericson's early-return order (A, B, AB, C, AC, BC, interior) is kept by applying the regions in reverse, so
     that earlier tests overwrite later ones.
@@ -244,5 +269,4 @@ def _point_triangle_distance(p: np.ndarray, tri: np.ndarray) -> np.ndarray:
     on_ab = (vc <= 0) & (d1 >= 0) & (d3 <= 0)
     closest = np.where(on_ab[:, None], a + ab * ab_v[:, None], closest)
     closest = np.where(((d3 >= 0) & (d4 <= d3))[:, None], b, closest)  # vertex B
-    closest = np.where(((d1 <= 0) & (d2 <= 0))[:, None], a, closest)  # vertex A
-    return np.linalg.norm(p - closest, axis=-1)
+    return np.where(((d1 <= 0) & (d2 <= 0))[:, None], a, closest)  # vertex A
