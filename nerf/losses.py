@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "disparity_curvature_loss",
     "normal_difference_sum",
     "normal_smoothness_2d",
     "normal_smoothness_3d",
@@ -103,3 +104,31 @@ def normal_smoothness_3d(normals: Tensor, perturbed_normals: Tensor) -> Tensor:
         Scalar Tensor in [0, 2], differentiable w.r.t. both.
     """
     return normal_difference_sum(normals, perturbed_normals) / normals.numel()
+
+
+def disparity_curvature_loss(depth: Tensor, opacity: Tensor, eps: float = 1e-3) -> Tensor:
+    """Second-order smoothness of disparity along pixel triplets: an L1 prior that keeps flat faces flat.
+
+    The inverse of the camera-space depth (distance along the optical axis) of a plane is an affine function of
+    the pixel coordinates, so its second difference along three equally spaced pixels of one row or column is
+    zero on any plane and large only across creases and depth edges. Its L1 norm is the total variation of the
+    disparity's slope: it favours piecewise-planar surfaces with few creases (the second-order stereo prior of
+    Woodford et al., "Global stereo reconstruction under second-order smoothness priors", TPAMI 2009), so an
+    untextured face whose depth no colour pins settles on the plane through its edges instead of bulging or
+    denting between them.
+
+    Args:
+        depth: Tensor with shape (T, 3): ``sum(w * z)`` of the three rays of each triplet, z the camera-space
+            depth of a sample (ray length × cosine between ray and optical axis; any length unit).
+        opacity: Tensor with shape (T, 3): their accumulated weights, in [0, 1]; the expected depth is
+            ``depth / opacity``.
+        eps: lower bound on the opacity and on the expected depth (same unit as ``depth``), > 0.
+
+    Returns:
+        Scalar Tensor: mean over triplets of ``|d0 - 2 d1 + d2| / d1`` with ``d = opacity / depth`` (dimensionless,
+        >= 0; 0 when the three surface points lie on one plane).
+    """
+    expected = depth / opacity.clamp_min(eps)
+    disparity = 1.0 / expected.clamp_min(eps)
+    second = disparity[:, 0] - 2.0 * disparity[:, 1] + disparity[:, 2]
+    return (second.abs() / disparity[:, 1].detach()).mean()

@@ -47,7 +47,9 @@ from nerf.cameras import get_rays
 from nerf.datasets.blender import ViewDataset
 from nerf.encoding import HashGridConfig
 from nerf.field import FieldConfig, ImplicitVolume
-from nerf.mesh import IsosurfaceConfig, extract_mesh
+from nerf.losses import disparity_curvature_loss
+from nerf.mesh import EmptyIsosurfaceError, IsosurfaceConfig, extract_mesh
+from nerf.mesh_render import MeshRenderConfig, render_mesh
 from nerf.renderer import RendererConfig, VolumeRenderer
 from nerf.occupancy_grid import OccupancyGridConfig, ray_aabb_intersect
 from nerf.scene_box import scene_frame
@@ -100,11 +102,34 @@ class ReconstructionConfig:
     hull_init_steps: int = 100
     """Steps fitting the density to the visual hull before photometric training (0 disables; needs masks)."""
     hull_init_points: int = 16384
+    hull_init_occupancy: float = 1.0
+    """Target occupancy of one hull cell inside the hull, in (0, 1]: 1 fits a saturated solid; lower values a
+    softer density that photometric training carves more easily (cavities that the silhouettes cannot show)."""
     """Random points per hull-fitting step (>= 1)."""
+    lambda_flat: float = 0.0
+    """Weight of the flat-face prior (:func:`nerf.losses.disparity_curvature_loss`) on pixel triplets inside the
+    masks (>= 0; 0 disables; needs RGBA views)."""
+    flat_fraction: float = 0.25
+    """Share of ``batch_rays`` spent on the prior's triplets (the rest are drawn uniformly), in [0, 1)."""
+    flat_stride: int = 2
+    """Spacing in pixels of a triplet's three pixels along its row or column (>= 1)."""
+    lambda_volume: float = 0.0
+    """Weight of the volume penalty: the mean occupancy ``1 - exp(-density * step)`` (``step`` the march step) at
+    ``volume_points`` uniform points of the box, an inward pressure that the colour and mask losses resist wherever
+    the views pin the surface (>= 0; 0 disables)."""
+    volume_points: int = 4096
+    """Uniform points per step of the volume penalty (>= 1)."""
     isosurface: IsosurfaceConfig = default(default_factory=lambda: IsosurfaceConfig(resolution=128, threshold=20.0))
     """Mesh extraction in the normalised frame (density threshold in 1 / normalised units). On the benchmark
     meshes 128³ matched 192³ within 0.03 % Chamfer at a quarter of the cost, and thresholds 15–20 gave the best
     Chamfer/F-score (5 and 50 put the surface outside / inside the true one by 0.1–1 % of the diagonal)."""
+    silhouette_thresholds: tuple[float, ...] = ()
+    """Candidate isosurface thresholds (1 / normalised units). When given and the views have masks,
+    :meth:`ReconstructionTrainer.extract_mesh` uses the candidate whose mesh silhouettes best match the masks
+    (:meth:`ReconstructionTrainer.silhouette_threshold`) instead of ``isosurface.threshold``; empty: the fixed
+    threshold."""
+    silhouette_resolution: int = 96
+    """Marching-cubes grid points per axis of the candidate meshes of the silhouette fit (>= 8)."""
     unmasked_threshold_fraction: float = 0.4
     """Without masks, the isosurface threshold as a fraction of the 99th-percentile density (see
     :meth:`ReconstructionTrainer.extract_mesh`), in (0, 1]."""
@@ -121,6 +146,15 @@ class ReconstructionConfig:
         if not 0.0 < self.lr_final_ratio <= 1.0 or self.box_margin < 1.0 or self.lambda_mask < 0:
             raise ValueError(f"ReconstructionConfig: need 0 < lr_final_ratio <= 1, box_margin >= 1, "
                              f"lambda_mask >= 0: {self}")
+        if self.lambda_flat < 0 or not 0.0 <= self.flat_fraction < 1.0 or self.flat_stride < 1:
+            raise ValueError(f"ReconstructionConfig: need lambda_flat >= 0, 0 <= flat_fraction < 1, flat_stride >= 1: "
+                             f"{self}")
+        if self.silhouette_resolution < 8 or any(not t > 0 for t in self.silhouette_thresholds):
+            raise ValueError(f"ReconstructionConfig: need silhouette_resolution >= 8 and silhouette_thresholds > 0: "
+                             f"{self}")
+        if self.lambda_volume < 0 or self.volume_points < 1 or not 0.0 < self.hull_init_occupancy <= 1.0:
+            raise ValueError(f"ReconstructionConfig: need lambda_volume >= 0, volume_points >= 1, "
+                             f"0 < hull_init_occupancy <= 1: {self}")
         if self.hull_init_steps < 0 or self.hull_init_points < 1 or not 0.0 <= self.hull_alpha_threshold < 1.0:
             raise ValueError(f"ReconstructionConfig: need hull_init_steps >= 0, hull_init_points >= 1, "
                              f"0 <= hull_alpha_threshold < 1: {self}")
@@ -162,9 +196,12 @@ class ReconstructionTrainer:
         self._pixels = self._useful_pixels()
         self._targets = torch.cat([views.rgb, views.alpha], dim=-1).reshape(-1, 4)
         self._frame_has_alpha = views.has_alpha
+        self._triplets = self._interior_triplets() if config.lambda_flat > 0 else None
         self.step = 0
         self._hull_fitted = False
         self.isosurface_threshold: float | str = self.config.isosurface.threshold
+        self.silhouette_scores: dict[float, float] = {}
+        """Soft IoU per candidate threshold of the last silhouette fit (empty without one)."""
 
     # ------------------------------------------------------------------ training
     def train(self, callback: Callable[[StepStats], None] | None = None) -> list[StepStats]:
@@ -207,7 +244,7 @@ class ReconstructionTrainer:
         for _ in range(steps):
             points = torch.rand(cfg.hull_init_points, 3, generator=self.generator) * 2.0 - 1.0
             ijk = ((points + 1.0) / delta).round().long().clamp_(0, g - 1)
-            target = labels[(ijk[:, 0] * g + ijk[:, 1]) * g + ijk[:, 2]].to(self.device)
+            target = labels[(ijk[:, 0] * g + ijk[:, 1]) * g + ijk[:, 2]].to(self.device) * cfg.hull_init_occupancy
             density = self.field.density(points.to(self.device))
             occupancy = (1.0 - torch.exp(-density * delta)).clamp(1e-5, 1.0 - 1e-5)
             loss = F.binary_cross_entropy(occupancy, target)
@@ -221,11 +258,20 @@ class ReconstructionTrainer:
         cfg = self.config
         t0 = time.perf_counter()
         self.renderer.update_occupancy(self.step, generator=self.render_generator)
-        # 1. a batch of pixels and their rays in the normalised frame
-        pick = self._pixels[torch.randint(self._pixels.shape[0], (cfg.batch_rays,), generator=self.generator)]
+        # 1. a batch of pixels and their rays in the normalised frame (the flat prior's triplets last)
+        n_triplets = 0
+        if self._triplets is not None and self._triplets[0].numel() > 0:
+            n_triplets = int(cfg.batch_rays * cfg.flat_fraction) // 3
+        n_uniform = cfg.batch_rays - 3 * n_triplets
+        pick = self._pixels[torch.randint(self._pixels.shape[0], (n_uniform,), generator=self.generator)]
+        if n_triplets:
+            centres, offsets = self._triplets
+            chosen = torch.randint(centres.shape[0], (n_triplets,), generator=self.generator)
+            mid, off = centres[chosen], offsets[chosen]
+            pick = torch.cat([pick, mid - off, mid, mid + off])
         rays_o, rays_d, target, alpha, has_alpha = self._batch(pick)
         # 2. background: random colour where the view has alpha, white otherwise
-        bg = torch.rand(cfg.batch_rays, 3, generator=self.generator).to(self.device)
+        bg = torch.rand(pick.shape[0], 3, generator=self.generator).to(self.device)
         bg = torch.where(has_alpha[:, None], bg, torch.ones_like(bg))
         gt = target * alpha + bg * (1.0 - alpha)
         # 3. render and compare
@@ -234,6 +280,20 @@ class ReconstructionTrainer:
         if cfg.lambda_mask > 0 and bool(has_alpha.any()):
             losses["mask"] = F.mse_loss(out.opacity[has_alpha], alpha[has_alpha])
         loss = losses["rgb"] + cfg.lambda_mask * losses.get("mask", torch.zeros((), device=self.device))
+        if n_triplets:
+            # camera-space depth: the ray length times the cosine between the ray and the view's optical axis
+            frames = pick[n_uniform:] // (self.views.height * self.views.width)
+            axis = -self.views.c2w[frames, :3, 2].to(self.device)
+            cosine = (rays_d[n_uniform:] * axis).sum(-1)
+            depth = (out.depth[n_uniform:, 0] * cosine).reshape(3, n_triplets).T
+            opacity = out.opacity[n_uniform:, 0].reshape(3, n_triplets).T
+            losses["flat"] = disparity_curvature_loss(depth, opacity)
+            loss = loss + cfg.lambda_flat * losses["flat"]
+        if cfg.lambda_volume > 0:
+            points = torch.rand(cfg.volume_points, 3, generator=self.generator).to(self.device) * 2.0 - 1.0
+            step = 1.732 * 2.0 / cfg.num_samples_per_ray
+            losses["volume"] = (1.0 - torch.exp(-self.field.density(points) * step)).mean()
+            loss = loss + cfg.lambda_volume * losses["volume"]
         # 4. update
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -288,11 +348,56 @@ class ReconstructionTrainer:
             config = self.config.isosurface
             if self.frame.hull is None:
                 config = replace(config, threshold=self._unmasked_threshold())
+            elif self.config.silhouette_thresholds:
+                best, self.silhouette_scores = self.silhouette_threshold(self.config.silhouette_thresholds)
+                config = replace(config, threshold=best)
         self.isosurface_threshold = config.threshold
         mesh = extract_mesh(self.field.density, 1.0, config,
                             color_fn=lambda p: self.field(p).albedo, device=self.device)
         mesh.vertices = self.frame.to_world(np.asarray(mesh.vertices))
         return mesh
+
+    @torch.no_grad()
+    def silhouette_threshold(self, candidates: tuple[float, ...] | list[float]) -> tuple[float, dict[float, float]]:
+        """The candidate threshold whose isosurface best reproduces the views' masks.
+
+        For each candidate the isosurface is extracted at ``silhouette_resolution`` and rendered (coverage alpha,
+        2×2 supersampled) at every view with alpha; the score is the soft IoU ``sum(min(a, m)) / sum(max(a, m))``
+        between the rendered alpha a and the view's alpha m over all those pixels. Silhouettes pin the surface
+        where colour cannot: a flat face of one colour sits between its silhouette edges, and a density ramp that
+        puts the default threshold outside the true surface (a larger silhouette everywhere) is caught. Ties go to
+        the earlier candidate.
+
+        Args:
+            candidates: thresholds (1 / normalised units), > 0.
+
+        Returns:
+            (best threshold, {candidate: soft IoU in [0, 1]}); a candidate without a surface scores 0.
+
+        Raises:
+            ValueError: no candidates, or the views have no masks.
+        """
+        if not candidates:
+            raise ValueError("silhouette_threshold needs at least one candidate")
+        masked = torch.nonzero(self.views.has_alpha)[:, 0]
+        if masked.numel() == 0:
+            raise ValueError("silhouette_threshold needs views with alpha")
+        views = self.views
+        target = views.alpha[masked, ..., 0]
+        scores: dict[float, float] = {}
+        for threshold in candidates:
+            try:
+                mesh = extract_mesh(self.field.density, 1.0, IsosurfaceConfig(
+                    resolution=self.config.silhouette_resolution, threshold=float(threshold)), device=self.device)
+            except EmptyIsosurfaceError:
+                scores[float(threshold)] = 0.0
+                continue
+            mesh.vertices = self.frame.to_world(np.asarray(mesh.vertices))
+            alpha = render_mesh(mesh, views.c2w[masked], views.fovy_deg, views.height, views.width,
+                                MeshRenderConfig(shading="color", supersample=2))[..., 3]
+            scores[float(threshold)] = float(torch.minimum(alpha, target).sum() / torch.maximum(alpha, target).sum())
+        best = max(scores, key=lambda t: (scores[t], -list(scores).index(t)))
+        return best, scores
 
     @torch.no_grad()
     def _unmasked_threshold(self) -> float:
@@ -312,6 +417,19 @@ class ReconstructionTrainer:
         dev = self.device
         return (self.frame.to_normalised(rays_o).to(dev), rays_d.to(dev), target[:, :3].to(dev),
                 target[:, 3:].to(dev), has_alpha.to(dev))
+
+    def _interior_triplets(self) -> tuple[Tensor, Tensor]:
+        """Centres (M,) and offsets (M,) (flat pixel indices) of the row and column triplets ``(c - o, c, c + o)``
+        whose three pixels are fully covered (alpha >= 0.99) in views with alpha, ``flat_stride`` pixels apart."""
+        views, s = self.views, self.config.flat_stride
+        n, h, w = views.num_views, views.height, views.width
+        full = (views.alpha[..., 0] >= 0.99) & views.has_alpha[:, None, None]  # (N, H, W)
+        flat = torch.arange(n * h * w).reshape(n, h, w)
+        rows = full[:, :, 2 * s:] & full[:, :, s:-s] & full[:, :, :-2 * s]
+        cols = full[:, 2 * s:, :] & full[:, s:-s, :] & full[:, :-2 * s, :]
+        centres = torch.cat([flat[:, :, s:-s][rows], flat[:, s:-s, :][cols]])
+        offsets = torch.cat([torch.full((int(rows.sum()),), s), torch.full((int(cols.sum()),), s * w)])
+        return centres, offsets
 
     def _useful_pixels(self) -> Tensor:
         """Flat pixel indices (frame * H * W + row * W + col) whose rays meet the normalised box."""
