@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from nerf.samples import near_planes
-from nerf.volrend import exclusive_sum_per_ray
+from nerf.volrend import visible_in_rounds
 
 __all__ = ["OccupancyGrid", "OccupancyGridConfig", "near_planes", "ray_aabb_intersect", "uniform_sampling"]
 
@@ -424,68 +424,3 @@ class OccupancyGrid(nn.Module):
         estimator.binaries.copy_(self.binaries)
         return estimator
 
-
-@torch.no_grad()
-def visible_in_rounds(
-    t_starts: Tensor,
-    t_ends: Tensor,
-    ray_indices: Tensor,
-    n_rays: int,
-    sigma_fn: SigmaFn,
-    early_stop_eps: float,
-    alpha_thre: float = 0.0,
-    first_round: int = 16,
-) -> Tensor:
-    """The samples of :func:`~nerf.volrend.render_visibility_from_density`, querying densities front to back.
-
-    Marching a solid object through an occupancy grid yields every step of every occupied cell along a ray, the
-    object's whole interior included, although transmittance dies within a few steps of the surface. Instead of
-    one ``sigma_fn`` call on all candidates, the candidates are taken in rounds (the next ``first_round``, then
-    twice as many per round) of the rays still transparent: a ray leaves once its transmittance after the
-    round is below ``early_stop_eps``, since every later sample of it would be dropped. The result is the same
-    mask (up to float rounding of the running optical depth); on the cube of ``benchmarks/hard_shapes.py`` the
-    density queries fall about tenfold.
-
-    Args:
-        t_starts, t_ends: Tensors with shape (S,), interval bounds (world units), packed per ray.
-        ray_indices: Tensor with shape (S,), int64, sorted ascending (each ray's samples front to back).
-        n_rays: number of rays R.
-        sigma_fn: ``(t_starts, t_ends, ray_indices) -> sigmas`` on a subset, all shape (M,).
-        early_stop_eps: transmittance threshold (samples with T < eps are dropped), >= 0.
-        alpha_thre: opacity threshold (samples with alpha < alpha_thre are dropped; 0 disables).
-        first_round: candidates per ray in the first round (>= 1).
-
-    Returns:
-        Tensor with shape (S,), bool: the samples to keep.
-
-    Raises:
-        ValueError: ``sigma_fn`` returned the wrong shape.
-    """
-    n = t_starts.shape[0]
-    keep = torch.zeros(n, dtype=torch.bool, device=t_starts.device)
-    if n == 0:
-        return keep
-    counts = torch.bincount(ray_indices, minlength=n_rays)
-    first = torch.cumsum(counts, dim=0) - counts
-    position = torch.arange(n, device=t_starts.device) - first[ray_indices]  # index of a sample in its ray
-    depth = torch.zeros(n_rays, dtype=torch.float64, device=t_starts.device)  # optical depth so far
-    alive = torch.ones(n_rays, dtype=torch.bool, device=t_starts.device)
-    start, size, longest = 0, max(int(first_round), 1), int(counts.max())
-    while start < longest:
-        chosen = torch.nonzero((position >= start) & (position < start + size) & alive[ray_indices])[:, 0]
-        if chosen.numel() == 0:
-            break
-        rays = ray_indices[chosen]
-        sigmas = sigma_fn(t_starts[chosen], t_ends[chosen], rays)
-        if sigmas.shape != chosen.shape:
-            raise ValueError(f"sigma_fn must return shape {tuple(chosen.shape)}, got {tuple(sigmas.shape)}")
-        sigmas_dt = (sigmas * (t_ends[chosen] - t_starts[chosen])).to(torch.float64)
-        before = depth[rays] + exclusive_sum_per_ray(sigmas_dt, rays, n_rays)
-        visible = torch.exp(-before) >= early_stop_eps
-        if alpha_thre > 0.0:
-            visible &= -torch.expm1(-sigmas_dt) >= alpha_thre
-        keep[chosen] = visible
-        depth.index_add_(0, rays, sigmas_dt)
-        alive &= torch.exp(-depth) >= early_stop_eps
-        start, size = start + size, 2 * size
-    return keep

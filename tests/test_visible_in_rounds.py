@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nerf.occupancy_grid import visible_in_rounds
-from nerf.volrend import render_visibility_from_density
+from nerf.volrend import render_visibility_from_density, visible_in_rounds
 
 
 def _packed(n_rays: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
