@@ -33,9 +33,12 @@ memory is per mesh:
 5. **Output.** The mesh mapped back by the inverse similarity to M's frame and written as ``<out>/<name>/model.glb``
    the way ``reconstruct`` writes it (z-up → glTF Y-up by (x, y, z) → (x, z, −y), no recentring), so that for a
    Y-up OBJ the GLB is in the OBJ's own frame; ``reference.png``; ``views.png`` (rows: mesh, NeRF, NeRF opacity;
-   elevation 15°, azimuths 0/90/180/270); metrics of the GLB *as written* against M (Chamfer-L1 and F-score at
-   1 % of M's bounding-box diagonal, ``nerf.metrics.mesh_distances``, 100k samples); a table and
-   ``<out>/sds_oracle.json``. "wall s" and "CPU s" cover ``train_mesh`` (training + extraction); peak memory
+   elevation 15°, azimuths 0/90/180/270); ``field.pt`` (the trained field's state dict, to re-extract it);
+   metrics of the GLB *as written* against M: the full :class:`nerf.shape_report.ShapeReport` (Chamfer-L1,
+   F-score, precision and recall at 1 % of M's bounding-box diagonal on the samples of
+   ``nerf.metrics.mesh_distances``, 100k; signed offsets along the true normal, volume ratio, recall near sharp
+   edges vs on flat faces, floaters); ``row.json`` per mesh, a table, the reports
+   (``nerf.shape_report.format_reports``) and ``<out>/sds_oracle.json``. "wall s" and "CPU s" cover ``train_mesh`` (training + extraction); peak memory
    is the worker's ``ru_maxrss`` after it.
 
 6. **From a guess** (``--init-mesh G`` with one G per M, in M's frame, or ``--degrade F``: G is M degraded by
@@ -49,10 +52,17 @@ memory is per mesh:
    refine + extraction (the start's extraction, a measurement, left out). Target (issue 21): from G at F@1 % ≈
    0.65, 200 steps reach F@1 % ≥ 0.85 and ≥ the start + 0.1 in less than half the wall time of a 600-step cold start.
 
+Meshes (``--mesh``): files, names of ``../shared/data/shapes/NAME.obj``, or the hard shapes of
+``benchmarks/hard_shapes.py`` (``cube box321 cabinet table open_box``; ``hard`` for all five), written to
+``<out>/hard_shapes``. Ablations (``--set KEY=VALUE``): any field of the tiny preset's ``NerfPreset`` by its dotted
+name (``training.lambda_flat=0``, ``field.density_blob_std=0.7``, ``isosurface.fill_hidden_optical_depth=0``),
+set before the schedules are stretched to ``--steps``.
+
 Usage::
 
     .venv/bin/python benchmarks/sds_oracle.py --out /tmp/sds_oracle [--mesh a.obj b.obj] [--steps 600] [--threads 2]
     .venv/bin/python benchmarks/sds_oracle.py --out /tmp/sds_oracle --degrade 0.65 --steps 200 --threads 1
+    .venv/bin/python benchmarks/sds_oracle.py --out /tmp/hard --mesh hard blub --threads 1 --set training.lambda_flat=0
 
 Target (issue): Chamfer ≤ 2 %, F-score@1 % ≥ 0.7 within ~5 minutes per mesh on 2 CPU cores.
 """
@@ -95,8 +105,10 @@ from nerf.trainers.sds import GuidanceResult  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from degrade_mesh import degrade_to_f_score  # noqa: E402
+from hard_shapes import HARD_SHAPES, write_hard_shapes  # noqa: E402
 
-DEFAULT_MESHES = [ROOT.parent / "shared" / "data" / "shapes" / f"{n}.obj" for n in ("blub", "potion", "teddy")]
+SHARED_SHAPES = ROOT.parent / "shared" / "data" / "shapes"
+DEFAULT_MESHES = [SHARED_SHAPES / f"{n}.obj" for n in ("blub", "potion", "teddy")]
 TARGET_CHAMFER, TARGET_F1 = 0.02, 0.7
 TARGET_REFINE_F1, TARGET_GAIN, TARGET_WALL_RATIO = 0.85, 0.1, 3.0  # issue 21: 200 steps from a guess vs 600 cold
 
@@ -357,14 +369,57 @@ class MeshTarget:
 
 
 # ----------------------------------------------------------------------------------------------- 4. one mesh
+def set_field(config, key: str, value):
+    """A copy of the (nested, frozen) dataclass ``config`` with the dotted attribute ``key`` set to ``value``
+    (lists become tuples, as the configs' schedules and sizes are tuples).
+
+    Raises:
+        ValueError: ``key`` names no field.
+
+    Examples:
+        >>> from lift3d.presets import get_preset
+        >>> set_field(get_preset("tiny").nerf, "training.lambda_sparsity", 0.0).training.lambda_sparsity
+        0.0
+    """
+    head, _, rest = key.partition(".")
+    if not hasattr(config, "__dataclass_fields__") or head not in config.__dataclass_fields__:
+        raise ValueError(f"set_field: {type(config).__name__} has no field {head!r}")
+    if rest:
+        return replace(config, **{head: set_field(getattr(config, head), rest, value)})
+    return replace(config, **{head: tuple(value) if isinstance(value, list) else value})
+
+
+def parse_settings(items: list[str]) -> list[tuple[str, object]]:
+    """``KEY=VALUE`` strings → (key, value); VALUE is a Python literal (``0.5``, ``[100, 7.0, 5.0, 150]``,
+    ``True``) or else the string itself (``none``)."""
+    import ast
+
+    pairs = []
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set needs KEY=VALUE, got {item!r}")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        pairs.append((key.strip(), value))
+    return pairs
+
+
 def oracle_preset(steps: int, mesh_resolution: int | None = None, threshold: float | None = None,
-                  white_background_prob: float | None = None):
+                  white_background_prob: float | None = None, settings: list[tuple[str, object]] = ()):
     """The tiny preset's NeRF trained for ``steps`` (``NerfPreset.with_max_steps``); optional overrides of the
     marching-cubes grid, the isosurface threshold and the share of white random-view backgrounds (None: the
-    preset's)."""
+    preset's), and ``settings``: (dotted key, value) pairs of :func:`set_field` applied to the tiny preset's
+    ``NerfPreset`` *before* it is stretched to ``steps`` (step-indexed schedules are in the preset's own steps,
+    200 for tiny)."""
     from lift3d.presets import get_preset
 
-    nerf = get_preset("tiny").nerf.with_max_steps(steps)
+    nerf = get_preset("tiny").nerf
+    for key, value in settings:
+        nerf = set_field(nerf, key, value)
+    nerf = nerf.with_max_steps(steps)
     iso = {k: v for k, v in (("resolution", mesh_resolution), ("threshold", threshold)) if v is not None}
     nerf = replace(nerf, isosurface=replace(nerf.isosurface, **iso))
     if threshold is not None:  # a fixed threshold replaces the reference-silhouette fit
@@ -392,6 +447,7 @@ def run_mesh(path: Path, out: Path, *, y_up: bool, steps: int, seed: int, shadin
     from lift3d.presets import get_preset
     from lift3d.reconstruct.render_views import load_mesh
     from nerf.metrics import mesh_distances
+    from nerf.shape_report import shape_report
 
     # 1. M → z-up world → scene
     mesh_file = load_mesh(path)
@@ -437,22 +493,23 @@ def run_mesh(path: Path, out: Path, *, y_up: bool, steps: int, seed: int, shadin
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
     views_psnr = compare_views(field, nerf, guidance, out / "views.png")
+    torch.save(field.state_dict(), out / "field.pt")  # ~2 MB (tiny NeRF): re-extract without retraining
 
     # 4. back to M's frame, written like reconstruct's model.glb, read back for the metrics
     mesh_world = framing.apply(mesh_scene, inverse=True)
     ArtifactWriter(LocalStore(out)).model(mesh_world, recenter=False, name="model.glb")
     glb = trimesh.load(out / "model.glb", force="mesh")
     pred = trimesh.Trimesh(glb.vertices @ np.asarray(Z_UP_TO_Y_UP) @ rotation, glb.faces, process=False)
-    distances = mesh_distances(pred, mesh_file, n_samples=n_samples)
+    report = shape_report(pred, mesh_file, n_samples=n_samples)  # the samples of mesh_distances(pred, mesh_file)
     sweep = [threshold_metrics(field, nerf, framing, rotation, mesh_file, t, n_samples) for t in sweep_thresholds]
     last = history[-1].losses
     tail = guidance.log[-max(1, len(guidance.log) // 10):]
     return {
         "mesh": path.stem, "path": str(path),
-        "chamfer_l1": distances.chamfer_l1, "f_score_1pct": distances.f_score(0.01),
-        "precision_1pct": float((distances.pred_to_ref < 0.01).mean()),
-        "recall_1pct": float((distances.ref_to_pred < 0.01).mean()),
+        "chamfer_l1": report.chamfer_l1, "f_score_1pct": report.f_score,
+        "precision_1pct": report.precision, "recall_1pct": report.recall, "report": report.as_dict(),
         "steps": len(history), "wall_s": wall_s, "cpu_s": cpu_s, "peak_rss_mib": peak_mib,
+        "step_s_mean": float(np.mean([h.seconds for h in history])),
         "faces": int(len(pred.faces)),
         "fill": reference_fill(), "scale": framing.scale, "translation": framing.translation.tolist(),
         "isosurface_threshold": mesh_scene.metadata.get("isosurface_threshold"),
@@ -562,10 +619,35 @@ def _cpu_seconds() -> float:
 
 
 # --------------------------------------------------------------------------------------------------- 5. CLI
+def resolve_meshes(names: list[str], hard_dir: Path) -> list[Path]:
+    """``--mesh`` arguments → files: a hard shape's name (``benchmarks/hard_shapes.py``: cube, box321, cabinet,
+    table, open_box; ``hard`` for all five) is written to ``hard_dir/NAME.obj``; a bare name with a
+    ``NAME.obj`` in ``../shared/data/shapes`` is that file; anything else is a path.
+
+    Raises:
+        SystemExit: an argument that is none of these.
+    """
+    files = []
+    for name in names:
+        for item in (list(HARD_SHAPES) if name == "hard" else [name]):
+            if item in HARD_SHAPES:
+                files.append(write_hard_shapes(hard_dir, [item])[item])
+            elif Path(item).is_file():
+                files.append(Path(item))
+            elif (SHARED_SHAPES / f"{item}.obj").is_file():
+                files.append(SHARED_SHAPES / f"{item}.obj")
+            else:
+                raise SystemExit(f"--mesh {item}: not a file, a hard shape ({', '.join(HARD_SHAPES)}, hard) or a "
+                                 f"NAME.obj in {SHARED_SHAPES}")
+    return files
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--mesh", nargs="+", default=[str(p) for p in DEFAULT_MESHES], help="mesh files (M)")
+    parser.add_argument("--mesh", nargs="+", default=[str(p) for p in DEFAULT_MESHES],
+                        help="mesh files (M), names of NAME.obj in ../shared/data/shapes, or hard shapes ("
+                             + ", ".join(HARD_SHAPES) + "; 'hard': all five, written to OUT/hard_shapes)")
     parser.add_argument("--y-up", dest="y_up", action="store_true", default=True,
                         help="the files are Y-up (OBJ, glTF): rotate into the z-up world (default)")
     parser.add_argument("--z-up", dest="y_up", action="store_false", help="the files are already z-up")
@@ -589,25 +671,32 @@ def main() -> None:
     parser.add_argument("--degrade", type=float, default=None, metavar="F",
                         help="start from M degraded to F@1%% ≈ F (benchmarks/degrade_mesh.py; the issue: 0.65)")
     parser.add_argument("--fit-steps", type=int, default=FieldFitConfig.steps, help="field-fit Adam steps")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="ablations: set a field of the tiny preset's NerfPreset (dotted, e.g. "
+                             "training.lambda_sparsity=0 field.density_bias=none), before stretching to --steps")
     parser.add_argument("--fit-width", type=float, default=0.01,
                         help="the guess's density falls by e every this many scene units across its surface")
     args = parser.parse_args()
-    if not args.worker and args.init_mesh is not None and len(args.init_mesh) != len(args.mesh):
-        parser.error(f"--init-mesh needs one file per --mesh ({len(args.mesh)}), got {len(args.init_mesh)}")
     if args.worker:
         torch.set_num_threads(args.threads)
-        nerf = oracle_preset(args.steps, args.mesh_resolution, args.isosurface_threshold, args.white_background_prob)
+        nerf = oracle_preset(args.steps, args.mesh_resolution, args.isosurface_threshold, args.white_background_prob,
+                             parse_settings(args.set))
         row = run_mesh(Path(args.worker), Path(args.out) / Path(args.worker).stem, y_up=args.y_up, steps=args.steps,
                        seed=args.seed, shading=args.shading, guidance_scale=args.guidance_scale,
                        guidance_resolution=args.guidance_resolution or None, nerf=nerf,
                        sweep_thresholds=tuple(args.sweep_thresholds),
                        init_mesh=Path(args.init_mesh[0]) if args.init_mesh else None, degrade=args.degrade,
                        fit=replace(FieldFitConfig(), steps=args.fit_steps), fit_width=args.fit_width)
+        row["settings"] = args.set
+        (Path(args.out) / Path(args.worker).stem / "row.json").write_text(json.dumps(row, indent=1))
         print(json.dumps(row))
         return
 
+    meshes = resolve_meshes(args.mesh, Path(args.out) / "hard_shapes")
+    if args.init_mesh is not None and len(args.init_mesh) != len(meshes):
+        parser.error(f"--init-mesh needs one file per mesh ({len(meshes)}), got {len(args.init_mesh)}")
     rows = []
-    for i, mesh in enumerate(args.mesh):
+    for i, mesh in enumerate(meshes):
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(Path(mesh).resolve()),
                "--y-up" if args.y_up else "--z-up", "--out", args.out, "--steps", str(args.steps),
                "--seed", str(args.seed), "--threads", str(args.threads), "--shading", args.shading,
@@ -619,6 +708,7 @@ def main() -> None:
         cmd += ["--init-mesh", str(Path(args.init_mesh[i]).resolve())] if args.init_mesh else []
         cmd += ["--degrade", str(args.degrade)] if args.degrade is not None else []
         cmd += ["--fit-steps", str(args.fit_steps), "--fit-width", str(args.fit_width)]
+        cmd += ["--set", *args.set] if args.set else []
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
                               env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
         if proc.returncode != 0:
@@ -641,6 +731,14 @@ def main() -> None:
         print(f"{r['mesh']:10} {100 * r['chamfer_l1']:7.2f}% {r['f_score_1pct']:6.3f} {'met' if ok else 'MISSED':>7} "
               f"{r['steps']:6d} {r['wall_s']:7.1f} {r['cpu_s']:7.1f} {r['peak_rss_mib']:9.0f} "
               f"{r['final_losses'].get('mask', float('nan')):13.4f} {float(r['isosurface_threshold']):9.3g}")
+    from nerf.shape_report import ShapeReport, format_reports
+
+    print("\nShapeReport (lengths in % of M's bbox diagonal; offsets > 0: outside; R edge / R flat: recall within / "
+          "beyond 2 % of a sharp edge; edge%: M's area near edges; float%: area off the largest part)")
+    print(format_reports([(r["mesh"], ShapeReport(**r["report"])) for r in rows]))
+    notes = [f"{r['mesh']}: volume ratio – ({r['report']['volume_note']})" for r in rows if r["report"]["volume_note"]]
+    if notes:
+        print("\n".join(notes))
     guessed = [r for r in rows if "guess_f_score_1pct" in r]
     if guessed:
         print(f"from a guess (target: F@1% >= {TARGET_REFINE_F1} and >= the start + {TARGET_GAIN}; wall s = fit + "

@@ -61,6 +61,9 @@ class IsosurfaceConfig:
         chunk: points per ``density_fn`` / ``color_fn`` call, > 0.
         coarse_to_fine: run the second pass on the surface's bounding box (see the module docstring).
         fine_margin: margin of that box on each side, as a fraction of the coarse surface's extent, >= 0.
+        fill_hidden_optical_depth: > 0: before marching cubes, grid points whose optical depth from the grid's
+            boundary exceeds this along all 6 axis directions get at least twice the threshold's density
+            (:mod:`nerf.interior`: a NeRF's unseen interior is filled, not meshed as cavities); 0 disables.
     """
 
     resolution: int = 128
@@ -70,6 +73,7 @@ class IsosurfaceConfig:
     chunk: int = 262144
     coarse_to_fine: bool = True
     fine_margin: float = 0.1
+    fill_hidden_optical_depth: float = 0.0
 
     def __post_init__(self) -> None:
         if self.resolution < 8:
@@ -84,6 +88,9 @@ class IsosurfaceConfig:
             raise ValueError(f"IsosurfaceConfig.chunk must be > 0, got {self.chunk}")
         if self.fine_margin < 0:
             raise ValueError(f"IsosurfaceConfig.fine_margin must be >= 0, got {self.fine_margin}")
+        if not self.fill_hidden_optical_depth >= 0:
+            raise ValueError(f"IsosurfaceConfig.fill_hidden_optical_depth must be >= 0, got "
+                             f"{self.fill_hidden_optical_depth}")
 
 
 def extract_mesh(
@@ -121,7 +128,7 @@ def extract_mesh(
     box = np.array([[-radius] * 3, [radius] * 3], dtype=np.float64)
     volume = _sample_grid(density_fn, box, n, config.chunk, device)
     threshold = _resolve_threshold(volume, config.threshold)
-    mesh = _surface(volume, threshold, box, n)
+    mesh = _surface(_filled(volume, box, n, threshold, config), threshold, box, n)
 
     # 3. coarse to fine: the same resolution again on the surface's bounding box plus a margin
     if config.coarse_to_fine:
@@ -130,7 +137,7 @@ def extract_mesh(
         margin = (hi - lo) * config.fine_margin
         box = np.stack([np.maximum(lo - margin, -radius), np.minimum(hi + margin, radius)])
         volume = _sample_grid(density_fn, box, n, config.chunk, device)
-        mesh = _surface(volume, threshold, box, n)
+        mesh = _surface(_filled(volume, box, n, threshold, config), threshold, box, n)
 
     # 4. drop floaters
     mesh = _filter_components(mesh, config.keep_largest_component, config.min_component_ratio)
@@ -139,6 +146,16 @@ def extract_mesh(
     if color_fn is not None:
         mesh.visual.vertex_colors = _vertex_colors(color_fn, mesh.vertices, config.chunk, device)
     return mesh
+
+
+def _filled(volume: np.ndarray, box: np.ndarray, n: int, threshold: float, config: IsosurfaceConfig) -> np.ndarray:
+    """``volume`` with its hidden interior filled (:func:`nerf.interior.fill_hidden`) when the config asks for it."""
+    if config.fill_hidden_optical_depth <= 0:
+        return volume
+    from nerf.interior import fill_hidden
+
+    cell = (box[1] - box[0]) / (n - 1)
+    return fill_hidden(volume, cell, config.fill_hidden_optical_depth, 2.0 * max(threshold, 1e-6))
 
 
 def _surface(volume: np.ndarray, threshold: float, box: np.ndarray, n: int) -> trimesh.Trimesh:

@@ -286,4 +286,43 @@ def test_refining_a_guess_fits_it_then_improves_on_it(tmp_path, one_thread):
     assert row["fit_chamfer_l1"] == pytest.approx(row["guess_chamfer_l1"], abs=0.004)  # measured +0.0023
     assert row["f_score_1pct"] >= row["guess_f_score_1pct"] + 0.2
     assert 0 < row["fit_s"] < row["wall_s"] and 0 < row["refine_s"] < row["wall_s"]
-    assert (tmp_path / "out" / "model.glb").is_file()
+    assert (tmp_path / "out" / "model.glb").is_file() and (tmp_path / "out" / "field.pt").is_file()
+    # the row's scores are the ShapeReport's (issue 22), on the samples of mesh_distances
+    report = row["report"]
+    assert (report["f_score"], report["precision"], report["recall"]) == (
+        row["f_score_1pct"], row["precision_1pct"], row["recall_1pct"])
+    assert report["chamfer_l1"] == row["chamfer_l1"] and report["n_samples"] == 20_000
+    assert report["floater_area_fraction"] == 0.0  # the largest component is kept
+
+
+# ------------------------------------------------------------------------------- hard shapes, ablations (issue 22)
+def test_mesh_arguments_name_hard_shapes_shared_meshes_or_files(tmp_path):
+    from hard_shapes import HARD_SHAPES
+
+    files = oracle.resolve_meshes(["cabinet", "hard"], tmp_path / "hard")
+    assert [f.name for f in files] == ["cabinet.obj"] + [f"{n}.obj" for n in HARD_SHAPES]
+    assert all(f.parent == tmp_path / "hard" and f.is_file() for f in files)
+    mesh = trimesh.load(files[0], force="mesh")
+    assert mesh.extents.max() == pytest.approx(0.90, abs=1e-6)  # the cabinet's height, Y-up in the file
+    own = tmp_path / "own.obj"
+    trimesh.creation.box().export(own)
+    assert oracle.resolve_meshes([str(own)], tmp_path / "hard") == [own]
+    if (oracle.SHARED_SHAPES / "teddy.obj").is_file():
+        assert oracle.resolve_meshes(["teddy"], tmp_path / "hard") == [oracle.SHARED_SHAPES / "teddy.obj"]
+    with pytest.raises(SystemExit, match="not a file, a hard shape"):
+        oracle.resolve_meshes(["no_such_shape"], tmp_path / "hard")
+
+
+def test_settings_override_nested_fields_of_the_preset_before_stretching():
+    pairs = oracle.parse_settings(["training.lambda_flat=[0, 10.0, 20.0, 100]", "field.density_bias=none",
+                                   "isosurface.resolution=64"])
+    assert pairs == [("training.lambda_flat", [0, 10.0, 20.0, 100]), ("field.density_bias", "none"),
+                     ("isosurface.resolution", 64)]
+    nerf = oracle.oracle_preset(600, settings=pairs)
+    # the tiny preset trains 200 steps: its schedules are stretched by 3, the new one too
+    assert nerf.training.max_steps == 600 and nerf.training.lambda_flat == (0.0, 10.0, 20.0, 300.0)
+    assert nerf.field.density_bias == "none" and nerf.isosurface.resolution == 64
+    with pytest.raises(ValueError, match="no field 'nope'"):
+        oracle.set_field(nerf, "training.nope", 1)
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        oracle.parse_settings(["training.lambda_flat"])

@@ -1,6 +1,7 @@
 """The SDS loop: reference-view supervision and guidance gradients both shape the field."""
 
 import math
+from dataclasses import replace
 
 import torch
 
@@ -86,3 +87,19 @@ def test_training_is_deterministic_for_a_seed():
 
     assert run(1) == run(1)
     assert run(1) != run(2)
+
+
+def test_the_loop_records_and_applies_the_prior_only_when_weighted():
+    """lambda_flat > 0 adds "flat" to the step's losses and changes the field's update; 0 leaves the loop as it
+    was (same losses, bit for bit, as before the prior existed)."""
+    def run(lambda_flat):
+        config = small_config(12)
+        config = replace(config, lambda_flat=lambda_flat)
+        trainer = SDSTrainer(small_renderer(), disc_reference(), PullTowards((0, 1, 0)), config, seed=0)
+        return trainer.train()
+
+    off, on = run(0.0), run(1000.0)
+    assert all("flat" not in h.losses for h in off)
+    assert all(math.isfinite(h.losses["flat"]) and h.losses["flat"] >= 0 for h in on)
+    assert any(h.losses["flat"] > 0 for h in on)
+    assert [h.losses["mask"] for h in on] != [h.losses["mask"] for h in off]
