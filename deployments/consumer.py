@@ -22,7 +22,7 @@ from deployments.metrics import RayMetrics
 from deployments.queue import TASK_NAME, JobQueue, task_processor_config
 from lift3d.logs import install_job_log_filter
 from lift3d.service.config import ConsumerSettings, QueueConfig
-from lift3d.service.housekeeping import deliver_webhooks, housekeeping
+from lift3d.service.housekeeping import housekeeping, webhook_dispatcher
 from lift3d.service.state import open_state
 from lift3d.service.worker.consumer import consume_job, sweep_stale_jobs
 
@@ -50,6 +50,7 @@ class JobConsumer:
         self._stop = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep_forever, name="lift3d-sweeper", daemon=True)
         self._sweeper.start()
+        self._dispatcher = webhook_dispatcher(self.state, settings)  # concurrent across keys (issue 23)
         self._webhooks = threading.Thread(target=self._deliver_forever, name="lift3d-webhooks", daemon=True)
         self._webhooks.start()
 
@@ -85,7 +86,7 @@ class JobConsumer:
     def _deliver_forever(self) -> None:
         while not self._stop.wait(1.0):
             try:
-                deliver_webhooks(self.state, self.settings)
+                self._dispatcher.dispatch()  # starts due attempts and returns; never waits on a receiver
             except Exception:  # noqa: BLE001 - keep delivering; the database or a receiver may come back
                 logger.warning("webhook delivery round failed", exc_info=True)
 

@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Callable
 
-from lift3d.service.config import QueueConfig
+from lift3d.service.config import QueueConfig, redis_url_with_password
 
 __all__ = ["DEFAULT_QUEUE_NAME", "QueueLengthPoller", "RedisQueueLength"]
 
@@ -44,7 +44,7 @@ class RedisQueueLength:
     def __init__(self, broker_url: str, queue_name: str = DEFAULT_QUEUE_NAME, timeout_s: float = 2.0) -> None:
         if not broker_url.startswith(("redis://", "rediss://")):
             raise ValueError(f"the job-queue policy reads Redis brokers only, got {broker_url!r}")
-        self.broker_url = broker_url
+        self.broker_url = redis_url_with_password(broker_url)  # LIFT3D_REDIS_PASSWORD (issue 23)
         self.keys = [queue_name if step == 0 else f"{queue_name}{_KOMBU_PRIORITY_SEP}{step}"
                      for step in _KOMBU_PRIORITY_STEPS]
         self.timeout_s = timeout_s

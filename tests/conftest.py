@@ -122,6 +122,10 @@ def database_url(request, tmp_path):
         return
     import uuid
 
+    from cryptography.fernet import Fernet
+
+    # a PostgreSQL database needs the key of its encrypted columns (lift3d.service.db.encryption, issue 23)
+    request.getfixturevalue("monkeypatch").setenv("LIFT3D_ENCRYPTION_KEY", Fernet.generate_key().decode())
     server, name = request.getfixturevalue("postgres_server"), f"t_{uuid.uuid4().hex[:16]}"
     yield server.create_database(name)
     server.drop_database(name)

@@ -176,6 +176,7 @@ BY_KIND = {document["kind"]: document for _, document in MANIFESTS}
 def test_the_expected_manifests_are_there():
     kinds = sorted((name.split("#")[0], document["kind"]) for name, document in MANIFESTS)
     assert kinds == [("ingress.yaml", "Ingress"),
+                     ("networkpolicy.yaml", "NetworkPolicy"),
                      ("postgres.yaml", "NetworkPolicy"), ("postgres.yaml", "Service"),
                      ("postgres.yaml", "StatefulSet"),
                      ("rayservice.yaml", "PodMonitor"), ("rayservice.yaml", "RayService"),
@@ -309,3 +310,188 @@ def test_conversion_keeps_open_maps_open_and_closes_objects():
         assert list(validator.iter_errors(bad)) != [], bad
     with pytest.raises(ValueError, match="unsupported schema keywords"):
         crd_json_schema({"type": "object", "x-kubernetes-new-thing": True})
+
+
+# --------------------------------------------------------------------------- the inner doors (issue 23, finding 11)
+RAY_POD = {"app.kubernetes.io/part-of": "lift3d", "ray.io/is-ray-node": "yes"}  # KubeRay adds the second label
+HARDENED = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
+
+
+def pod_specs() -> dict[str, tuple[dict, dict]]:
+    """Every pod the manifests make: name → (pod template metadata, pod spec); the autoscaler sidecar KubeRay adds
+    to the head pod is checked through autoscalerOptions (its container fields)."""
+    found = {}
+    for name, document in MANIFESTS:
+        if document["kind"] == "StatefulSet":
+            template = document["spec"]["template"]
+            found[document["metadata"]["name"]] = (template["metadata"], template["spec"])
+        if document["kind"] == "RayService":
+            cluster = document["spec"]["rayClusterConfig"]
+            head = cluster["headGroupSpec"]["template"]
+            found["ray-head"] = (head["metadata"], head["spec"])
+            for group in cluster["workerGroupSpecs"]:
+                found[f"ray-{group['groupName']}"] = (group["template"]["metadata"], group["template"]["spec"])
+    return found
+
+
+def hardening_problems(pod: dict, containers: list[dict]) -> list[str]:
+    """What makes a container less than hardened: privilege escalation, a writable root, kept capabilities, no
+    seccomp profile (its own or the pod's), possibly root."""
+    problems = []
+    pod_context = pod.get("securityContext", {})
+    for container in containers:
+        context = container.get("securityContext", {})
+        for field, value in HARDENED.items():
+            if context.get(field) != value:
+                problems.append(f"{container['name']}: {field} is {context.get(field)!r}, not {value!r}")
+        seccomp = context.get("seccompProfile", pod_context.get("seccompProfile"))
+        if seccomp != {"type": "RuntimeDefault"}:
+            problems.append(f"{container['name']}: seccompProfile {seccomp!r}")
+        if not context.get("runAsNonRoot", pod_context.get("runAsNonRoot")):
+            problems.append(f"{container['name']}: may run as root")
+    return problems
+
+
+def writable_paths(pod: dict, container: dict) -> set[str]:
+    """Where a container with a read-only root can write: its emptyDir and persistent-volume mounts."""
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    return {mount["mountPath"] for mount in container.get("volumeMounts", [])
+            if not mount.get("readOnly") and ("emptyDir" in volumes.get(mount["name"], {})
+                                              or mount["name"] == "data")}
+
+
+def test_every_container_runs_hardened_with_somewhere_to_write():
+    pods = pod_specs()
+    assert set(pods) == {"lift3d-redis", "lift3d-postgres", "ray-head", "ray-cpu", "ray-sdxl", "ray-zero123",
+                         "ray-nerf", "ray-feedforward"}
+    for name, (_, pod) in pods.items():
+        assert hardening_problems(pod, pod["containers"]) == [], name
+        assert pod.get("initContainers", []) == [], name  # none to forget
+        (container,) = pod["containers"]
+        paths = writable_paths(pod, container)
+        needed = {"lift3d-redis": {"/data"}, "lift3d-postgres": {"/var/lib/postgresql/data", "/var/run/postgresql",
+                                                                 "/tmp"}}.get(name, {"/tmp", "/home/ray"})
+        assert needed <= paths, (name, paths)
+    autoscaler = BY_KIND["RayService"]["spec"]["rayClusterConfig"]["autoscalerOptions"]
+    head_pod = pods["ray-head"][1]
+    assert hardening_problems(head_pod, [{"name": "autoscaler", **autoscaler}]) == []
+    assert {m["mountPath"] for m in autoscaler["volumeMounts"]} == {"/tmp"}
+
+
+def test_the_hardening_check_bites():
+    _, pod = pod_specs()["ray-nerf"]
+    for field, value in (("readOnlyRootFilesystem", False), ("allowPrivilegeEscalation", True),
+                         ("capabilities", {"drop": ["NET_RAW"]})):
+        container = copy.deepcopy(pod["containers"][0])
+        container["securityContext"] = {**container["securityContext"], field: value}
+        assert hardening_problems(pod, [container]) == [f"ray-worker: {field} is {value!r}, not {HARDENED[field]!r}"]
+    bare = {**pod, "securityContext": {"runAsUser": 1000}}
+    container = {"name": "x", "securityContext": dict(HARDENED)}
+    assert hardening_problems(bare, [container]) == ["x: seccompProfile None", "x: may run as root"]
+
+
+def _ray_policy() -> dict:
+    (policy,) = [d for n, d in MANIFESTS if n.startswith("networkpolicy.yaml")]
+    return policy
+
+
+def _peer_name(peer: dict) -> str:
+    if "namespaceSelector" not in peer and peer.get("podSelector", {}).get("matchLabels") == RAY_POD:
+        return "ray pods"
+    namespace = peer.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name", "*")
+    return f"{namespace}/{peer.get('podSelector', {}).get('matchLabels', {}).get('app.kubernetes.io/name', '*')}"
+
+
+def open_doors(policy: dict) -> dict[str, set]:
+    """Who may connect to the selected pods: peer name → ports ('all' when a rule names none)."""
+    doors: dict[str, set] = {}
+    for rule in policy["spec"].get("ingress", []):
+        ports = {port["port"] for port in rule.get("ports", [])} or {"all"}
+        for peer in rule.get("from", [{"namespaceSelector": {}}]):  # no `from`: everyone
+            doors.setdefault(_peer_name(peer), set()).update(ports)
+    return doors
+
+
+def test_the_ray_pods_open_only_the_doors_each_peer_needs():
+    policy = _ray_policy()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["spec"]["podSelector"] == {"matchLabels": RAY_POD}
+    assert open_doors(policy) == {
+        "ray pods": {"all"},
+        "ingress-nginx/ingress-nginx": {8000},  # the Serve proxy, and nothing else
+        "kuberay-system/kuberay-operator": {8265},  # the dashboard (RayService management)
+        "monitoring/prometheus": {8080},  # metrics
+    }
+    rules = policy["spec"]["ingress"]
+    nginx = [peer for rule in rules for peer in rule["from"] if _peer_name(peer).startswith("ingress-nginx")]
+    assert nginx[0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "controller"  # not its webhook
+
+
+def test_the_ray_policy_selects_every_ray_pod_and_nothing_else():
+    selector = _ray_policy()["spec"]["podSelector"]["matchLabels"]
+    for name, (metadata, _) in pod_specs().items():
+        labels = dict(metadata.get("labels", {}))
+        if name.startswith("ray-"):
+            labels["ray.io/is-ray-node"] = "yes"  # set by KubeRay on every Ray pod
+            assert selector.items() <= labels.items(), name
+        else:
+            assert not selector.items() <= labels.items(), name  # Redis and PostgreSQL have their own policies
+    for store in ("redis.yaml", "postgres.yaml"):  # and those admit the Ray pods only
+        (policy,) = [d for n, d in MANIFESTS if n.startswith(store) and d["kind"] == "NetworkPolicy"]
+        assert set(open_doors(policy)) == {"ray pods"}, store
+
+
+def test_the_door_check_bites():
+    policy = copy.deepcopy(_ray_policy())
+    policy["spec"]["ingress"][1]["ports"].append({"protocol": "TCP", "port": 6379})  # GCS to the Ingress controller
+    assert open_doors(policy)["ingress-nginx/ingress-nginx"] == {8000, 6379}
+    del policy["spec"]["ingress"][2]["ports"]  # every port to the operator
+    assert open_doors(policy)["kuberay-system/kuberay-operator"] == {"all"}
+    policy["spec"]["ingress"].append({})  # a rule without `from`: everyone
+    assert "*/*" in open_doors(policy)
+
+
+def _container_env(container: dict) -> dict[str, dict]:
+    return {entry["name"]: entry for entry in container.get("env", [])}
+
+
+def test_redis_needs_a_password_that_every_user_gets_from_one_secret():
+    redis = {d["kind"]: d for n, d in MANIFESTS if n.startswith("redis.yaml")}
+    (container,) = redis["StatefulSet"]["spec"]["template"]["spec"]["containers"]
+    env = _container_env(container)
+    secret = {"secretKeyRef": {"name": "lift3d-redis", "key": "password"}}
+    assert env["REDIS_PASSWORD"]["valueFrom"] == secret and env["REDISCLI_AUTH"]["valueFrom"] == secret
+    flags = dict(zip(container["args"][::2], container["args"][1::2]))
+    assert flags["--requirepass"] == "$(REDIS_PASSWORD)"  # the kubelet expands it from the env
+    cluster = BY_KIND["RayService"]["spec"]["rayClusterConfig"]
+    assert cluster["gcsFaultToleranceOptions"]["redisPassword"] == {"valueFrom": secret}
+    for name, (_, pod) in pod_specs().items():
+        if name.startswith("ray-"):
+            (ray,) = pod["containers"]
+            assert _container_env(ray)["LIFT3D_REDIS_PASSWORD"]["valueFrom"] == secret, name
+
+
+def test_the_encryption_key_goes_wherever_the_database_does():
+    pods = pod_specs()
+    with_database = set()
+    for name, (_, pod) in pods.items():
+        if not name.startswith("ray-"):
+            continue
+        env = _container_env(pod["containers"][0])
+        if "LIFT3D_DATABASE_URL" in env:
+            with_database.add(name)
+            assert env["LIFT3D_ENCRYPTION_KEY"]["valueFrom"] == {
+                "secretKeyRef": {"name": "lift3d-encryption", "key": "key"}}, name
+        else:
+            assert "LIFT3D_ENCRYPTION_KEY" not in env, name
+    assert with_database == {"ray-head", "ray-cpu", "ray-nerf"}
+
+
+def test_the_dashboard_is_reachable_only_through_the_policy():
+    """KubeRay's RayService controller talks to the dashboard through the head service, so it listens on the pod's
+    address; the policy is what keeps everyone but the operator out."""
+    params = BY_KIND["RayService"]["spec"]["rayClusterConfig"]["headGroupSpec"]["rayStartParams"]
+    assert params["dashboard-host"] == "0.0.0.0"
+    doors = open_doors(_ray_policy())
+    assert [peer for peer, ports in doors.items() if 8265 in ports or "all" in ports] == [
+        "ray pods", "kuberay-system/kuberay-operator"]

@@ -4,18 +4,44 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Annotated, Any, Mapping
+from urllib.parse import quote, urlsplit, urlunsplit
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
-__all__ = ["ConsumerSettings", "QueueConfig", "ServiceConfig", "StateSettings", "TrainerSettings"]
+__all__ = ["REDIS_PASSWORD_ENV", "ConsumerSettings", "QueueConfig", "ServiceConfig", "StateSettings",
+           "TrainerSettings", "redis_url_with_password"]
+
+REDIS_PASSWORD_ENV = "LIFT3D_REDIS_PASSWORD"
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+def redis_url_with_password(url: str | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """``url`` with the password of ``LIFT3D_REDIS_PASSWORD`` (the k8s Secret lift3d-redis) when it is a
+    ``redis://``/``rediss://`` URL without one; any other URL, or no such variable, unchanged. So the config files
+    (serve_config.yaml, rayservice.yaml) name the host and never the password.
+
+    Examples:
+        >>> redis_url_with_password("redis://lift3d-redis:6379/0", {"LIFT3D_REDIS_PASSWORD": "s3cr/t"})
+        'redis://:s3cr%2Ft@lift3d-redis:6379/0'
+    """
+    env = os.environ if environ is None else environ
+    password = env.get(REDIS_PASSWORD_ENV)
+    if not url or not password:
+        return url
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss") or parts.password is not None or "@" in parts.netloc:
+        return url
+    netloc = f":{quote(password, safe='')}@{parts.netloc}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class QueueConfig(BaseModel):
     """Where jobs are queued and how they are retried."""
 
     broker_url: str | None = Field(None, description="Celery broker, e.g. redis://redis:6379/0; None: the "
-                                   "embedded filesystem broker in queue_dir.")
+                                   "embedded filesystem broker in queue_dir. A redis URL without a password gets "
+                                   "LIFT3D_REDIS_PASSWORD's, when set (redis_url_with_password).")
     backend_url: str | None = Field(None, description="Celery result backend; default: broker_url for Redis, "
                                     "file://{queue_dir}/results for the embedded broker.")
     queue_dir: str = Field("/tmp/lift3d/queue", description="Embedded broker's folder (one machine only).")
@@ -29,6 +55,11 @@ class QueueConfig(BaseModel):
     @property
     def embedded(self) -> bool:
         return self.broker_url is None
+
+    @field_validator("broker_url", "backend_url")
+    @classmethod
+    def _redis_password(cls, url: str | None) -> str | None:
+        return redis_url_with_password(url)
 
 
 class StateSettings(BaseModel):
@@ -51,6 +82,19 @@ class StateSettings(BaseModel):
                                                "generation.progress webhooks of one job.")
     webhook_max_attempts: int = Field(8, ge=1, description="Delivery attempts per webhook message (retries with "
                                       "exponential backoff from 5 s, doubling, at most 1 h apart), then failed.")
+    webhook_timeout_s: float = Field(10.0, gt=0, lt=120, description="Overall deadline of one webhook delivery "
+                                     "attempt, seconds: connecting, sending and the receiver's status line and "
+                                     "headers together (not per read), so a receiver that drips its answer is cut "
+                                     "off; the attempt is then retried with backoff.")
+    webhook_concurrency: int = Field(16, ge=1, description="Webhook attempts in flight at once per consumer replica, "
+                                     "all API keys together.")
+    webhook_per_owner_concurrency: int = Field(2, ge=1, description="Webhook attempts in flight at once for one API "
+                                               "key: a slow receiver holds at most this many of the "
+                                               "webhook_concurrency slots, so it cannot delay other keys' webhooks.")
+    webhook_allowed_ports: list[Port] = Field([80, 443], min_length=1, description="Ports a webhook URL may name "
+                                              "(explicitly or by its scheme); others are refused at submit (422 "
+                                              "invalid_parameters) and at delivery. Not applied when "
+                                              "allow_private_webhooks is on (a local setup).")
     webhook_secret: str | None = Field(None, description="Standard Webhooks secret (whsec_<base64>) that signs the "
                                        "webhooks of jobs without an API key (auth: false); API keys carry their own. "
                                        "None: such jobs cannot ask for webhooks.")
@@ -126,6 +170,15 @@ class ServiceConfig(StateSettings):
                                              "limit; more → 429 rate_limited. 0: no limit.")
     max_queue_depth: int = Field(100, ge=0, description="Queued jobs of all keys; a new job beyond → 503 "
                                  "overloaded. 0: no limit.")
+    # the HTTP doors (issue 23, helper B): lift3d.service.api.guards
+    forwarded_hops: int = Field(0, ge=0, description="Reverse proxies in front of the API that each append the "
+                                "client's address to X-Forwarded-For (1 behind the nginx Ingress); 0: the TCP peer is "
+                                "the client. Only the addresses these proxies added are trusted.")
+    unauthenticated_failures_per_min: int = Field(20, ge=1, description="Failed authentications (missing or bad "
+                                                  "key) per client address per minute; past them 429 before any "
+                                                  "key lookup.")
+    max_uploads_per_key: int = Field(2, ge=1, description="views-to-3d uploads of one key in flight; more → 429.")
+    max_uploads: int = Field(8, ge=1, description="views-to-3d uploads of the process in flight; more → 503.")
     idempotency_ttl_s: int = Field(86400, gt=0, description="Seconds an Idempotency-Key replays its first "
                                    "response (IETF httpapi-idempotency-key draft).")
     events_poll_interval_s: float = Field(0.5, gt=0, description="Seconds between job-record reads of each open "
@@ -138,6 +191,11 @@ class ServiceConfig(StateSettings):
     deployment_options: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Per deployment name, `.options()` overrides (tests; for `serve "
         "deploy` prefer the config file's `deployments:` section).")
+
+    @field_validator("rate_limit_storage_url")
+    @classmethod
+    def _redis_password(cls, url: str) -> str:
+        return redis_url_with_password(url)
 
     @model_validator(mode="after")
     def _lease_outlives_heartbeats(self) -> "ServiceConfig":

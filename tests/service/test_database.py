@@ -2,10 +2,20 @@
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
 from lift3d.service.db import Database, database_url_from_env, migrate
+from lift3d.service.db.engine import MIGRATIONS
 from lift3d.service.db.models import Base
+
+
+def _alembic_config():
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config
 
 
 def test_migrations_create_every_table_and_match_the_models(database):
@@ -15,7 +25,8 @@ def test_migrations_create_every_table_and_match_the_models(database):
     with database.engine.connect() as connection:
         diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
         assert diff == []  # a model change without a migration shows up here
-        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        head = ScriptDirectory.from_config(_alembic_config()).get_current_head()  # issue 23 added 0002
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == head
     migrate(database)  # a second run is a no-op
 
 
@@ -30,7 +41,8 @@ def test_sqlite_uses_wal_and_foreign_keys(tmp_path):
 def test_database_url_from_env():
     assert database_url_from_env({}) == "sqlite:////tmp/lift3d/lift3d.db"
     assert database_url_from_env({"LIFT3D_DATABASE_URL": "postgresql://u@h/db"}) == "postgresql://u@h/db"
-    assert Database("postgresql://u:secret@h/db").redacted_url() == "postgresql+psycopg://u:***@h/db"
+    key = "8ZbHn3vI3Bq6sQ0cYbPnQm4wQmXc7xD0Yb1oE2hF3gM="  # a Fernet key: PostgreSQL needs one (issue 23)
+    assert Database("postgresql://u:secret@h/db", encryption_key=key).redacted_url() == "postgresql+psycopg://u:***@h/db"
 
 
 def test_replicas_migrating_at_once_all_succeed(database_url):
@@ -46,7 +58,8 @@ def test_replicas_migrating_at_once_all_succeed(database_url):
     assert errors == []
     db = Database(database_url)
     with db.engine.connect() as connection:
-        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0001"]
+        head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == [head]
     db.dispose()
 
 

@@ -1,8 +1,11 @@
 """Connecting to the service database and migrating it.
 
 URLs (SQLAlchemy form): ``sqlite:////tmp/lift3d/lift3d.db`` (the embedded default for ``make serve`` and the CLI;
-WAL journal so readers never wait for the writer) or ``postgresql+psycopg://user:pass@host/db`` (clusters, where
-several ingress and consumer replicas share it). ``LIFT3D_DATABASE_URL`` overrides the default.
+WAL journal so readers never wait for the writer; the file created 0600) or
+``postgresql+psycopg://user:pass@host/db`` (clusters, where several ingress and consumer replicas share it).
+``LIFT3D_DATABASE_URL`` overrides the default.
+Secret columns are encrypted with the key of :func:`lift3d.service.db.encryption.cipher_for_url`
+(``LIFT3D_ENCRYPTION_KEY``; required for PostgreSQL).
 
 Examples:
     >>> db = Database("sqlite:////tmp/lift3d/lift3d.db")
@@ -23,6 +26,8 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from lift3d.service.db.encryption import cipher_for_url
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_DATABASE_URL", "Database", "database_url_from_env", "migrate"]
@@ -42,22 +47,30 @@ class Database:
     """An engine and its session factory. One per process (or replica); thread-safe.
 
     Args:
-        url: SQLAlchemy URL. For a SQLite file, its folder is created and the connection uses WAL, a 30 s busy
-            timeout and foreign keys. ``postgres://`` and ``postgresql://`` mean psycopg 3.
+        url: SQLAlchemy URL. For a SQLite file, its folder is created, the file is created with mode 0600 (an
+            existing file of ours is narrowed to 0600; SQLite gives its -wal and -shm files the same mode) and the
+            connection uses WAL, a 30 s busy timeout and foreign keys. ``postgres://`` and ``postgresql://`` mean
+            psycopg 3.
+        encryption_key: Fernet key(s) of the secret columns, comma-separated; None: ``LIFT3D_ENCRYPTION_KEY``, else
+            the local fallbacks of :func:`~lift3d.service.db.encryption.cipher_for_url`.
 
     Raises:
         sqlalchemy.exc.ArgumentError: the URL cannot be parsed.
+        lift3d.service.db.encryption.MissingEncryptionKey: a PostgreSQL database and no key (a startup error).
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, encryption_key: str | None = None) -> None:
         parsed = make_url(url)
         if parsed.drivername in ("postgres", "postgresql"):
             parsed = parsed.set(drivername="postgresql+psycopg")
         self.url = parsed
+        self.cipher = cipher_for_url(parsed, encryption_key)
         if self.is_sqlite:
             self.engine = _sqlite_engine(parsed)
         else:
             self.engine = create_engine(parsed, pool_pre_ping=True, future=True)
+        # EncryptedText columns find the cipher here (lift3d.service.db.encryption.cipher_of): per engine, not global.
+        self.engine.dialect.lift3d_cipher = self.cipher
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         # Reads start a deferred transaction on SQLite (no write lock: WAL readers never wait for each other).
         self._read_sessions = sessionmaker(self.engine.execution_options(lift3d_read_only=True),
@@ -91,7 +104,7 @@ class Database:
 def _sqlite_engine(url) -> Engine:
     database = url.database
     if database and database != ":memory:":
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        _private_file(Path(database))
     # Python's sqlite3 opens transactions lazily and on its own terms; take control so that BEGIN IMMEDIATE
     # takes the write lock at the start of a write transaction (no lost updates between replicas/threads).
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, future=True)
@@ -113,6 +126,29 @@ def _sqlite_engine(url) -> Engine:
     return engine
 
 
+def _private_file(path: Path) -> None:
+    """Create the SQLite file ``path`` (and its folder) readable by this user only: mode 0600, whatever the umask.
+    Existing files of this user (the database, its -wal, -shm, -journal) with a wider mode are narrowed; another
+    user's are left alone (logged)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+        return
+    except FileExistsError:
+        pass
+    for file in (path, *(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", "-journal"))):
+        mode = None
+        try:
+            mode = file.stat().st_mode & 0o777
+            if mode & 0o077:
+                os.chmod(file, 0o600)
+        except FileNotFoundError:
+            continue
+        except PermissionError:
+            logger.warning("database file %s has mode %s and is not ours to narrow to 0600", file.name,
+                           "?" if mode is None else oct(mode))
+
+
 def migrate(database: Database, revision: str = "head") -> None:
     """Apply Alembic migrations up to ``revision`` (idempotent: a current database is left alone).
 
@@ -125,11 +161,26 @@ def migrate(database: Database, revision: str = "head") -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     with database.engine.connect() as connection:
-        if not database.is_sqlite:
+        if database.is_sqlite:
+            # A migration that changes a column rebuilds the table (Alembic's batch mode), and dropping a table that
+            # other rows reference fails while foreign keys are enforced: turn them off for this connection, outside
+            # any transaction (where the pragma works), as https://www.sqlite.org/lang_altertable.html prescribes,
+            # and check them after.
+            connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
+        else:
             # Replicas start together: one migrates, the others wait here and then find the schema current.
             # (SQLite needs nothing: BEGIN IMMEDIATE already serialises the migration transaction.)
             connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
-        config.attributes["connection"] = connection
-        command.upgrade(config, revision)
-        connection.commit()
+        try:
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+            if database.is_sqlite:
+                broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+                if broken:
+                    raise RuntimeError(f"migration left rows whose foreign keys point nowhere: {broken[:5]}")
+            connection.commit()
+        finally:
+            if database.is_sqlite:
+                connection.rollback()  # nothing is open after a commit; after an error, end it before the pragma
+                connection.connection.driver_connection.execute("PRAGMA foreign_keys=ON")
     logger.info("database %s at revision %s", database.redacted_url(), revision)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from lift3d.service.db.encryption import EncryptedText
+
 __all__ = ["ApiKey", "Base", "CreditEntry", "IdempotencyRecord", "Job", "WebhookDelivery"]
 
 
@@ -19,7 +21,8 @@ class Base(DeclarativeBase):
 
 class ApiKey(Base):
     """An API key. The key itself is never stored: ``key_hash`` is its SHA-256 (hex); ``prefix`` is its first
-    characters, shown in listings so that a user can tell keys apart."""
+    characters, shown in listings so that a user can tell keys apart. ``webhook_secret`` is stored encrypted
+    (:class:`~lift3d.service.db.encryption.EncryptedText`, a Fernet token); Python code sees the ``whsec_…`` text."""
 
     __tablename__ = "api_keys"
 
@@ -27,7 +30,7 @@ class ApiKey(Base):
     name: Mapped[str] = mapped_column(String(200), default="")
     key_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     prefix: Mapped[str] = mapped_column(String(16))
-    webhook_secret: Mapped[str] = mapped_column(String(100))
+    webhook_secret: Mapped[str] = mapped_column(EncryptedText())
     balance_mc: Mapped[int] = mapped_column(BigInteger, default=0)
     rate_limit_per_min: Mapped[int | None] = mapped_column(Integer, nullable=True)
     max_concurrent_jobs: Mapped[int | None] = mapped_column(Integer, nullable=True)

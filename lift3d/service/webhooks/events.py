@@ -135,14 +135,17 @@ class WebhookEvents:
         if not url:
             return None
         common = dict(job_id=after.id, owner_id=after.owner_id, url=url, now=after.updated_at)
-        if after.status in _FINISHED and before.status not in _FINISHED:
+        wanted = getattr(after, "webhook_events", None)  # the job's event filter (issue 24, Replicate); None: all
+        sends = lambda event_type: wanted is None or event_type in wanted  # noqa: E731
+        if after.status in _FINISHED and before.status not in _FINISHED and sends(COMPLETED):
             charged = session.execute(select(Job.charged_mc).where(Job.id == after.id)).scalar()
             data = completed_data(after, charged_mc=charged, usd_per_credit=self.usd_per_credit,
                                   artifact_url=self.artifact_url)
             return enqueue_event(session, event_type=COMPLETED, data=data, **common)
-        if after.status == "running" and before.status == "queued":
+        if after.status == "running" and before.status == "queued" and sends(STARTED):
             return enqueue_event(session, event_type=STARTED, data=started_data(after), **common)
-        if after.status == "running" and (before.stage, before.progress) != (after.stage, after.progress):
+        if (after.status == "running" and (before.stage, before.progress) != (after.stage, after.progress)
+                and sends(PROGRESS)):
             return enqueue_progress_event(session, data=progress_data(after), interval_s=self.progress_interval_s,
                                           **common)
         return None
