@@ -109,6 +109,7 @@ def test_ingress_exposes_only_the_api_paths():
     (rule,) = ingress["spec"]["rules"]
     paths = {(p["path"], p["pathType"]) for p in rule["http"]["paths"]}
     assert paths == {("/v1/", "Prefix"), ("/healthz", "Exact"), ("/docs", "Exact"), ("/openapi.json", "Exact"),
+                     ("/redoc", "Exact"),  # the API docs, vendored (issue 23)
                      ("/", "Exact"), ("/static/", "Prefix"),  # the playground's page and files
                      ("/v2beta/3d/stable-fast-3d", "Exact")}  # the synchronous fast 3D endpoint
     service = next(yaml.safe_load_all((ROOT / MANIFEST).read_text()))["metadata"]["name"]
@@ -297,7 +298,8 @@ def test_the_database_url_comes_from_the_postgres_secret_where_the_database_is_u
 def test_redis_serves_the_queue_and_gcs_fault_tolerance():
     redis = {d["kind"]: d for d in yaml.safe_load_all((ROOT / "k8s" / "redis.yaml").read_text())}
     address = f"{redis['Service']['metadata']['name']}:{redis['Service']['spec']['ports'][0]['port']}"
-    assert rayservice()["spec"]["rayClusterConfig"]["gcsFaultToleranceOptions"] == {"redisAddress": address}
+    assert rayservice()["spec"]["rayClusterConfig"]["gcsFaultToleranceOptions"] == {"redisAddress": address, \
+        "redisPassword": {"valueFrom": {"secretKeyRef": {"name": "lift3d-redis", "key": "password"}}}}  # issue 23
     (app,) = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"]
     assert app["args"]["queue"]["broker_url"].startswith(f"redis://{address}/")
     (container,) = redis["StatefulSet"]["spec"]["template"]["spec"]["containers"]

@@ -1,5 +1,7 @@
 """Copy the JavaScript the playground loads from ``node_modules`` into the package's static folder: three.js (the
-viewer) and eventsource-parser (the page's server-sent-events reader).
+viewer), eventsource-parser (the page's server-sent-events reader), and the API documentation pages' Swagger UI
+(``swagger-ui-dist``, at ``/docs``) and ReDoc (its standalone bundle, at ``/redoc``), served by lift3d instead of a
+CDN (:mod:`lift3d.service.api.routes.playground`).
 
 The copies are committed (``lift3d/service/static/vendor/<package>/``), so a wheel or an image built without Node
 serves the page air-gapped; ``make vendor`` refreshes them after ``package.json`` changes a pinned version, and
@@ -35,6 +37,32 @@ def drop_source_map(text: str, target: str) -> str:
     """The compiled file without its trailing ``//# sourceMappingURL=…`` line: the maps point at TypeScript sources
     that are not vendored, so a browser's developer tools would only log failed fetches for them."""
     return re.sub(r"\n?//# sourceMappingURL=\S+\s*$", "\n", text)
+
+
+REDOC_EDITS = {
+    # the side menu always shows Redocly's logo from its CDN (the one request the bundle makes to another origin):
+    # an empty data: image instead, which fails to decode, so ReDoc hides it (its onError)
+    'src:"https://cdn.redoc.ly/redoc/logo-mini.svg"': 'src:"data:,"',
+    # webpack's style nonce (__webpack_require__.nc) starts undefined, so the <style> elements the bundle inserts
+    # while it loads (perfect-scrollbar's CSS) carry no nonce and a strict policy blocks them: start it from the
+    # loading <script>'s data-style-nonce (the /redoc page's nonce for this response)
+    "r.nc=void 0;": "r.nc=document.currentScript&&document.currentScript.dataset.styleNonce||void 0;",
+}
+"""Exact texts of ReDoc's standalone bundle and their replacements (each must occur once)."""
+
+
+def edit_redoc(text: str, target: str) -> str:
+    """ReDoc's bundle with :data:`REDOC_EDITS` applied and without its source map line: the page then loads nothing
+    from another origin and every style it inserts carries the page's nonce.
+
+    Raises:
+        ValueError: an edit's text does not occur exactly once (a new ReDoc version: check what it loads).
+    """
+    for old, new in REDOC_EDITS.items():
+        if text.count(old) != 1:
+            raise ValueError(f"{target}: {old!r} occurs {text.count(old)} times, not once; check the new bundle")
+        text = text.replace(old, new)
+    return drop_source_map(text, target)
 
 
 @dataclass(frozen=True)
@@ -86,8 +114,21 @@ PACKAGES = (
         "dist/errors.js": "errors.js",
         "LICENSE": "LICENSE",
     }, transform=drop_source_map),
+    # /docs: Swagger UI's browser bundle (React included) and its stylesheet; the page's own script starts it.
+    Package("swagger-ui-dist", {
+        "swagger-ui-bundle.js": "swagger-ui-bundle.js",
+        "swagger-ui.css": "swagger-ui.css",
+        "LICENSE": "LICENSE",
+        "NOTICE": "NOTICE",
+    }, transform=drop_source_map),
+    # /redoc: the standalone bundle renders <redoc spec-url="…"> by itself (no inline script).
+    Package("redoc", {
+        "bundles/redoc.standalone.js": "redoc.standalone.js",
+        "bundles/redoc.standalone.js.LICENSE.txt": "redoc.standalone.js.LICENSE.txt",
+        "LICENSE": "LICENSE",
+    }, transform=edit_redoc),
 )
-"""What the playground loads, per npm package."""
+"""What the playground and the API documentation pages load, per npm package."""
 
 
 def installed_version(package: Package) -> str:

@@ -23,10 +23,11 @@ from lift3d.pipeline.image_generation import ImageModels
 from lift3d.pipeline.providers import InProcessStages
 from lift3d.presets import ModelPreset, get_preset
 from lift3d.service.config import ServiceConfig
-from lift3d.costs import CostModel
+from lift3d.service.http_limits import HttpLimits, uvicorn_config
 from lift3d.service.worker.consumer import consume_job
 from lift3d.service.metrics import ServiceMetrics
-from lift3d.service.server import build_api, build_fast_assets, build_images, build_service
+from lift3d.service.housekeeping import Housekeeper
+from lift3d.service.server import build_api, build_fast_assets, build_images, build_service, local_cost_model
 from lift3d.service.state import open_state
 from lift3d.service.worker.runner import JobRunner
 
@@ -43,18 +44,22 @@ class LocalServer:
         host: interface to listen on (loopback by default).
         port: TCP port; 0 picks a free one (see :attr:`url`).
         preset: the models (default: ``config.preset``).
+        http_limits: read deadlines and the connection cap of the HTTP server
+            (:class:`~lift3d.service.http_limits.HttpLimits`: slow headers and slow bodies are cut).
     """
 
     def __init__(self, config: ServiceConfig, host: str = "127.0.0.1", port: int = 0,
-                 preset: ModelPreset | None = None) -> None:
+                 preset: ModelPreset | None = None, http_limits: HttpLimits = HttpLimits()) -> None:
         self.config, self.host = config, host
         self.port = port or _free_port(host)
         self.preset = preset or get_preset(config.preset)
         self.state = open_state(config)
         self.queue: queue.Queue[str | None] = queue.Queue()
         self.stages = InProcessStages(self.preset)
-        self.runner = JobRunner(self.state.jobs, self.stages, self.preset, CostModel.for_gpu(
-            config.gpu_type, {}, config.price_per_gpu_hour), heartbeat_s=config.heartbeat_s, worker="local")
+        # priced, expired and webhooks sent like the graph (issue 23): jobs settle at their measured cost
+        self.runner = JobRunner(self.state.jobs, self.stages, self.preset, local_cost_model(config),
+                                heartbeat_s=config.heartbeat_s, worker="local")
+        self.housekeeper = Housekeeper(self.state, config, sweep_interval_s=config.sweep_interval_s)
         service = build_service(config, self.state, self.queue.put)
         images = build_images(config, self.state, lambda call: self._images()(call))
         self._fast: Any = None  # InProcessFastAssets, made on the first fast 3D request (it loads the model)
@@ -63,7 +68,7 @@ class LocalServer:
                                              lambda image, params: self._fast_assets()(image, params))
         self.app = build_api(config, self.state, service, ServiceMetrics(), images=images,
                              fast_assets=self.fast_assets)
-        self._server = uvicorn.Server(uvicorn.Config(self.app, host=host, port=self.port, log_level="warning"))
+        self._server = uvicorn.Server(uvicorn_config(self.app, host, self.port, http_limits, log_level="warning"))
         self._threads: list[threading.Thread] = []
 
     @property
@@ -95,6 +100,7 @@ class LocalServer:
                          threading.Thread(target=self._work, name="lift3d-worker", daemon=True)]
         for thread in self._threads:
             thread.start()
+        self.housekeeper.start()  # expiry and webhooks, as a consumer replica does them
         deadline = time.monotonic() + 30
         while not self._server.started:
             if time.monotonic() > deadline or not self._threads[0].is_alive():
@@ -107,6 +113,7 @@ class LocalServer:
         self.queue.put(None)
         for thread in self._threads:
             thread.join(timeout=30)
+        self.housekeeper.stop()
         self.fast_assets.close()
         self.state.close()
 

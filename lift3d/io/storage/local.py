@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
+from typing import IO
 
 from lift3d.io.media_types import OCTET_STREAM
 from lift3d.io.storage.base import StoredObjectNotFound
@@ -27,6 +31,23 @@ class LocalStore:
 
     def put(self, key: str, data: bytes, content_type: str = OCTET_STREAM) -> None:
         write_atomic(self._path(key), data)
+
+    def put_file(self, key: str, file: IO[bytes], content_type: str = OCTET_STREAM) -> None:
+        """Store the rest of ``file`` under ``key``, copied in 1 MiB chunks (an upload never sits in memory whole);
+        atomic like :meth:`put`."""
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                shutil.copyfileobj(file, handle, 1024 * 1024)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(tmp_name, 0o644)  # as write_atomic: artifacts are meant to be read by others
+            os.replace(tmp_name, path)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
 
     def get(self, key: str) -> bytes:
         try:

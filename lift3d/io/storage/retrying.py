@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 from lift3d.io.media_types import OCTET_STREAM
 from lift3d.io.storage.base import ArtifactStore
@@ -94,6 +94,21 @@ class RetryingStore:
 
     def put(self, key: str, data: bytes, content_type: str = OCTET_STREAM) -> None:
         self._call(f"put {key}", lambda: self.store.put(key, data, content_type))
+
+    def put_file(self, key: str, file: Any, content_type: str = OCTET_STREAM) -> None:
+        """Store the rest of the seekable binary ``file`` (each retry starts from where it was): the wrapped store's
+        ``put_file`` when it has one, else ``put`` of its bytes."""
+        start = file.tell()
+
+        def put() -> None:
+            file.seek(start)
+            put_file = getattr(self.store, "put_file", None)
+            if put_file is None:
+                self.store.put(key, file.read(), content_type)
+            else:
+                put_file(key, file, content_type)
+
+        self._call(f"put {key}", put)
 
     def get(self, key: str) -> bytes:
         return self._call(f"get {key}", lambda: self.store.get(key))

@@ -83,6 +83,10 @@ class S3Store:
     def put(self, key: str, data: bytes, content_type: str = OCTET_STREAM) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, ContentType=content_type)
 
+    def put_file(self, key: str, file: Any, content_type: str = OCTET_STREAM) -> None:
+        """Store the rest of the binary ``file`` under ``key`` (boto3's managed, chunked upload)."""
+        self.client.upload_fileobj(file, self.bucket, self._key(key), ExtraArgs={"ContentType": content_type})
+
     def get(self, key: str) -> bytes:
         from botocore.exceptions import ClientError
 

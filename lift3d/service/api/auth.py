@@ -4,7 +4,9 @@ A request names its key as ``Authorization: Bearer sk-â€¦`` or ``x-api-key: sk-â
 ASGI middleware that checks it (:meth:`ApiKeyStore.authenticate`) before any ``/v1/`` or ``/v2beta/`` route runs
 and stores the caller (:class:`~lift3d.service.accounts.principal.Principal`) as ``request.state.principal``;
 routes receive it as the dependency :data:`~lift3d.service.api.deps.Caller`. A missing, unknown, revoked or
-expired key gets ``401 unauthorized`` in the API's error envelope with ``WWW-Authenticate: Bearer``; other paths
+expired key gets ``401 unauthorized`` in the API's error envelope with ``WWW-Authenticate: Bearer``; a client address
+that has spent its failed authentications (:class:`~lift3d.service.api.guards.FailedAuthLimiter`, 20 a minute by
+default) gets ``429 rate_limited`` with ``Retry-After`` before its key is looked up; other paths
 (``/healthz``, ``/docs``, ``/openapi.json``) are public. Every response to an authenticated call carries
 ``X-Remaining-Credits``: the key's balance after the call, read when the route has produced its response (for
 reads, which spend nothing, the balance read with the key).
@@ -39,6 +41,7 @@ from lift3d.io.media_types import JSON
 from lift3d.service.accounts.keys import ApiKeyStore, KeyInfo, Unauthorized, hash_key
 from lift3d.service.accounts.principal import LOCAL, Principal
 from lift3d.service.api.errors import error_response
+from lift3d.service.api.guards import FailedAuthLimiter, client_address
 from lift3d.service.schemas import ErrorBody, ServiceUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -46,7 +49,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["PROTECTED_PREFIX", "READ_CACHE_TTL_S", "REMAINING_CREDITS_HEADER", "AuthMiddleware", "api_key_of",
            "install_auth"]
 
-PROTECTED_PREFIX = ("/v1/", "/v2beta/")
+PROTECTED_PREFIX = ("/v1/", "/v2beta/", "/predictions")  # /predictions: the Cog-compatible API (issue 24)
 """Paths under these prefixes need a key (``/v2beta/``: the Stability-compatible fast 3D endpoint); every other path
 is public."""
 REMAINING_CREDITS_HEADER = "X-Remaining-Credits"
@@ -72,10 +75,15 @@ class AuthMiddleware:
         app: the inner ASGI app.
         keys: the key store; required when ``enabled``.
         enabled: False: every request is :data:`LOCAL` (no key needed, no header added).
+        unauthenticated: the limit on failed authentications per client address (default: 20 a minute).
+        forwarded_hops: trusted reverse proxies in front (:func:`~lift3d.service.api.guards.client_address`).
     """
 
     def __init__(self, app: ASGIApp, keys: ApiKeyStore | None, enabled: bool = True,
-                 read_cache_ttl_s: float = READ_CACHE_TTL_S) -> None:
+                 read_cache_ttl_s: float = READ_CACHE_TTL_S,
+                 unauthenticated: FailedAuthLimiter | None = None, forwarded_hops: int = 0) -> None:
+        # unauthenticated traffic: a client address that keeps failing is refused before its key is looked up
+        self.unauthenticated, self.forwarded_hops = unauthenticated or FailedAuthLimiter(), forwarded_hops
         if enabled and keys is None:
             raise ValueError("authentication needs an ApiKeyStore (or enabled=False for a local setup)")
         self.app, self.keys, self.enabled = app, keys, enabled
@@ -107,9 +115,15 @@ class AuthMiddleware:
             state["principal"] = LOCAL
             await self.app(scope, receive, send)
             return
+        client = client_address(scope, self.forwarded_hops)
+        refusal = self.unauthenticated.refusal(client)  # before the key lookup: a flood of bad keys costs no query
+        if refusal is not None:
+            await error_response(refusal)(scope, receive, send)
+            return
         try:
             info = await self._authenticate(api_key_of(Headers(scope=scope)), scope["method"])
         except Unauthorized as exc:
+            self.unauthenticated.failed(client)
             await error_response(exc)(scope, receive, send)
             return
         except Exception:  # noqa: BLE001 - the database is down: 503 in the envelope, details in the log
@@ -138,7 +152,8 @@ class AuthMiddleware:
         await self.app(scope, receive, send_with_balance)
 
 
-def install_auth(api: FastAPI, keys: ApiKeyStore | None, enabled: bool = True) -> None:
+def install_auth(api: FastAPI, keys: ApiKeyStore | None, enabled: bool = True,
+                 unauthenticated: FailedAuthLimiter | None = None, forwarded_hops: int = 0) -> None:
     """Authenticate ``api``'s ``/v1/`` routes (see the module docstring) and declare it in the OpenAPI spec
     (security schemes ``bearer`` (HTTP bearer) and ``apiKey`` (``x-api-key`` header), a 401 response and the
     ``X-Remaining-Credits`` header on every ``/v1/`` operation).
@@ -153,7 +168,8 @@ def install_auth(api: FastAPI, keys: ApiKeyStore | None, enabled: bool = True) -
     """
     if enabled and keys is None:
         raise ValueError("authentication needs an ApiKeyStore (or enabled=False for a local setup)")
-    api.add_middleware(AuthMiddleware, keys=keys, enabled=enabled)
+    api.add_middleware(AuthMiddleware, keys=keys, enabled=enabled, unauthenticated=unauthenticated,
+                       forwarded_hops=forwarded_hops)
     if enabled:
         _declare_security(api)
 

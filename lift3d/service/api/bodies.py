@@ -21,7 +21,7 @@ import asyncio
 import json
 import re
 from itertools import accumulate
-from typing import Any, AsyncGenerator
+from typing import IO, Any, AsyncGenerator
 
 from fastapi import Request
 from pydantic import ValidationError
@@ -119,10 +119,10 @@ async def read_form(request: Request, limit: int, message: str, max_files: int, 
         await stream.aclose()
 
 
-async def form_fields(form: FormData, file_field: str, max_bytes: int, what: str
-                      ) -> tuple[dict[str, str], bytes | None]:
+async def form_fields(form: FormData, file_field: str, max_bytes: int, what: str, as_file: bool = False
+                      ) -> tuple[dict[str, str], Any]:
     """The text fields, as sent (an empty field is an empty value, not an absent one), and the bytes of the one
-    file field of a parsed form.
+    file field of a parsed form (``as_file``: its spooled file instead, at its start; it closes with the form).
 
     Raises:
         InvalidInputError: a field given twice, or a file in a text field. PayloadTooLargeError: file over
@@ -140,7 +140,11 @@ async def form_fields(form: FormData, file_field: str, max_bytes: int, what: str
         else:
             if (value.size or 0) > max_bytes:
                 raise PayloadTooLargeError(f"{what} is larger than {mib(max_bytes)}")
-            data = await value.read()
+            if as_file:
+                await value.seek(0)
+                data = value.file
+            else:
+                data = await value.read()
     return fields, data
 
 
@@ -260,9 +264,12 @@ async def parse_generation(request: Request, kind: GenerationKind, limits: Image
 
 
 async def parse_views(request: Request, views_limit: int
-                      ) -> tuple[bytes, GenerationParams, ReconstructParams, str | None]:
+                      ) -> tuple[IO[bytes], GenerationParams, ReconstructParams, str | None]:
     """A ``views-to-3d`` body (multipart: ``views`` ZIP + ``seed`` + ``webhook_url`` + :class:`ReconstructParams`
     fields), at most ``views_limit`` + 64 KiB bytes; returns the ZIP, the seed, the options and the webhook URL.
+
+    The ZIP is streamed to a spooled temporary file (in memory up to 1 MiB, then on disk: an upload never costs its
+    size in memory) and returned as that file, at its start; the caller closes it (it is closed here on any error).
 
     Raises:
         PayloadTooLargeError, UnsupportedMediaTypeError, BadRequestError, InvalidInputError: the body is unusable.
@@ -271,19 +278,24 @@ async def parse_views(request: Request, views_limit: int
         raise UnsupportedMediaTypeError("send multipart/form-data: a `views` ZIP file plus option fields")
     too_large = f"views: ZIP is larger than {mib(views_limit)}"
     form = await read_form(request, views_limit + FORM_OVERHEAD_BYTES, too_large, max_files=1, max_fields=16)
-    try:
-        fields, views = await form_fields(form, "views", views_limit, "views: ZIP")
-    finally:
+    try:  # the form's one file is the ZIP: kept open for the caller, everything else is text
+        fields, views = await form_fields(form, "views", views_limit, "views: ZIP", as_file=True)
+        if views is None:
+            raise InvalidInputError("views: required (a ZIP file field)")
+        return (views, *_views_values(fields))
+    except BaseException:
         await form.close()
-    if views is None:
-        raise InvalidInputError("views: required (a ZIP file field)")
+        raise
+
+
+def _views_values(fields: dict[str, str]) -> tuple[GenerationParams, ReconstructParams, str | None]:
     values = form_values(fields, _VIEWS_TYPES)
     seed = values.pop("seed", None)
     webhook_url = values.pop("webhook_url", None)
     if webhook_url is not None and not 0 < len(webhook_url) <= 2048:
         raise InvalidInputError("webhook_url: an http(s) URL of at most 2048 characters")
     try:
-        return (views, GenerationParams.model_validate({"seed": seed}, strict=True),
+        return (GenerationParams.model_validate({"seed": seed}, strict=True),
                 ReconstructParams.model_validate(values, strict=True), webhook_url)
     except ValidationError as exc:
         raise invalid(exc) from None

@@ -1,6 +1,10 @@
 """Uploads of posed views for ``views-to-3d`` jobs: a ZIP holding ``transforms.json`` (NeRF-synthetic convention)
 and the images it references, at the root or inside one top-level folder. Torch-free (used by the ingress).
 
+The API streams the upload to a spooled temporary file (:func:`lift3d.service.api.bodies.parse_views`: on disk past
+1 MiB), so the functions here take the ZIP as bytes or as a seekable binary file, and :func:`store_upload` copies a
+file into the artifact store in chunks where the store can (``put_file``): a 200 MiB upload never sits in memory.
+
 The ZIP is checked from its central directory before anything is extracted: size, member count, total
 uncompressed size (zip bombs), member paths (no absolute paths, no ``..``), and the presence of
 ``transforms.json``. Its content (poses, images) is checked later by :func:`lift3d.reconstruct.reconstruct`, so a
@@ -8,15 +12,18 @@ bad ``transforms.json`` fails the job rather than the request.
 
 Examples:
     >>> root = check_views_zip(data)             # raises BadRequestError / PayloadTooLargeError / InvalidInputError
+    >>> root = check_views_zip(spooled_file)     # the same from a file (read through its central directory)
     >>> views_dir = extract_views_zip(data, tmp)  # the folder holding transforms.json
 """
 
 from __future__ import annotations
 
 import io
+import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import IO, Any, Union
 
 from pydantic import Field
 
@@ -24,9 +31,28 @@ from lift3d.errors import InvalidInputError, PayloadTooLargeError
 from lift3d.params import TextureParams
 from lift3d.service.schemas import BadRequestError
 
-__all__ = ["ReconstructParams", "ViewsZipLimits", "check_views_zip", "extract_views_zip"]
+__all__ = ["ReconstructParams", "ViewsZip", "ViewsZipLimits", "check_views_zip", "extract_views_zip", "store_upload"]
 
 _MiB = 1024 * 1024
+
+ViewsZip = Union[bytes, IO[bytes]]
+"""A views ZIP: its bytes, or a seekable binary file holding them (read from its start)."""
+
+
+def _size(data: ViewsZip) -> int:
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return len(data)
+    size = data.seek(0, os.SEEK_END)
+    data.seek(0)
+    return size
+
+
+def _open(data: ViewsZip) -> IO[bytes]:
+    """A binary file over ``data`` at its start."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return io.BytesIO(data)
+    data.seek(0)
+    return data
 
 
 class ReconstructParams(TextureParams):
@@ -49,8 +75,8 @@ class ViewsZipLimits:
     """Number of members (files and folders)."""
 
 
-def check_views_zip(data: bytes, limits: ViewsZipLimits = ViewsZipLimits()) -> str:
-    """Validate a views ZIP without extracting it.
+def check_views_zip(data: ViewsZip, limits: ViewsZipLimits = ViewsZipLimits()) -> str:
+    """Validate a views ZIP (bytes, or a seekable binary file) without extracting it.
 
     Returns:
         The folder inside the archive holding ``transforms.json``: ``""`` (root) or ``"name/"``.
@@ -60,10 +86,10 @@ def check_views_zip(data: bytes, limits: ViewsZipLimits = ViewsZipLimits()) -> s
         BadRequestError: not a ZIP, encrypted, or a member path that is absolute or contains ``..``.
         InvalidInputError: no ``transforms.json`` at the root or in a single top-level folder.
     """
-    if len(data) > limits.max_bytes:
+    if _size(data) > limits.max_bytes:
         raise PayloadTooLargeError(f"views: ZIP is larger than {limits.max_bytes // _MiB} MiB")
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        with zipfile.ZipFile(_open(data)) as archive:
             members = archive.infolist()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError):
         raise BadRequestError("views: not a valid ZIP file") from None
@@ -90,7 +116,7 @@ def _check_member_path(name: str) -> None:
         raise BadRequestError(f"views: unsafe path in ZIP: {name!r} (absolute or containing '..')")
 
 
-def extract_views_zip(data: bytes, dest: str | Path, limits: ViewsZipLimits = ViewsZipLimits()) -> Path:
+def extract_views_zip(data: ViewsZip, dest: str | Path, limits: ViewsZipLimits = ViewsZipLimits()) -> Path:
     """Check (:func:`check_views_zip`) and extract a views ZIP into ``dest``.
 
     Members are streamed with a byte budget, so a central directory lying about sizes cannot expand past
@@ -102,7 +128,7 @@ def extract_views_zip(data: bytes, dest: str | Path, limits: ViewsZipLimits = Vi
     root = check_views_zip(data, limits)
     dest = Path(dest).resolve()
     budget = limits.max_uncompressed_bytes
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+    with zipfile.ZipFile(_open(data)) as archive:
         for member in archive.infolist():
             target = (dest / member.filename).resolve()
             if not target.is_relative_to(dest):
@@ -119,3 +145,17 @@ def extract_views_zip(data: bytes, dest: str | Path, limits: ViewsZipLimits = Vi
                             f"views: ZIP expands to more than {limits.max_uncompressed_bytes // _MiB} MiB")
                     sink.write(chunk)
     return dest / root
+
+
+def store_upload(store: Any, key: str, data: ViewsZip, content_type: str) -> None:
+    """Put an upload (bytes, or a seekable binary file) into an artifact store: a file goes through the store's
+    ``put_file(key, file, content_type)`` when it has one (copied in chunks), else it is read and ``put``."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        store.put(key, bytes(data), content_type)
+        return
+    data.seek(0)
+    put_file = getattr(store, "put_file", None)
+    if put_file is not None:
+        put_file(key, data, content_type)
+    else:
+        store.put(key, data.read(), content_type)
