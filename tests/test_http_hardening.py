@@ -155,12 +155,12 @@ def test_deeply_nested_json_is_a_bad_request_not_a_crash(client, service):
 
 # ------------------------------------------------------------------------------------------------ 3. 405 + Allow
 @pytest.mark.parametrize("method, path, allow", [
-    ("PUT", "/v1/generation/" + "0" * 32, "DELETE, GET"),
-    ("PATCH", "/v1/generation/" + "0" * 32, "DELETE, GET"),
+    ("PUT", "/v1/generation/" + "0" * 32, "DELETE, GET, HEAD"),  # HEAD wherever GET (issue 23)
+    ("PATCH", "/v1/generation/" + "0" * 32, "DELETE, GET, HEAD"),
     ("TRACE", "/v1/generation/text-to-3d", "POST"),
     ("PUT", "/v1/generation/views-to-3d", "POST"),
-    ("POST", "/healthz", "GET"),
-    ("DELETE", "/v1/generation/" + "0" * 32 + "/artifacts/model.glb", "GET"),
+    ("POST", "/healthz", "GET, HEAD"),
+    ("DELETE", "/v1/generation/" + "0" * 32 + "/artifacts/model.glb", "GET, HEAD"),
 ])
 def test_unknown_methods_get_405_with_allow(client, method, path, allow):
     response = client.request(method, path)

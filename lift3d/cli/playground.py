@@ -1,5 +1,7 @@
 """``lift3d playground``: the API and the web playground in this process, without Ray (one worker thread runs the
-jobs on models loaded here). Open the printed URL; Ctrl-C stops it."""
+jobs on models loaded here). Open the printed URL; Ctrl-C stops it. With ``--auth`` it is the service in one process:
+jobs are charged their measured cost, webhooks are delivered and results expire, whatever ``--host`` is
+(:class:`~lift3d.service.local_server.LocalServer`)."""
 
 from __future__ import annotations
 

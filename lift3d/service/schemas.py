@@ -59,6 +59,7 @@ ERROR_STATUS: dict[str, int] = {
     "bad_request": 400,
     "unauthorized": 401,
     "insufficient_credits": 402,
+    "not_found": 404,  # no route at the path (issue 23)
     "generation_not_found": 404,
     "artifact_not_found": 404,
     "method_not_allowed": 405,

@@ -20,14 +20,15 @@ from lift3d.io.image_calls import EncodedSample, ImageCall
 from lift3d.io.images import ImageLimits
 from lift3d.service.api.app import RequestMetrics, create_api
 from lift3d.service.config import ServiceConfig
-from lift3d.costs import price_per_gpu_hour
+from lift3d.costs import STAGES, CostModel, price_per_gpu_hour
 from lift3d.service.accounts.credits import estimate_credits
 from lift3d.service.jobs.fast_asset_service import FAST_ASSET_TIMEOUT_S, FastAssetService, MakeAsset
 from lift3d.service.jobs.generation import GenerationService, WebhookPolicy
 from lift3d.service.jobs.image_service import ImageService
+from lift3d.service.jobs.limits import JobLimits
 from lift3d.service.state import ServiceState
 
-__all__ = ["build_api", "build_fast_assets", "build_images", "build_service", "pricing"]
+__all__ = ["build_api", "build_fast_assets", "build_images", "build_service", "local_cost_model", "pricing"]
 
 
 def pricing(config: ServiceConfig) -> Callable[[str, Any], float]:
@@ -45,13 +46,23 @@ def pricing(config: ServiceConfig) -> Callable[[str, Any], float]:
     return estimate
 
 
+def local_cost_model(config: ServiceConfig) -> CostModel:
+    """How a single-process service (``lift3d playground``: every stage in one process, one job at a time) prices
+    a job: every metered stage (:data:`lift3d.costs.STAGES`) at one whole GPU of ``config.gpu_type`` at the
+    config's price, since the process holds the machine for the job's whole run. (An empty fraction table would
+    price every job at 0, and with API keys on, every job settled at 0 credits: issue 23.)"""
+    return CostModel.for_gpu(config.gpu_type, {stage: 1.0 for stage in STAGES}, config.price_per_gpu_hour)
+
+
 def build_service(config: ServiceConfig, state: ServiceState, enqueue: Callable[[str], None]) -> GenerationService:
     """The generation service over ``state``; requests are priced only when API keys are on (``auth``)."""
     return GenerationService(
         state.jobs, enqueue, ImageLimits(max_bytes=config.max_upload_bytes), config.queue.max_attempts,
         config.url_expires_s, price=pricing(config) if state.keys is not None else None,
         webhooks=WebhookPolicy(allow_private=config.allow_private_webhooks,
-                               service_secret=bool(config.webhook_secret)),
+                               service_secret=bool(config.webhook_secret),
+                               allowed_ports=tuple(config.webhook_allowed_ports)),
+        job_limits=JobLimits(config.default_max_concurrent_jobs, config.max_queue_depth),  # exact (issue 23)
     )
 
 

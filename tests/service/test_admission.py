@@ -1,6 +1,7 @@
 """Admission control (lift3d.service.api.admission): per-key rate limits on the in-process store and on a REAL Redis
 server (the session's, from Debian's redis-server; missing binary → the tests fail, never skip), per-key concurrency
-and the global queue depth counted on the jobs table (SQLite and PostgreSQL), and the order of install_admission."""
+and the global queue depth counted on the jobs table (SQLite and PostgreSQL), exact under concurrent submits (issue 23:
+8 at once on a one-job key → one 202), and the order of install_admission."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.testclient import TestClient
+from sqlalchemy import func, select
 from support import free_port
 
-from lift3d.service.api.admission import (JobAdmissionMiddleware, RateLimiter, RateLimitMiddleware, count_active_jobs,
-                                      count_queued_jobs, install_admission)
+from lift3d.service.api.admission import (JobAdmissionMiddleware, RateLimitedError, RateLimiter, RateLimitMiddleware,
+                                          count_active_jobs, count_queued_jobs, install_admission)
 from lift3d.service.db.models import ApiKey, Job
 
 T0 = 1_700_000_000.0
@@ -239,3 +241,95 @@ def test_install_admission_orders_rate_limit_idempotency_then_job_limits(databas
         assert rate_refused.status_code == 429 and int(rate_refused.headers["retry-after"]) in (59, 60)
         assert "requests per minute" in rate_refused.json()["errors"][0]
         assert submit(client, "k2").status_code == 202
+
+
+# ------------------------------------------------------------ concurrent submits on the real stack (issue 23)
+def real_stack(database_url: str, tmp_path, **limits):
+    """The app as the Serve ingress builds it (keys, credits, admission) over ``database_url``; jobs are queued
+    nowhere (the queue is a list)."""
+    from lift3d.service.config import ServiceConfig
+    from lift3d.service.metrics import ServiceMetrics
+    from lift3d.service.server import build_api, build_service
+    from lift3d.service.state import open_state
+
+    config = ServiceConfig(preset="tiny", store_url=str(tmp_path / "store"), database_url=database_url,
+                           default_rate_limit_per_min=10_000, **limits)
+    state = open_state(config)
+    service = build_service(config, state, [].append)
+    return state, service, build_api(config, state, service, ServiceMetrics())
+
+
+def fire_submits(api, headers: list[dict]) -> list[int]:
+    """One ``POST /v1/generation/text-to-3d`` per entry of ``headers``, all at once (asyncio.gather over the ASGI
+    app: the routes' database work runs in worker threads, truly concurrently); their status codes."""
+    import asyncio
+
+    import httpx
+
+    async def fire() -> list[int]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://lift3d") as client:
+            answers = await asyncio.gather(*(client.post("/v1/generation/text-to-3d", json={"prompt": f"robot {i}"},
+                                                         headers=h) for i, h in enumerate(headers)))
+        return [answer.status_code for answer in answers]
+
+    return asyncio.run(fire())
+
+
+def test_8_concurrent_submits_on_a_max_concurrent_1_key_give_one_202(database_url, tmp_path):
+    # finding 1 of issue 23: the check and the insert were separate transactions; 8 concurrent submits gave 8 × 202
+    state, _, api = real_stack(database_url, tmp_path, default_max_concurrent_jobs=4)
+    try:
+        key = state.keys.create(name="one-at-a-time", credits=1000, max_concurrent_jobs=1)
+        codes = fire_submits(api, [{"Authorization": f"Bearer {key.key}"}] * 8)
+        assert sorted(codes) == [202] + [429] * 7
+        assert state.jobs.count_active(key.id) == 1
+        # the 7 refused reserved nothing: only the accepted job's estimate left the balance
+        with state.database.read() as session:
+            reserved = int(session.execute(select(func.sum(Job.reserved_mc))).scalar_one())
+        assert state.keys.balance(key.id) == pytest.approx(1000 - reserved / 1000, abs=1e-3)
+    finally:
+        state.close()
+
+
+def test_concurrent_submits_never_exceed_the_queue_depth(database_url, tmp_path):
+    state, _, api = real_stack(database_url, tmp_path, default_max_concurrent_jobs=0, max_queue_depth=3)
+    try:
+        keys = [state.keys.create(name=f"k{i}", credits=1000) for i in range(8)]
+        codes = fire_submits(api, [{"Authorization": f"Bearer {key.key}"} for key in keys])
+        assert sorted(codes) == [202] * 3 + [503] * 5
+        assert state.jobs.count_queued() == 3
+    finally:
+        state.close()
+
+
+def test_the_store_guard_holds_without_the_middleware(database_url, tmp_path):
+    """8 threads released at once into GenerationService.submit (no HTTP, no early check): the guarded insert
+    alone admits exactly the limit."""
+    import threading
+
+    from lift3d.service.accounts.principal import Principal
+    from lift3d.service.schemas import GenerationRequest
+
+    state, service, _ = real_stack(database_url, tmp_path, default_max_concurrent_jobs=2)
+    try:
+        info = state.keys.create(name="k", credits=1000).info
+        caller = Principal.of(info)
+        start, results = threading.Barrier(8), []
+
+        def submit(i: int) -> None:
+            start.wait()
+            try:
+                service.submit(GenerationRequest(kind="text-to-3d", prompt=f"robot {i}"), caller=caller)
+                results.append("accepted")
+            except RateLimitedError:
+                results.append("refused")
+
+        threads = [threading.Thread(target=submit, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert sorted(results) == ["accepted"] * 2 + ["refused"] * 6
+        assert state.jobs.count_active(info.id) == 2
+    finally:
+        state.close()

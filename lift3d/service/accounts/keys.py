@@ -225,6 +225,13 @@ class ApiKeyStore:
                 raise KeyNotFound(f"no API key with id {key_id!r}")
             return KeyInfo.from_row(row)
 
+    def usable(self, key_id: str) -> bool:
+        """Whether key ``key_id`` exists and is neither revoked nor expired now (one indexed read): long requests
+        (event streams) ask it again while they last."""
+        with self.database.read() as session:
+            row = session.execute(select(ApiKey.revoked_at, ApiKey.expires_at).where(ApiKey.id == key_id)).first()
+        return row is not None and row.revoked_at is None and (row.expires_at is None or self.clock() < row.expires_at)
+
     def balance(self, key_id: str) -> float:
         """The key's balance in credits (one indexed read).
 

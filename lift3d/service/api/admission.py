@@ -5,18 +5,20 @@
   0 means no limit. Over it: ``429 rate_limited`` with ``Retry-After`` (whole seconds until a slot frees). The
   counts live in ``rate_limit_storage_url``: ``redis://host:port/db`` shares them between every ingress replica;
   ``memory://`` (the default, for the embedded single-ingress setup) keeps them in the process, so N replicas
-  would admit up to N times the limit. When Redis cannot be reached the request is admitted (fail open) and the
+  would admit up to N times the limit; in memory the window is a deque of times per owner (:class:`LocalWindow`,
+  O(1) per request: ``limits``' memory storage inserted at the front of a list and started a timer thread to
+  expire entries, the largest cost of a status poll in the profile, issue 23). When Redis cannot be reached the request is admitted (fail open) and the
   error logged.
 - Concurrency: a key (``max_concurrent_jobs``, else ``default_max_concurrent_jobs``; 0 = no limit) that already
   has that many ``queued`` + ``running`` jobs gets ``429 rate_limited`` for a new job.
 - Queue depth: when ``max_queue_depth`` jobs (all keys; 0 = no limit) are ``queued``, a new job gets ``503
   overloaded``.
 
-The last two apply to job-creating requests only (``POST /v1/generation/...``), and are counted with one query
-each on the ``jobs`` table (:func:`count_active_jobs`, :func:`count_queued_jobs`). The check and the job's insert
-are separate transactions, so two simultaneous submits may both pass at ``limit - 1``: the limits are a guard
-against floods, not exact. :func:`check_job_admission` takes a session, so a job store may run it in the same
-transaction as the insert.
+The last two apply to job-creating requests only (``POST /v1/generation/...``). The exact check runs in the
+transaction that inserts the job, under an admission lock (:mod:`lift3d.service.jobs.limits`: ``BEGIN IMMEDIATE`` on
+SQLite, an advisory lock on PostgreSQL), so concurrent submits cannot overshoot either limit. The middleware here
+(:class:`JobAdmissionMiddleware`) runs the same counts earlier, without the lock, to refuse a flood before its body
+is read and parsed.
 
 Without a principal (authentication off) every request counts for the single owner ``"local"`` (jobs with
 ``owner_id`` NULL).
@@ -30,20 +32,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
 import time
+from collections import deque
 from typing import Any, Callable, Protocol
 
 from limits import RateLimitItemPerMinute
 from limits.errors import StorageError
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from lift3d.errors import Lift3DError
 from lift3d.service.db.engine import Database
-from lift3d.service.db.models import Job
+from lift3d.service.jobs.limits import (BUSY_RETRY_AFTER_S, OverloadedError, RateLimitedError, RefusedError,
+                                        check_job_admission, count_active_jobs, count_queued_jobs)
 from lift3d.service.api.auth import PROTECTED_PREFIX
 from lift3d.service.api.errors import error_response
 from lift3d.service.api.idempotency import LOCAL_OWNER, install_idempotency
@@ -54,6 +56,7 @@ __all__ = [
     "BUSY_RETRY_AFTER_S",
     "AdmissionSettings",
     "JobAdmissionMiddleware",
+    "LocalWindow",
     "OverloadedError",
     "RateLimitMiddleware",
     "RateLimitedError",
@@ -65,37 +68,6 @@ __all__ = [
     "install_admission",
     "principal_limits",
 ]
-
-BUSY_RETRY_AFTER_S = 10
-"""``Retry-After`` (seconds) of the concurrency and queue-depth refusals: a job slot frees when a job ends."""
-
-_ACTIVE = ("queued", "running")
-
-
-class RefusedError(Lift3DError):
-    """A request refused for now; the answer says when to retry (``retry_after_s`` ≥ 1, ``Retry-After``)."""
-
-    def __init__(self, message: str, retry_after_s: int) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-    def __reduce__(self) -> tuple:  # picklable despite the two arguments
-        return type(self), (str(self), self.retry_after_s)
-
-
-class RateLimitedError(RefusedError):
-    """The key is over its request rate or its concurrent-jobs limit (429)."""
-
-    name = "rate_limited"
-    status_code = 429
-
-
-class OverloadedError(RefusedError):
-    """The queue is full (503)."""
-
-    name = "overloaded"
-    status_code = 503
-
 
 class AdmissionSettings(Protocol):
     """The :class:`~lift3d.service.config.ServiceConfig` fields that :func:`install_admission` reads."""
@@ -116,8 +88,41 @@ def principal_limits(scope: Scope) -> tuple[str | None, int | None, int | None]:
 
 
 # ------------------------------------------------------------------------------------------------ rate limit
+class LocalWindow:
+    """A 60 s moving window per owner in this process: the times of the requests it admitted, oldest first, in a
+    deque (append and expiry O(1) per request). Thread-safe.
+
+    Args:
+        window_s: the window's length in seconds (> 0).
+        clock: monotonic seconds (injectable for tests).
+    """
+
+    def __init__(self, window_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window_s, self.clock = window_s, clock
+        self._times: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+        self._next_sweep = clock() + window_s
+
+    def hit(self, owner: str, limit: int) -> float | None:
+        """Admit and count one request of ``owner`` when fewer than ``limit`` (≥ 1) were admitted in the window:
+        None; else (nothing counted) the seconds until enough of them leave it for one more."""
+        now = self.clock()
+        with self._lock:
+            if now >= self._next_sweep:  # forget owners that went quiet, so the dict does not grow forever
+                self._times = {k: t for k, t in self._times.items() if t and t[-1] > now - self.window_s}
+                self._next_sweep = now + self.window_s
+            times = self._times.setdefault(owner, deque())
+            while times and times[0] <= now - self.window_s:
+                times.popleft()
+            if len(times) < limit:
+                times.append(now)
+                return None
+            return times[len(times) - limit] + self.window_s - now
+
+
 class RateLimiter:
-    """Requests per minute per owner: a 60 s moving window in ``limits`` storage.
+    """Requests per minute per owner: a 60 s moving window, in this process (:class:`LocalWindow`) or in
+    ``limits``' Redis storage.
 
     Args:
         storage_url: ``memory://`` (this process only) or ``redis://host:port/db`` (shared by every replica; also
@@ -131,10 +136,12 @@ class RateLimiter:
     def __init__(self, storage_url: str = "memory://", default_per_min: int = 60) -> None:
         if default_per_min < 0:
             raise ValueError("default_per_min must be >= 0")
-        self.storage = storage_from_string(storage_url, wrap_exceptions=True)
-        self.strategy = MovingWindowRateLimiter(self.storage)
         self.default_per_min = default_per_min
-        self.blocking = not storage_url.startswith("memory://")  # network storage: call it off the event loop
+        self.local = LocalWindow() if storage_url.startswith("memory://") else None
+        if self.local is None:
+            self.storage = storage_from_string(storage_url, wrap_exceptions=True)
+            self.strategy = MovingWindowRateLimiter(self.storage)
+        self.blocking = self.local is None  # network storage: call it off the event loop
 
     def check(self, owner: str, per_min: int | None = None) -> None:
         """Count one request of ``owner`` against ``per_min`` (None: the default; 0: no limit).
@@ -146,15 +153,21 @@ class RateLimiter:
         limit = self.default_per_min if per_min is None else per_min
         if limit <= 0:
             return
-        item = RateLimitItemPerMinute(limit)
-        try:
-            if self.strategy.hit(item, "lift3d-requests", owner):
+        if self.local is not None:
+            wait_s = self.local.hit(owner, limit)
+            if wait_s is None:
                 return
-            reset_at, _ = self.strategy.get_window_stats(item, "lift3d-requests", owner)
-        except StorageError:
-            logger.exception("rate limit storage unavailable; admitting the request of %s", owner)
-            return
-        retry_after = min(60, max(1, math.ceil(reset_at - time.time())))
+        else:
+            item = RateLimitItemPerMinute(limit)
+            try:
+                if self.strategy.hit(item, "lift3d-requests", owner):
+                    return
+                reset_at, _ = self.strategy.get_window_stats(item, "lift3d-requests", owner)
+            except StorageError:
+                logger.exception("rate limit storage unavailable; admitting the request of %s", owner)
+                return
+            wait_s = reset_at - time.time()
+        retry_after = min(60, max(1, math.ceil(wait_s)))
         raise RateLimitedError(f"rate limit of {limit} requests per minute reached for this API key; retry in "
                                f"{retry_after} s", retry_after)
 
@@ -182,36 +195,6 @@ class RateLimitMiddleware:
 
 
 # ------------------------------------------------------------------------------------ concurrency, queue depth
-def count_active_jobs(session: Session, owner_id: str | None) -> int:
-    """Jobs of ``owner_id`` (None: jobs without owner) that are ``queued`` or ``running``."""
-    owner = Job.owner_id.is_(None) if owner_id is None else Job.owner_id == owner_id
-    return session.execute(select(func.count()).select_from(Job)
-                           .where(owner, Job.status.in_(_ACTIVE))).scalar_one()
-
-
-def count_queued_jobs(session: Session) -> int:
-    """Jobs of every owner that are ``queued``."""
-    return session.execute(select(func.count()).select_from(Job).where(Job.status == "queued")).scalar_one()
-
-
-def check_job_admission(session: Session, owner_id: str | None, *, max_concurrent_jobs: int, max_queue_depth: int,
-                        retry_after_s: int = BUSY_RETRY_AFTER_S) -> None:
-    """Refuse a new job of ``owner_id`` when it has ``max_concurrent_jobs`` queued + running jobs, or when
-    ``max_queue_depth`` jobs are queued in all (each limit ≥ 0; 0: no limit).
-
-    Raises:
-        RateLimitedError: the key's concurrency limit (429).
-        OverloadedError: the queue-depth limit (503).
-    """
-    if max_concurrent_jobs > 0:
-        active = count_active_jobs(session, owner_id)
-        if active >= max_concurrent_jobs:
-            raise RateLimitedError(f"this API key has {active} queued or running jobs (limit {max_concurrent_jobs}); "
-                                   "retry when one has finished", retry_after_s)
-    if max_queue_depth > 0 and count_queued_jobs(session) >= max_queue_depth:
-        raise OverloadedError(f"the queue is full ({max_queue_depth} jobs waiting); retry later", retry_after_s)
-
-
 SYNCHRONOUS_PREFIXES = ("/v1/generation/text-to-image",)
 """POSTs under ``/v1/generation/`` that answer at once and create no job: the job limits do not apply to them
 (the rate limit does)."""

@@ -76,34 +76,40 @@ def get_caller(request: Request) -> Principal:
     return found
 
 
-def _generations(request: Request) -> GenerationService:
+async def _generations(request: Request) -> GenerationService:
     service = get_services(request).generations
     if service is None:
         raise ServiceUnavailableError("generation is not configured on this server")
     return service
 
 
-def _keys(request: Request) -> ApiKeyStore | None:
+async def _keys(request: Request) -> ApiKeyStore | None:
     return get_services(request).keys
 
 
-def _images(request: Request) -> ImageService | None:
+async def _images(request: Request) -> ImageService | None:
     return get_services(request).images
 
 
-def _fast_assets(request: Request) -> FastAssetService | None:
+async def _fast_assets(request: Request) -> FastAssetService | None:
     return get_services(request).fast_assets
 
 
-def _config(request: Request) -> ServiceConfig:
+async def _config(request: Request) -> ServiceConfig:
     return get_services(request).config
 
 
-def _limits(request: Request) -> ImageLimits:
+async def _limits(request: Request) -> ImageLimits:
     return get_services(request).limits
 
 
-Caller = Annotated[Principal, Depends(get_caller)]
+async def _caller(request: Request) -> Principal:
+    return get_caller(request)
+
+
+# The dependencies are ``async def``: FastAPI runs a plain ``def`` dependency in its thread pool, two thread hops
+# per status poll for nothing (issue 23, poll cost).
+Caller = Annotated[Principal, Depends(_caller)]
 """The request's caller (401 without one)."""
 Generations = Annotated[GenerationService, Depends(_generations)]
 """The generation service."""

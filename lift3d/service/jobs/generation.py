@@ -22,10 +22,11 @@ from lift3d.io.images import ImageLimits, detect_kind, load_image
 from lift3d.io.media_types import BY_IMAGE_KIND, OCTET_STREAM, ZIP, media_type_of
 from lift3d.io.storage.base import StoredObjectNotFound
 from lift3d.params import GenerationParams
-from lift3d.service.accounts.credits import to_mc
+from lift3d.service.accounts.credits import InsufficientCredits, balance_credits, to_credits, to_mc
 from lift3d.service.jobs.artifacts import ArtifactUrls
+from lift3d.service.jobs.limits import JobLimits
 from lift3d.service.jobs.store import ANY_OWNER, InvalidTransition, JobNotFound, JobRecord, JobStore
-from lift3d.service.webhooks.urls import check_webhook_url
+from lift3d.service.webhooks.urls import DEFAULT_WEBHOOK_PORTS, check_webhook_url
 from lift3d.service.schemas import (
     Artifact,
     ArtifactNotFound,
@@ -41,7 +42,7 @@ from lift3d.service.schemas import (
     ServiceUnavailableError,
     decode_image,
 )
-from lift3d.service.jobs.uploads import ReconstructParams, ViewsZipLimits, check_views_zip
+from lift3d.service.jobs.uploads import ReconstructParams, ViewsZip, ViewsZipLimits, check_views_zip, store_upload
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class WebhookPolicy(NamedTuple):
 
     allow_private: bool = False
     service_secret: bool = False
+    allowed_ports: tuple[int, ...] = DEFAULT_WEBHOOK_PORTS  # ports of public webhook URLs (issue 23)
 
 
 class GenerationService:
@@ -72,6 +74,8 @@ class GenerationService:
         price: credits a request is estimated to cost, ``(kind, params) → credits`` (reserved at submit from the
             caller's balance, settled to the measured cost at the end); None: nothing is charged.
         webhooks: which webhook URLs are accepted (SSRF rules) and whether jobs without a key may ask for them.
+        job_limits: queued + running jobs per key and queued jobs in all, checked in the job's insert transaction
+            (:mod:`lift3d.service.jobs.limits`; exact under concurrent submits). Default: no limits.
 
     Every method takes the ``caller`` (:class:`~lift3d.service.accounts.principal.Principal`; None for trusted internal callers
     such as Ray handle users): a job belongs to the key that submitted it, and another key's job is reported as
@@ -82,19 +86,21 @@ class GenerationService:
                  max_attempts: int = 3, url_expires_s: int = 3600,
                  views_limits: ViewsZipLimits = ViewsZipLimits(), *,
                  price: Callable[[str, Any], float] | None = None,
-                 webhooks: WebhookPolicy = WebhookPolicy()) -> None:
+                 webhooks: WebhookPolicy = WebhookPolicy(), job_limits: JobLimits = JobLimits()) -> None:
         self.jobs, self.enqueue, self.limits = jobs, enqueue, limits
         self.max_attempts, self.url_expires_s, self.views_limits = max_attempts, url_expires_s, views_limits
-        self.price, self.webhooks = price, webhooks
+        self.price, self.webhooks, self.job_limits = price, webhooks, job_limits
         self.artifact_urls = ArtifactUrls(jobs.store, url_expires_s)
 
     def _create(self, record: JobRecord, caller: Principal | None, price_params: Any) -> None:
-        """Insert the record for ``caller``, reserving the estimate from its balance (one transaction)."""
+        """Insert the record for ``caller``, admitted under the job limits and with the estimate reserved from its
+        balance (one transaction)."""
         reserve_mc = 0
         if caller is not None and caller.key_id is not None and self.price is not None:
             reserve_mc = to_mc(self.price(record.kind, price_params))
+        own_limit = caller.max_concurrent_jobs if caller is not None else None
         try:
-            self.jobs.create(record, reserve_mc=reserve_mc)
+            self.jobs.create(record, reserve_mc=reserve_mc, limits=self.job_limits, max_concurrent_jobs=own_limit)
         except Exception:
             if record.input_key is not None:  # nothing accepted: the upload must not linger
                 self.jobs.store.delete_prefix(record.prefix)
@@ -104,24 +110,46 @@ class GenerationService:
         """The checked webhook URL (None: none asked for). Raises InvalidInputError (SSRF rules, no secret)."""
         if url is None:
             return None
-        check_webhook_url(url, self.webhooks.allow_private)
+        check_webhook_url(url, self.webhooks.allow_private, self.webhooks.allowed_ports)
         if (caller is None or caller.key_id is None) and not self.webhooks.service_secret:
             raise InvalidInputError("webhook_url: this server runs without API keys and has no webhook_secret to "
                                     "sign webhooks with")
         return url
 
+    def check_funds(self, caller: Principal | None, kind: str | None = None, params: Any = None) -> None:
+        """Refuse early, with one read, a caller who cannot pay: its balance is below the estimate of ``kind`` with
+        ``params`` (without them: below one milli-credit), so nothing is parsed or decoded for it. The reservation
+        at insert still decides. Nothing to check without a key or without pricing.
+
+        Raises:
+            InsufficientCredits: the balance is short (402; the message gives the price and the balance).
+        """
+        if caller is None or caller.key_id is None or self.price is None:
+            return
+        price_mc = max(1, to_mc(self.price(kind, params))) if kind is not None else 1
+        with self.jobs.database.read() as session:
+            balance = balance_credits(session, caller.key_id)
+        if to_mc(balance) < price_mc:
+            cost = f"costs {to_credits(price_mc):.3f}" if kind is not None else "needs at least 0.001"
+            raise InsufficientCredits(f"this request {cost} credits and the balance is {balance:.3f} credits; add "
+                                      "credits and retry")
+
     # ---------------------------------------------------------------------------------------------- submit
     def submit(self, request: GenerationRequest, image: bytes | None = None,
-               caller: Principal | None = None) -> GenerationAccepted:
+               caller: Principal | None = None, webhook_events: list[str] | None = None) -> GenerationAccepted:
         """Validate, store the upload and the job record, enqueue.
 
         ``image``: the encoded image when it did not come base64 in ``request.image`` (multipart uploads).
+        ``webhook_events``: the webhook event types to send (None: all).
 
         Raises:
             InvalidInputError, PayloadTooLargeError, BadRequestError: the request is unusable.
-            InsufficientCredits: the caller's balance is below the estimate (nothing is stored).
+            InsufficientCredits: the caller's balance is below the estimate (nothing is stored; checked before the
+                image is decoded).
+            RateLimitedError, OverloadedError: the caller's concurrency or the queue-depth limit (429, 503).
         """
-        # 1. check the inputs
+        # 1. check the credits (a read), then the inputs
+        self.check_funds(caller, request.kind, request.params())
         if image is None and request.image is not None:
             image = decode_image(request.image, self.limits.max_bytes)
             request = request.model_copy(update={"image": ""})
@@ -135,6 +163,7 @@ class GenerationService:
         record = JobRecord.new(request.kind, request.params(), max_attempts=self.max_attempts,
                                input_key=None, now=self.jobs.clock(), owner_id=_owner_id(caller),
                                webhook_url=webhook_url)
+        record = record.model_copy(update={"webhook_events": webhook_events})  # None: every event (issue 24)
         if image is not None:
             kind = detect_kind(image)
             record = record.model_copy(update={"input_key": f"{record.prefix}upload.{kind.lower()}"})
@@ -143,21 +172,23 @@ class GenerationService:
         # 3. enqueue
         return self._enqueue(record)
 
-    def submit_views(self, views: bytes, params: GenerationParams, options: ReconstructParams,
+    def submit_views(self, views: ViewsZip, params: GenerationParams, options: ReconstructParams,
                      caller: Principal | None = None, webhook_url: str | None = None) -> GenerationAccepted:
         """Validate a views ZIP (:func:`~lift3d.service.jobs.uploads.check_views_zip`), store it as the upload of a
         ``views-to-3d`` job, enqueue. ``params``: only its seed is used.
 
         Raises:
             InvalidInputError, PayloadTooLargeError, BadRequestError: the ZIP is unusable.
-            InsufficientCredits: the caller's balance is below the estimate (nothing is stored).
+            InsufficientCredits: the caller's balance is below the estimate (nothing is stored; checked first).
+            RateLimitedError, OverloadedError: the caller's concurrency or the queue-depth limit (429, 503).
         """
+        self.check_funds(caller, "views-to-3d", options)
         check_views_zip(views, self.views_limits)
         webhook_url = self._webhook_url(webhook_url, caller)
         record = JobRecord.new("views-to-3d", GenerationParams(seed=params.seed), max_attempts=self.max_attempts,
                                now=self.jobs.clock(), owner_id=_owner_id(caller), webhook_url=webhook_url)
         record = record.model_copy(update={"input_key": f"{record.prefix}upload.zip", "reconstruct": options})
-        self.jobs.store.put(record.input_key, views, ZIP)
+        store_upload(self.jobs.store, record.input_key, views, ZIP)  # a spooled file: copied in chunks
         self._create(record, caller, options)
         return self._enqueue(record)
 
@@ -189,16 +220,26 @@ class GenerationService:
 
     def status(self, job_id: str, with_content: bool = True,
                caller: Principal | None = None) -> GenerationStatus | GenerationResult:
-        """The job's state as an API model: its status while queued or running, its result once it succeeded.
+        """The job's state as an API model: its status while queued or running, its result once it succeeded. One
+        read; an active job's few fields are taken from the stored record without validating all of it (the
+        status poll's hot path).
 
         Raises:
             GenerationNotFound: no such job (or another key's). GenerationCanceled, GenerationExpired: 410.
             GenerationFailed: the job failed (its stored error name and message).
         """
-        record = self.record(job_id, caller)
-        if record.status in ("queued", "running"):
-            return GenerationStatus(id=record.id, status=record.status, stage=record.stage,
-                                    progress=record.progress, eta_s=record.eta_s)
+        data = self._data(job_id, caller)
+        if data["status"] in ("queued", "running"):
+            return _active_status(data)
+        return self._finished(JobRecord.model_validate(data), with_content)
+
+    def _data(self, job_id: str, caller: Principal | None) -> dict:
+        try:
+            return self.jobs.get_data(job_id, visible_to(caller))
+        except JobNotFound:
+            raise GenerationNotFound(job_id) from None
+
+    def _finished(self, record: JobRecord, with_content: bool) -> GenerationResult:
         _raise_unless_succeeded(record)
         outcome = record.outcome
         content = self.jobs.store.get(record.prefix + outcome.main_key) if with_content else b""
@@ -279,6 +320,12 @@ class GenerationService:
         if record.status == "canceled":
             raise GenerationCanceled(job_id)
         return GenerationStatus(id=record.id, status=record.status, stage="canceling", progress=record.progress)
+
+
+def _active_status(data: dict) -> GenerationStatus:
+    """The status of a queued or running job from its stored record (a dict)."""
+    return GenerationStatus(id=data["id"], status=data["status"], stage=data.get("stage"),
+                            progress=data.get("progress"), eta_s=data.get("eta_s"))
 
 
 def _raise_unless_succeeded(record: JobRecord) -> None:

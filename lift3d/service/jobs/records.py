@@ -114,6 +114,8 @@ class JobRecord(BaseModel):
     reconstruct: ReconstructParams | None = Field(None, description="Options of a views-to-3d job.")
     owner_id: str | None = Field(None, description="Id of the API key that submitted it; None when auth is off.")
     webhook_url: str | None = Field(None, description="Where webhook events about this job are sent.")
+    webhook_events: list[str] | None = Field(None, description="The webhook event types sent (None: all); set by "
+                                             "the Replicate-compatible API's webhook_events_filter (issue 24).")
     created_at: float
     updated_at: float
     started_at: float | None = None

@@ -45,6 +45,8 @@ from lift3d.service.accounts import credits
 from lift3d.service.db import Database
 from lift3d.service.db.models import Job
 from lift3d.service.jobs.artifacts import job_prefix
+from lift3d.service.jobs.limits import JobLimits, admit
+from lift3d.service.jobs.messages import redact_paths
 from lift3d.service.jobs.records import (ACTIVE, ANY_OWNER, TERMINAL, InvalidTransition, JobError, JobNotFound,
                                         JobOutcome, JobRecord, StaleAttempt, check_current_attempt, check_transition,
                                         is_job_id, new_job_id)
@@ -96,14 +98,20 @@ class JobStore:
         self.lease_s = lease_s
 
     # ------------------------------------------------------------------------------------------ read / create
-    def create(self, record: JobRecord, *, reserve_mc: int = 0) -> JobRecord:
+    def create(self, record: JobRecord, *, reserve_mc: int = 0, limits: JobLimits | None = None,
+               max_concurrent_jobs: int | None = None) -> JobRecord:
         """Insert a queued job; with an owner and ``reserve_mc`` > 0 (milli-credits), reserve that much of the
-        owner's balance in the same transaction.
+        owner's balance in the same transaction. With ``limits``, the job is first admitted in that transaction,
+        under the admission lock (:func:`lift3d.service.jobs.limits.admit`; ``max_concurrent_jobs``: the owner's
+        own limit, None: the default), so concurrent submits cannot overshoot a limit.
 
         Raises:
             lift3d.service.accounts.credits.InsufficientCredits: the balance is short (nothing is written).
+            RateLimitedError, OverloadedError: the owner's concurrency or the queue-depth limit (nothing is written).
         """
         with self.database.transaction() as session:
+            if limits is not None:
+                admit(session, record.owner_id, limits, max_concurrent_jobs)
             if record.owner_id is not None and reserve_mc > 0:
                 credits.reserve(session, record.owner_id, record.id, reserve_mc, self.clock())
             session.add(Job(id=record.id, owner_id=record.owner_id, kind=record.kind, status=record.status,
@@ -123,13 +131,22 @@ class JobStore:
         Raises:
             JobNotFound: unknown or malformed id, or another key's job.
         """
+        return JobRecord.model_validate(self.get_data(job_id, owner_id))
+
+    def get_data(self, job_id: str, owner_id: str | None = ANY_OWNER) -> dict:
+        """The job's record as stored (a JSON dict, not validated): for hot paths that read a few fields of an
+        active job (status polls), where validating the whole :class:`JobRecord` would cost more than the read.
+
+        Raises:
+            JobNotFound: as :meth:`get`.
+        """
         if not is_job_id(job_id):
             raise JobNotFound(job_id)
         with self.database.read() as session:
             row = session.execute(select(Job.record, Job.owner_id).where(Job.id == job_id)).first()
         if row is None or (owner_id is not ANY_OWNER and row.owner_id != owner_id):
             raise JobNotFound(job_id)
-        return JobRecord.model_validate(row.record)
+        return row.record
 
     def recent(self, owner_id: str | None = ANY_OWNER, limit: int = 20) -> list[JobRecord]:
         """The newest ``limit`` jobs (of one key, or of everybody with ``ANY_OWNER``), newest first."""
@@ -182,6 +199,8 @@ class JobStore:
             data = current.model_dump()
             data.update({k: v.model_dump() if isinstance(v, BaseModel) else v for k, v in changes.items()})
             data["updated_at"] = self.clock()
+            if data["cancel_requested"] and data["status"] in ACTIVE:  # progress must not hide a pending cancel
+                data["stage"] = "canceling"
             return JobRecord.model_validate(data)
 
         return self._swap(job_id, apply)
@@ -327,10 +346,12 @@ class JobStore:
                            lease_expires_at=None)
 
     def fail(self, job_id: str, name: str, message: str, attempt: int | None = None) -> JobRecord:
+        """Record a final failure: ``name`` (an API error name) and ``message``, server paths cut
+        (:func:`~lift3d.service.jobs.messages.redact_paths`: callers, webhooks and event streams read it)."""
         now = self.clock()
+        error = JobError(name=name, message=redact_paths(message)[:500])
         return self.update(job_id, attempt=attempt, status="failed", eta_s=None, finished_at=now,
-                           expires_at=now + self.result_ttl_s, error=JobError(name=name, message=message[:500]),
-                           lease_expires_at=None)
+                           expires_at=now + self.result_ttl_s, error=error, lease_expires_at=None)
 
     def cancel(self, job_id: str, attempt: int | None = None) -> JobRecord:
         now = self.clock()
@@ -340,7 +361,7 @@ class JobStore:
     # ------------------------------------------------------------------------------------------ cancellation
     def request_cancel(self, job_id: str, owner_id: str | None = ANY_OWNER) -> JobRecord:
         """Ask for cancellation: a queued job is canceled at once, a running one by its worker (which polls
-        :meth:`cancel_requested`).
+        :meth:`cancel_requested`); until then its stage reads ``canceling`` (heartbeats do not change it).
 
         Raises:
             JobNotFound (also for another key's job), InvalidTransition (the job already finished).
@@ -356,7 +377,7 @@ class JobStore:
                 return current.model_copy(update=dict(cancel_requested=True, status="canceled", eta_s=None,
                                                       finished_at=now, expires_at=now + self.result_ttl_s,
                                                       updated_at=now))
-            return current.model_copy(update=dict(cancel_requested=True, updated_at=now))
+            return current.model_copy(update=dict(cancel_requested=True, stage="canceling", updated_at=now))
 
         return self._swap(job_id, apply)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
@@ -26,7 +27,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from lift3d.errors import Lift3DError
 from lift3d.io.media_types import EVENT_STREAM
-from lift3d.service.api.deps import Caller, Config, Generations
+from lift3d.service.api.deps import Caller, Config, Generations, Keys
 from lift3d.service.api.errors import error_response
 from lift3d.service.jobs.events import (
     EventStream,
@@ -49,7 +50,8 @@ _EVENTS_DOC = (
     "stage change, `progress` ({stage, step, total, eta_s}; at most a few per second) and one terminal event — "
     "`succeeded` (the JSON result without `content`), `failed`, `canceled` or `expired` (the error envelope) — "
     "after which the stream ends. Event ids grow; reconnect with `Last-Event-ID` to resume without repeats "
-    "(204 when that id was the terminal event). Comment lines keep idle connections alive.")
+    "(204 when that id was the terminal event). Comment lines keep idle connections alive. The stream also ends "
+    "within about two seconds of its API key being revoked or expiring.")
 _ROUTE = dict(path="/v1/generation/{id}/events", summary="Live status and progress (server-sent events)",
               description=_EVENTS_DOC,
               responses={200: {"content": {EVENT_STREAM: {"schema": {"type": "string"}}},
@@ -60,7 +62,8 @@ _ROUTE = dict(path="/v1/generation/{id}/events", summary="Live status and progre
 
 async def event_stream(id: str, request: Request, get_record: Callable[[str], Any], *,
                        summarize: Callable[[Any], Any] = result_summary, poll_interval_s: float = 0.5,
-                       progress_interval_s: float = 0.25, keepalive_s: float = 15.0) -> Response:
+                       progress_interval_s: float = 0.25, keepalive_s: float = 15.0,
+                       authorized: Callable[[], bool] | None = None, recheck_s: float = 1.0) -> Response:
     """The events of job ``id`` from its first snapshot on (after ``Last-Event-ID``), as a streaming response.
 
     Args:
@@ -72,6 +75,8 @@ async def event_stream(id: str, request: Request, get_record: Callable[[str], An
         poll_interval_s: seconds between record reads (> 0).
         progress_interval_s: least seconds between ``progress`` events.
         keepalive_s: seconds between keep-alive comments (> 0).
+        authorized: blocking ``() -> bool``, asked again at most every ``recheck_s`` seconds while the stream lasts
+            (between reads): False ends it (the caller's key was revoked or expired). None: never asked.
     """
     stream = EventStream(summarize, last_event_id=parse_last_event_id(request.headers.get("last-event-id")),
                          progress_interval_s=progress_interval_s)
@@ -85,7 +90,8 @@ async def event_stream(id: str, request: Request, get_record: Callable[[str], An
         return error_response(GenerationNotFound(id))
     if stream.done and not first:
         return Response(status_code=204)
-    return EventSourceResponse(_follow(first, stream, poll, poll_interval_s), ping=keepalive_s, sep="\n")
+    follow = _follow(first, stream, poll, poll_interval_s, _Recheck(authorized, recheck_s))
+    return EventSourceResponse(follow, ping=keepalive_s, sep="\n")
 
 
 def no_caller() -> None:
@@ -127,22 +133,42 @@ router = APIRouter()
 
 @router.get(**_ROUTE)
 async def generation_events(id: str, request: Request, caller: Caller, service: Generations,
-                            config: Config) -> Response:
+                            config: Config, keys: Keys) -> Response:
+    key_id = caller.key_id
+    authorized = None if keys is None or key_id is None else (lambda: keys.usable(key_id))
     return await event_stream(id, request, lambda job_id: service.jobs.get(job_id, visible_to(caller)),
                               summarize=lambda record: _summary(service, record),
-                              poll_interval_s=config.events_poll_interval_s, keepalive_s=config.events_keepalive_s)
+                              poll_interval_s=config.events_poll_interval_s, keepalive_s=config.events_keepalive_s,
+                              authorized=authorized)
 
 
-async def _follow(first: list, stream: EventStream, poll: Callable[[], list],
-                  poll_interval_s: float) -> AsyncIterator[ServerSentEvent]:
+class _Recheck:
+    """``authorized()`` at most every ``every_s`` seconds (monotonic clock); True without a check."""
+
+    def __init__(self, authorized: Callable[[], bool] | None, every_s: float) -> None:
+        self.authorized, self.every_s, self.last = authorized, every_s, time.monotonic()
+
+    def due(self) -> bool:
+        return self.authorized is not None and time.monotonic() - self.last >= self.every_s
+
+    def __call__(self) -> bool:
+        self.last = time.monotonic()
+        return self.authorized is None or self.authorized()
+
+
+async def _follow(first: list, stream: EventStream, poll: Callable[[], list], poll_interval_s: float,
+                  recheck: _Recheck) -> AsyncIterator[ServerSentEvent]:
     """The stream's events: ``first``, then those of a fresh snapshot (``poll()``, in a worker thread) every
-    ``poll_interval_s`` until the end. A job that disappears (or a read that fails) ends the stream; the client may
-    reconnect with Last-Event-ID."""
+    ``poll_interval_s`` until the end. A job that disappears (or a read that fails) ends the stream, and so does a
+    key no longer authorized (``recheck``, when due); the client may reconnect with Last-Event-ID."""
     for event in first:
         yield _encode(event)
     while not stream.done:
         await asyncio.sleep(poll_interval_s)
         try:
+            if recheck.due() and not await asyncio.to_thread(recheck):
+                logger.info("event stream: the API key is no longer valid; closing the stream")
+                return
             events = await asyncio.to_thread(poll)
         except JobNotFound:
             return

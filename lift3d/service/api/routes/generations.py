@@ -7,7 +7,9 @@
 - The four POSTs honour ``Prefer: wait=N`` (RFC 7240): held until the job ends (then 200 with the result) or N s
   pass (then the 202).
 - ``GET /v1/generation/{id}`` → ``202`` status while queued/running; ``200`` GLB (``model/gltf-binary``) or ZIP of
-  views, or with ``Accept: application/json`` a :class:`~lift3d.service.schemas.GenerationResult`.
+  views, or with ``Accept: application/json`` a :class:`~lift3d.service.schemas.GenerationResult`;
+  ``?format=usdz`` (``glb``, ``usdz``, ``obj``, ``stl``, ``ply``, ``3mf``; omitted: the job's ``output_format``) the
+  3D result in that format (:mod:`lift3d.service.jobs.downloads`, docs/formats.md).
 - ``GET /v1/generation/{id}/artifacts/{name}`` → one artifact of a succeeded generation (``name`` as listed in the
   result's ``artifacts``, e.g. ``views/000_az000_el0.png``), with its media type.
 - ``DELETE /v1/generation/{id}`` → ``202`` while a running job stops; ``200`` with the envelope
@@ -25,13 +27,16 @@ Examples:
 from __future__ import annotations
 
 import asyncio
+from typing import Annotated
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from lift3d.errors import Lift3DError
 from lift3d.io.images import ImageLimits
-from lift3d.io.media_types import ARTIFACT_MEDIA_TYPES, GLB, ZIP, extension_of
+from lift3d.io.formats import FORMATS
+from lift3d.io.media_types import ARTIFACT_MEDIA_TYPES, GLB, ZIP
+from lift3d.params import OutputFormat
 from lift3d.service.accounts.principal import Principal
 from lift3d.service.api.bodies import parse_generation, parse_views
 from lift3d.service.api.deps import Caller, Config, Generations, Limits
@@ -41,6 +46,7 @@ from lift3d.service.api.openapi import BINARY, body_doc, error_responses, post_d
 from lift3d.service.api.routes.events import apply_prefer_wait
 from lift3d.service.config import ServiceConfig
 from lift3d.service.jobs.generation import GenerationService, visible_to
+from lift3d.service.jobs.downloads import result_download
 from lift3d.service.jobs.uploads import ViewsZipLimits
 from lift3d.service.schemas import (ErrorBody, GenerationAccepted, GenerationCanceled, GenerationKind,
                                     GenerationResult, GenerationStatus)
@@ -68,6 +74,7 @@ async def _accepted(request: Request, service: GenerationService, job_id: str, c
 
 async def _submit(request: Request, kind: GenerationKind, caller: Principal, service: GenerationService,
                   config: ServiceConfig, limits: ImageLimits) -> Response:
+    await asyncio.to_thread(service.check_funds, caller)  # a key with nothing left: 402 before the body is read
     parsed, image = await parse_generation(request, kind, limits)
     accepted = await asyncio.to_thread(service.submit, parsed, image, caller)
     return await _accepted(request, service, accepted.id, caller, config)
@@ -89,24 +96,33 @@ async def multiview(request: Request, caller: Caller, service: Generations, conf
 
 
 async def views_to_3d(request: Request, caller: Caller, service: Generations, config: Config) -> Response:
+    await asyncio.to_thread(service.check_funds, caller)  # a key with nothing left: 402 before the upload is read
     views, params, options, webhook_url = await parse_views(request, service.views_limits.max_bytes)
-    accepted = await asyncio.to_thread(service.submit_views, views, params, options, caller, webhook_url)
+    try:  # views: the spooled upload file
+        accepted = await asyncio.to_thread(service.submit_views, views, params, options, caller, webhook_url)
+    finally:
+        views.close()
     return await _accepted(request, service, accepted.id, caller, config)
 
 
 # ------------------------------------------------------------------------------------------------ read, cancel
+DownloadFormat = Annotated[OutputFormat | None, Query(
+    alias="format", description="The result in this format (docs/formats.md): `glb` as written, or converted on "
+    "the first download and kept: `usdz`, `obj` (ZIP of OBJ + MTL + PNG), `stl`, `ply`, `3mf`. Omitted: the job's "
+    "`output_format`. With a format the file is answered whatever `Accept` says.")]
+
+
 def _status_response(body: GenerationStatus | GenerationResult) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=200 if isinstance(body, GenerationResult) else 202)
 
 
-async def get_generation(id: str, request: Request, caller: Caller, service: Generations) -> Response:
-    if not wants_json(request.headers.get("accept")):
-        found = await asyncio.to_thread(service.content, id, caller)
+async def get_generation(id: str, request: Request, caller: Caller, service: Generations,
+                         output_format: DownloadFormat = None) -> Response:
+    if output_format is not None or not wants_json(request.headers.get("accept")):
+        found = await asyncio.to_thread(result_download, service, id, output_format, caller)
         if found is not None:
-            data, content_type = found
-            filename = f"{id}.{extension_of(content_type)}"
-            return Response(data, media_type=content_type,
-                            headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+            return Response(found.data, media_type=found.media_type,
+                            headers={"Content-Disposition": f'attachment; filename="{found.filename}"'})
     return _status_response(await asyncio.to_thread(service.status, id, True, caller))
 
 
@@ -134,8 +150,9 @@ _SUBMIT_RESPONSES = {
                              503: "Queue, database or deployments unavailable, or too many queued jobs "
                                   "(`overloaded`, with `Retry-After`)."})}
 _GET_RESPONSES = {
-    200: {"model": GenerationResult, "description": "The GLB or ZIP; JSON with `Accept: application/json`.",
-          "content": {GLB: BINARY, ZIP: BINARY}},
+    200: {"model": GenerationResult, "description": "The GLB or ZIP, or the `format` asked for; JSON with `Accept: "
+          "application/json` and no `format`.",
+          "content": {GLB: BINARY, ZIP: BINARY, **{spec.media_type: BINARY for spec in FORMATS.values()}}},
     202: {"model": GenerationStatus, "description": "Queued or running."},
     **error_responses(404, 410, 422, 500, 503, failed=True)}
 _ARTIFACT_RESPONSES = {200: {"description": "The artifact's bytes, with its media type.",
