@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # the diffusion stages are imported only when a generation ru
     from lift3d.presets import ModelPreset
     from lift3d.progress import ProgressReporter
 
-__all__ = ["generate", "run_generation"]
+__all__ = ["generate", "run_generation", "write_output_format"]
 
 stderr = Console(stderr=True)
 _TEXTURE_SIZES = ", ".join(map(str, TEXTURE_SIZES[:-1])) + f" or {TEXTURE_SIZES[-1]}"
@@ -59,6 +59,9 @@ def generate(
                                                help=f"Texture side: {_TEXTURE_SIZES}"),
     target_faces: Optional[int] = param_option("target_faces", "--target-faces",
                                                help="Decimate to about this many faces"),
+    output_format: Optional[str] = param_option("output_format", "--output-format",
+                                                help="Also write the model as model.usdz, model_obj.zip (OBJ + MTL "
+                                                "+ PNG), model.stl, model.ply or model.3mf (docs/formats.md)"),
     preset: str = typer.Option(
         "auto", "--preset",
         help="Model preset: default, tiny (random weights), or auto (default if its weights are present, "
@@ -115,7 +118,8 @@ def generate(
         "num_multiview_steps": num_multiview_steps, "multiview_guidance_scale": multiview_guidance_scale,
         "num_3d_max_steps": num_3d_max_steps, "remove_background": remove_background, "method": method,
         "return_3d": None if views_only is None else not views_only, "seed": seed, "texture": texture,
-        "texture_size": texture_size, "target_faces": target_faces, "sampler": sampler, "scheduler": scheduler,
+        "texture_size": texture_size, "target_faces": target_faces, "output_format": output_format,
+        "sampler": sampler, "scheduler": scheduler,
         "text_prompts": weighted or None,
         # a prompt job is named by its prompt: weighted prompts alone take their first positive text
         **({"prompt": named_prompt(weighted)} if weighted and prompt is None else {}),
@@ -136,6 +140,9 @@ def generate(
     with RichProgress(stderr) as progress:
         result = run_generation(model_preset, params, loaded, out, progress=progress, device=torch_device)
     stderr.print(f"[green]done[/green] seed={result.seed} → {out}")
+    converted = write_output_format(out, params.output_format)
+    if converted is not None:
+        stderr.print(f"{params.output_format} → {converted}")
     if result.metadata.get("random_weights"):
         stderr.print(f"[bold yellow]{result.metadata['warning']}[/bold yellow]")
 
@@ -157,3 +164,19 @@ def run_generation(
 
     pipeline = Lift3DPipeline(preset, device=device)
     return pipeline(params, image=image, writer=ArtifactWriter(LocalStore(out_dir)), progress=progress)
+
+
+def write_output_format(out_dir: str | Path, output_format: str) -> Path | None:
+    """Write the GLB that :func:`run_generation` wrote into ``out_dir`` in ``output_format`` as well (the textured GLB
+    for a textured format, :func:`lift3d.io.formats.source_artifact`), under its artifact name (``model.usdz``, …);
+    returns its path, None for ``glb`` or when no GLB was written (views only)."""
+    from lift3d.io.formats import FORMATS, convert_glb, source_artifact
+    from lift3d.io.storage import LocalStore
+
+    out_dir = Path(out_dir)
+    source = source_artifact(output_format, [path.name for path in out_dir.glob("*.glb")])
+    if output_format == "glb" or source is None:
+        return None
+    spec = FORMATS[output_format]
+    LocalStore(out_dir).put(spec.artifact, convert_glb((out_dir / source).read_bytes(), output_format), spec.media_type)
+    return out_dir / spec.artifact

@@ -12,14 +12,16 @@ by the CLI, the HTTP API and Ray handles.
 from lift3d.params.generation import (
     MAX_SEED,
     METHODS,
+    OUTPUT_FORMATS,
     SDXL_GUIDANCE_SCALE_RANGE,
     TEXTURE_SIZES,
     GenerationParams,
+    OutputFormat,
     SeededParams,
     TextureParams,
     check_one_input,
     parse_params,
 )
 
-__all__ = ["GenerationParams", "MAX_SEED", "METHODS", "SDXL_GUIDANCE_SCALE_RANGE", "SeededParams", "TEXTURE_SIZES", "TextureParams",
-           "check_one_input", "parse_params"]
+__all__ = ["GenerationParams", "MAX_SEED", "METHODS", "OUTPUT_FORMATS", "OutputFormat", "SDXL_GUIDANCE_SCALE_RANGE",
+           "SeededParams", "TEXTURE_SIZES", "TextureParams", "check_one_input", "parse_params"]

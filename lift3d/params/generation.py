@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import secrets
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from lift3d.errors import InvalidInputError
 from lift3d.params.images import MAX_SEED, PromptControls
 from lift3d.params.video import VideoParams
 
-__all__ = ["GenerationParams", "MAX_SEED", "METHODS", "SDXL_GUIDANCE_SCALE_RANGE", "SeededParams", "TEXTURE_SIZES", "TextureParams",
-           "check_one_input", "parse_params"]
+__all__ = ["GenerationParams", "MAX_SEED", "METHODS", "OUTPUT_FORMATS", "OutputFormat", "SDXL_GUIDANCE_SCALE_RANGE",
+           "SeededParams", "TEXTURE_SIZES", "TextureParams", "check_one_input", "parse_params"]
 
 METHODS = ("sds", "fast", "fast+sds")
 """The values of :attr:`GenerationParams.method`."""
@@ -26,6 +26,22 @@ SDXL_GUIDANCE_SCALE_RANGE = (1.0, 50.0)
 
 TEXTURE_SIZES = (512, 1024, 2048)
 """Sides, in texels, of the baked textures users may ask for (this module stays torch-free: the ingress imports it)."""
+
+OUTPUT_FORMATS = ("glb", "usdz", "obj", "stl", "ply", "3mf")
+"""The 3D formats a result can be had in (:mod:`lift3d.io.formats`, docs/formats.md): ``glb`` as written, the others
+converted from it."""
+
+
+def _refuse_unwritable_format(value: object) -> object:
+    """FBX gets its own answer: it is asked for often, and no well-kept open Python writer exists."""
+    if isinstance(value, str) and value.strip().lower() == "fbx":
+        raise ValueError("fbx is not offered: there is no well-kept open Python FBX writer (docs/formats.md); "
+                         f"ask for one of {', '.join(OUTPUT_FORMATS)} (glb or obj import into every FBX tool)")
+    return value
+
+
+OutputFormat = Annotated[Literal["glb", "usdz", "obj", "stl", "ply", "3mf"], BeforeValidator(_refuse_unwritable_format)]
+"""One of :data:`OUTPUT_FORMATS`; ``fbx`` is refused with a message that says why."""
 
 
 def check_one_input(has_image: bool, has_prompt: bool, image: str = "an image", prompt: str = "a prompt") -> None:
@@ -54,6 +70,12 @@ class TextureParams(BaseModel):
     target_faces: int | None = Field(
         None, ge=100, description="Decimate the mesh to about this many faces (fast-simplification); omitted: keep "
         "the marching-cubes mesh.",
+    )
+    output_format: OutputFormat = Field(
+        "glb", description="Format of the result download: `glb` (binary glTF, as written), `usdz` (AR Quick Look), "
+        "`obj` (ZIP of OBJ + MTL + PNG texture), `stl` and `3mf` (printing, millimetres), `ply` (vertex colours). "
+        "Converted from the GLB on the first download and kept; `?format=` on the download asks for another. "
+        "No `fbx` (docs/formats.md).",
     )
 
     @field_validator("texture_size")
