@@ -62,6 +62,7 @@ ERROR_STATUS: dict[str, int] = {
     "not_found": 404,  # no route at the path (issue 23)
     "generation_not_found": 404,
     "artifact_not_found": 404,
+    "unknown_model": 404,  # a compatible API's model id that this server does not serve (issue 24)
     "method_not_allowed": 405,
     "idempotency_key_in_use": 409,
     "generation_finished": 409,
