@@ -59,6 +59,7 @@ ERROR_STATUS: dict[str, int] = {
     "bad_request": 400,
     "unauthorized": 401,
     "insufficient_credits": 402,
+    "forbidden": 403,  # a signed download URL that is malformed, expired or not this job's (issue 24)
     "not_found": 404,  # no route at the path (issue 23)
     "generation_not_found": 404,
     "artifact_not_found": 404,
