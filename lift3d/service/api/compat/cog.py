@@ -7,7 +7,7 @@ against lift3d unchanged (https://cog.run/http).
   running after :data:`SYNC_WAIT_S` seconds is answered ``202`` with its state.
 - ``PUT /predictions/{id}``: the same, idempotent on the caller's ``id`` (the path's; an ``id`` in the body is
   ignored, as Cog does): a second PUT with an id already used answers that prediction's state (waiting for it when
-  synchronous) and starts nothing.
+  synchronous) and starts nothing; its body is still checked first (an invalid one answers 422, as Cog's).
 - ``POST /predictions/{id}/cancel`` → ``200 {}``; ``404`` for an unknown id.
 - ``GET /health-check`` → ``{"status": "READY" | "UNHEALTHY", "setup": {...}}`` (public, as Cog's).
 
@@ -124,9 +124,11 @@ async def _predict(request: Request, caller: Principal, service: GenerationServi
         body = CogPredictionBody.model_validate(fields, strict=True)
         prediction_id = path_id or body.id
         job_id = None if prediction_id is None else await asyncio.to_thread(_job_of, service, caller, prediction_id)
-        if job_id is None:
-            kind = "image-to-3d" if body.input.get("image") is not None else "text-to-3d"
-            events = webhook_filter(body.webhook_events_filter)
+        kind = "image-to-3d" if body.input.get("image") is not None else "text-to-3d"
+        events = webhook_filter(body.webhook_events_filter)
+        if job_id is not None:  # an id already used: a valid body answers that prediction (as Cog: body first)
+            await generation_request(kind, body.input, service, webhook_url=body.webhook, fetch=False)
+        else:
             generation, image = await generation_request(kind, body.input, service, webhook_url=body.webhook)
             accepted = await asyncio.to_thread(service.submit, generation, image, caller, webhook_events=events)
             job_id = accepted.id

@@ -58,11 +58,14 @@ _FETCH_TIMEOUT_S = 20.0
 
 # ------------------------------------------------------------------------------------------------ input
 async def generation_request(kind: GenerationKind, values: Any, service: GenerationService, *,
-                             webhook_url: str | None = None) -> tuple[GenerationRequest, bytes | None]:
+                             webhook_url: str | None = None, fetch: bool = True
+                             ) -> tuple[GenerationRequest, bytes | None]:
     """The v1 request for a prediction's ``input`` object, and the image's bytes (None without one).
 
     ``image`` is a data URI or URL (:func:`resolve_file`); every other key must be a
     :class:`~lift3d.params.GenerationParams` field with its JSON type (as the v1 JSON body: ``8``, not ``"8"``).
+    ``fetch`` False only checks the inputs (the image's form, not its bytes: no download) and returns no image
+    (Cog's idempotent PUT of an id already used validates the body, then answers that prediction).
 
     Raises:
         InvalidInputError: ``input`` is not an object, an unknown field, a value out of range (one message per
@@ -79,7 +82,10 @@ async def generation_request(kind: GenerationKind, values: Any, service: Generat
     if source is not None:
         if not isinstance(source, str):
             raise InvalidInputError("input.image: a data URI or an http(s) URL")
-        image = await resolve_file(source, "input.image", service.limits.max_bytes, service.webhooks)
+        if fetch:
+            image = await resolve_file(source, "input.image", service.limits.max_bytes, service.webhooks)
+        else:
+            check_file_form(source, "input.image", service.limits.max_bytes)
     from pydantic import ValidationError
 
     from lift3d.service.api.bodies import invalid
@@ -89,6 +95,8 @@ async def generation_request(kind: GenerationKind, values: Any, service: Generat
             {**json_values(fields, _TYPES), "kind": kind, "webhook_url": webhook_url}, strict=True)
     except ValidationError as exc:
         raise invalid(exc) from None
+    if not fetch:  # what submit checks next, the image standing in by its (checked) form
+        request.model_copy(update={"image": ""} if source is not None else {}).check()
     return request, image
 
 
@@ -100,19 +108,28 @@ async def resolve_file(value: str, field: str, max_bytes: int, policy: WebhookPo
         InvalidInputError: neither form, a refused or unreachable URL, a non-2xx answer.
         PayloadTooLargeError: more than ``max_bytes`` bytes.
     """
+    check_file_form(value, field, max_bytes)
+    if value.startswith("data:"):
+        return decode_image(value, max_bytes)
+    if value.lower().startswith(("http://", "https://")):
+        return await asyncio.to_thread(fetch_url, value, field, max_bytes, policy)
+    raise InvalidInputError(f"{field}: a data URI (data:image/png;base64,…) or an http(s) URL")
+
+
+def check_file_form(value: str, field: str, max_bytes: int) -> None:
+    """Check that a file input has the documented form (:data:`FILE_PATTERN`: a base64 ``data:`` URI or an
+    http(s) URL), without decoding or fetching it.
+
+    Raises:
+        InvalidInputError: neither form. PayloadTooLargeError: longer than ``max_bytes`` bytes could encode.
+    """
     if len(value) > max_bytes * 4 // 3 + 1024:
         raise PayloadTooLargeError(f"{field}: larger than {max_bytes} bytes")
     if not re.fullmatch(FILE_PATTERN, value):  # before any DNS lookup: the documented form only
         raise InvalidInputError(f"{field}: a base64 data URI (data:image/png;base64,…) or an http(s) URL without "
                                 "spaces or control characters")
-    if value.startswith("data:"):
-        header = value.partition(",")[0]
-        if not header.endswith(";base64"):
-            raise InvalidInputError(f"{field}: a data URI must be base64-encoded (data:<type>;base64,<data>)")
-        return decode_image(value, max_bytes)
-    if value.lower().startswith(("http://", "https://")):
-        return await asyncio.to_thread(fetch_url, value, field, max_bytes, policy)
-    raise InvalidInputError(f"{field}: a data URI (data:image/png;base64,…) or an http(s) URL")
+    if value.startswith("data:") and not value.partition(",")[0].endswith(";base64"):
+        raise InvalidInputError(f"{field}: a data URI must be base64-encoded (data:<type>;base64,<data>)")
 
 
 def fetch_url(url: str, field: str, max_bytes: int, policy: WebhookPolicy = WebhookPolicy()) -> bytes:

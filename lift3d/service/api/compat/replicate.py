@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import time
 from typing import Any
 
@@ -39,8 +40,8 @@ from lift3d.errors import InvalidInputError
 from lift3d.io.images import ImageLimits
 from lift3d.params.images import MAX_IMAGE_SIDE, MAX_SAMPLES, MAX_SEED, TextToImageParams
 from lift3d.service.accounts.principal import Principal
-from lift3d.service.api.bodies import FORM_OVERHEAD_BYTES, form_fields, media_type, parse_json_object, read_body, \
-    read_form
+from lift3d.service.api.bodies import FORM_OVERHEAD_BYTES, field_types, form_fields, json_values, media_type, \
+    parse_json_object, read_body, read_form
 from lift3d.service.api.compat.common import (Caller, Config, Generations, Images, Limits, absolute_url,
                                               download_url, error_parts)
 from lift3d.service.api.compat.docs import (Prediction, PredictionBody, Problem, ReplicateFile, files_body_doc,
@@ -164,8 +165,9 @@ async def _text_to_image(request: Request, values: Any, caller: Principal, image
                                 f"(it takes {', '.join(sorted(_T2I_INPUTS))})")
     if images is None:
         raise ServiceUnavailableError("text-to-image is not configured on this server")
-    if not isinstance(values.get("prompt"), str):
-        raise InvalidInputError("prompt: required, a string")
+    if not isinstance(values.get("prompt"), str) or not re.search(r"\S", values["prompt"]):
+        raise InvalidInputError("prompt: required, a string with a non-space character")
+    values = json_values(values, _T2I_TYPES)  # an integral number (8.0) is an integer, as in JSON Schema
     prompts = [{"text": values["prompt"], "weight": 1.0}]
     if values.get("negative_prompt") is not None and not isinstance(values["negative_prompt"], str):
         raise InvalidInputError("negative_prompt: a string")
@@ -262,6 +264,7 @@ _T2I_SCHEMA = {"type": "object", "required": ["prompt"], "additionalProperties":
     "width": {"type": "integer", "minimum": 64, "maximum": MAX_IMAGE_SIDE, "multipleOf": 64},
     "height": {"type": "integer", "minimum": 64, "maximum": MAX_IMAGE_SIDE, "multipleOf": 64},
     "num_outputs": {"type": "integer", "minimum": 1, "maximum": MAX_SAMPLES}}}
+_T2I_TYPES = field_types(_T2I_SCHEMA["properties"])
 
 
 def router(limits: ImageLimits = ImageLimits()) -> APIRouter:
