@@ -176,8 +176,7 @@ class _UnknownModel(InvalidInputError):
 
 
 OPENAI_CODES = {"unknown_model": "model_not_found"}
-"""lift3d error names that OpenAI spells differently (lift3d's own ``model_not_found`` is a server-side 500: the
-weights of a served model are missing)."""
+"""lift3d error names OpenAI spells otherwise (lift3d's ``model_not_found`` is a 500: a model's weights are missing)."""
 
 
 # ------------------------------------------------------------------------------------------------ helpers
