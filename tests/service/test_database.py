@@ -63,6 +63,26 @@ def test_replicas_migrating_at_once_all_succeed(database_url):
     db.dispose()
 
 
+def test_a_sqlite_upgrade_through_every_revision_is_one_transaction(tmp_path):
+    """The race the replica test can only catch by luck: were each revision committed on its own, a replica reading
+    the version between two commits would run the next revision again. The whole upgrade must be one BEGIN … COMMIT,
+    with the version read inside it."""
+    from sqlalchemy import event
+
+    db = Database(f"sqlite:///{tmp_path / 'x.db'}")
+    statements = []
+    event.listen(db.engine, "before_cursor_execute",
+                 lambda conn, cursor, statement, *args: statements.append(statement.strip().split()[0].upper()))
+    event.listen(db.engine, "commit", lambda conn: statements.append("COMMIT"))
+    migrate(db)
+    revisions = len(list(ScriptDirectory.from_config(_alembic_config()).walk_revisions()))
+    assert revisions >= 2
+    assert statements.count("COMMIT") == 1 and statements[-1] == "COMMIT"
+    first_read = next(i for i, s in enumerate(statements) if s in ("SELECT", "PRAGMA") and i > 0)
+    assert "COMMIT" not in statements[:first_read]
+    db.dispose()
+
+
 def test_sqlite_reads_do_not_wait_for_a_writer(tmp_path):
     """A write transaction holds SQLite's lock; a read session still answers at once (WAL snapshot)."""
     import time

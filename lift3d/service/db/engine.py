@@ -167,9 +167,13 @@ def migrate(database: Database, revision: str = "head") -> None:
             # any transaction (where the pragma works), as https://www.sqlite.org/lang_altertable.html prescribes,
             # and check them after.
             connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
+            # Replicas start together: the whole upgrade is one BEGIN IMMEDIATE transaction, so one replica reads the
+            # version, migrates and commits while the others wait and then find the schema current. (Left to itself,
+            # Alembic commits SQLite after every revision, and a replica that read the old version between two of
+            # them would run the next revision a second time.)
+            connection.begin()
         else:
-            # Replicas start together: one migrates, the others wait here and then find the schema current.
-            # (SQLite needs nothing: BEGIN IMMEDIATE already serialises the migration transaction.)
+            # The same on PostgreSQL: the advisory lock opens the transaction and holds the others until its commit.
             connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
         try:
             config.attributes["connection"] = connection
