@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from deployments.lazy_receive import LazyReceive
 from deployments.metrics import RayMetrics
 from deployments.queue import JobQueue
 from lift3d.errors import Lift3DError
@@ -65,8 +66,10 @@ class IngressDeployment:
         self.app_name = serve.get_replica_context().app_name
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return build_api(self.config, self.state, self.service, self.metrics, self.health, self.images,
-                         self.fast_assets)
+        api = build_api(self.config, self.state, self.service, self.metrics, self.health, self.images,
+                        self.fast_assets)
+        api.add_middleware(LazyReceive)  # outermost: the body is fetched from the proxy only when read
+        return api
 
     async def health(self) -> tuple[bool, dict[str, str]]:
         """Whether every deployment of this application is HEALTHY, and each one's status."""

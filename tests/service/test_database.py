@@ -99,3 +99,23 @@ def test_sqlite_reads_do_not_wait_for_a_writer(tmp_path):
     with db.read() as reader:
         assert reader.execute(text("SELECT balance_mc FROM api_keys")).scalar() == 5
     db.dispose()
+
+
+def test_read_first_answers_one_row_without_a_transaction(database):
+    """The status poll's read (issue 23, poll cost): the row or None, from a statement built once with a bound
+    parameter; on SQLite no BEGIN is sent (one statement is its own snapshot)."""
+    from sqlalchemy import bindparam, event, select
+
+    from lift3d.service.db.models import ApiKey
+
+    with database.transaction() as writer:
+        writer.execute(text("INSERT INTO api_keys (id, name, key_hash, prefix, webhook_secret, balance_mc, "
+                            "created_at) VALUES ('k', 'n', 'h', 'p', 's', 5, 1.0)"))
+    by_id = select(ApiKey.name, ApiKey.balance_mc).where(ApiKey.id == bindparam("key_id"))
+    statements = []
+    event.listen(database.engine, "before_cursor_execute",
+                 lambda conn, cursor, statement, *args: statements.append(statement.split()[0].upper()))
+    assert tuple(database.read_first(by_id, {"key_id": "k"})) == ("n", 5)
+    assert database.read_first(by_id, {"key_id": "other"}) is None
+    if database.is_sqlite:
+        assert statements == ["SELECT", "SELECT"]

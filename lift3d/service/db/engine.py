@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Iterator
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine, Row, make_url
+from sqlalchemy.sql.expression import Executable
 from sqlalchemy.orm import Session, sessionmaker
 
 from lift3d.service.db.encryption import cipher_for_url
@@ -75,6 +76,8 @@ class Database:
         # Reads start a deferred transaction on SQLite (no write lock: WAL readers never wait for each other).
         self._read_sessions = sessionmaker(self.engine.execution_options(lift3d_read_only=True),
                                            expire_on_commit=False)
+        # One-statement reads: no session, and on SQLite no BEGIN (the statement is its own snapshot).
+        self._single_reads = self.engine.execution_options(lift3d_single_statement=True)
 
     @property
     def is_sqlite(self) -> bool:
@@ -96,6 +99,15 @@ class Database:
         """A session for reads only: one consistent snapshot, and on SQLite no write lock (writes in it fail)."""
         with self._read_sessions.begin() as session:
             yield session
+
+    def read_first(self, statement: Executable, params: dict | None = None) -> Row | None:
+        """The first row of one ``SELECT`` (None: no row), run on its own: no ORM session, and on SQLite no
+        ``BEGIN`` (one statement is its own consistent snapshot). For hot single reads such as a status poll's job
+        row, where the session and the transaction cost more than the query; use :meth:`read` for anything that
+        needs two statements to agree. ``params``: values of the statement's bound parameters (a statement built
+        once with ``bindparam`` skips SQLAlchemy's per-call construction, most of a primary-key read's cost)."""
+        with self._single_reads.connect() as connection:
+            return connection.execute(statement, params).first()
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -120,8 +132,10 @@ def _sqlite_engine(url) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection) -> None:
-        read_only = connection.get_execution_options().get("lift3d_read_only", False)
-        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+        options = connection.get_execution_options()
+        if options.get("lift3d_single_statement", False):
+            return  # Database.read_first: the driver is in autocommit, so the one statement runs in its own snapshot
+        connection.exec_driver_sql("BEGIN" if options.get("lift3d_read_only", False) else "BEGIN IMMEDIATE")
 
     return engine
 

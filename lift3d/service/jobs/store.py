@@ -38,7 +38,7 @@ import time
 from typing import Any, Callable
 
 from pydantic import BaseModel
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 
 from lift3d.io.storage.base import ArtifactStore
 from lift3d.service.accounts import credits
@@ -68,6 +68,7 @@ __all__ = [
 ]
 
 _CAS_RETRIES = 50
+_RECORD_BY_ID = select(Job.record, Job.owner_id).where(Job.id == bindparam("job_id"))  # built once: the poll's read
 
 
 Hook = Callable[[Any, JobRecord, JobRecord], None]
@@ -142,8 +143,7 @@ class JobStore:
         """
         if not is_job_id(job_id):
             raise JobNotFound(job_id)
-        with self.database.read() as session:
-            row = session.execute(select(Job.record, Job.owner_id).where(Job.id == job_id)).first()
+        row = self.database.read_first(_RECORD_BY_ID, {"job_id": job_id})
         if row is None or (owner_id is not ANY_OWNER and row.owner_id != owner_id):
             raise JobNotFound(job_id)
         return row.record
