@@ -210,6 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     queued = queued_job(config)
     asyncio.run(bench_polls(url, queued, 2.0, options.concurrency))  # warm-up: connections, caches
     count, latencies = asyncio.run(bench_polls(url, queued, options.poll_seconds, options.concurrency))
+    polls = count
     if options.ceiling:
         path = deploy_ceiling(url)
         asyncio.run(bench_polls(url, queued, 2.0, options.concurrency, path))
@@ -228,6 +229,7 @@ def main(argv: list[str] | None = None) -> None:
         count, latencies = ceiling
         print(f"  the same load on a no-op Serve app (the ceiling here): {count / options.poll_seconds:.0f} "
               f"requests/s, p50 {percentile(latencies, 0.5) * 1000:.1f} ms, p99 {percentile(latencies, 0.99) * 1000:.1f} ms")
+        print(f"  poll throughput ratio, lift3d / no-op app: {polls / count:.2f} (issue 23 target: >= 0.7)")
     if submits:
         print(f"submissions (text-to-3d JSON, sequential, n={len(submits)}): p50 "
               f"{percentile(submits, 0.5) * 1000:.1f} ms, p99 {percentile(submits, 0.99) * 1000:.1f} ms")

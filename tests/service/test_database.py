@@ -1,5 +1,6 @@
 """The service database: migrations on SQLite and PostgreSQL, and the models agree with them."""
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -119,3 +120,42 @@ def test_read_first_answers_one_row_without_a_transaction(database):
     assert database.read_first(by_id, {"key_id": "other"}) is None
     if database.is_sqlite:
         assert statements == ["SELECT", "SELECT"]
+
+
+def test_read_first_nowait_answers_from_a_sqlite_file_and_gives_up_on_a_lock(tmp_path):
+    """The event loop's read (issue 23, poll cost): answers at once from a SQLite file, and when the file is locked
+    (another process in exclusive locking mode) raises ReadWouldWait after ~NOWAIT_BUSY_MS instead of blocking the
+    loop for the 30 s busy timeout."""
+    import sqlite3
+    import time
+
+    from lift3d.service.db import ReadWouldWait
+    from lift3d.service.db.engine import NOWAIT_BUSY_MS
+
+    path = tmp_path / "x.db"
+    db = Database(f"sqlite:///{path}")
+    migrate(db)
+    count = text("SELECT count(*) FROM api_keys")
+    assert tuple(db.read_first_nowait(count)) == (0,)
+    db.dispose()
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("PRAGMA locking_mode=EXCLUSIVE")
+    other.execute("BEGIN EXCLUSIVE")
+    other.execute("UPDATE api_keys SET name = 'x'")
+    started = time.perf_counter()
+    with pytest.raises(ReadWouldWait):
+        db.read_first_nowait(count)
+    assert time.perf_counter() - started < 20 * NOWAIT_BUSY_MS / 1000
+    other.execute("COMMIT")
+    other.close()
+    db.dispose()
+
+
+def test_read_first_nowait_refuses_databases_behind_a_network(database):
+    from lift3d.service.db import ReadWouldWait
+
+    if database.is_sqlite:
+        assert tuple(database.read_first_nowait(text("SELECT 1"))) == (1,)
+    else:
+        with pytest.raises(ReadWouldWait):
+            database.read_first_nowait(text("SELECT 1"))

@@ -128,3 +128,21 @@ def test_queue_depth_counts_only_queued_jobs(jobs):
     jobs.begin_attempt(a.id, "w")
     jobs.request_cancel(b.id)
     assert jobs.count_queued() == 1 and jobs.count_active() == 2 and set(jobs.active_ids()) == {a.id, c.id}
+
+
+def test_get_data_nowait_reads_a_sqlite_job_and_defers_postgresql(jobs, database):
+    """The status poll's event-loop read (issue 23): the same record and owner scoping as the threaded read on
+    SQLite; PostgreSQL answers ReadWouldWait (the poll then takes the worker thread)."""
+    from lift3d.service.accounts.keys import ApiKeyStore
+    from lift3d.service.db import ReadWouldWait
+
+    alice, bob = (ApiKeyStore(database).create(name=n).id for n in ("alice", "bob"))
+    record = new_job(jobs, owner_id=alice)
+    if not database.is_sqlite:
+        with pytest.raises(ReadWouldWait):
+            jobs.get_data(record.id, alice, nowait=True)
+        return
+    assert jobs.get_data(record.id, alice, nowait=True) == jobs.get_data(record.id, alice)
+    assert jobs.get_data(record.id, alice, nowait=True)["status"] == "queued"
+    with pytest.raises(JobNotFound):
+        jobs.get_data(record.id, bob, nowait=True)

@@ -132,3 +132,30 @@ def test_a_key_at_its_job_limit_gets_429_with_retry_after(stack):
     assert codes[2].json()["name"] == "rate_limited" and int(codes[2].headers["Retry-After"]) > 0
     run(state, codes[0].json()["id"], cost_usd=0.0)  # one finishes: room again
     assert client.post("/v1/generation/text-to-3d", json={"prompt": "p3"}, headers=bearer(key.key)).status_code == 202
+
+
+def test_a_poll_of_an_active_job_takes_no_worker_thread_on_sqlite(stack, monkeypatch):
+    """Issue 23, poll cost: a queued or running job's status comes from the event loop on SQLite (no thread hop);
+    an ended job's result, and every poll on PostgreSQL, still take the worker thread. Same bodies either way."""
+    from lift3d.service.api.routes import generations
+
+    config, state, client, _ = stack
+    key = state.keys.create(name="k", credits=100)
+    job_id = client.post("/v1/generation/text-to-3d", json={"prompt": "a robot"}, headers=bearer(key.key)).json()["id"]
+    hops = []
+
+    async def counting_to_thread(function, *args, **kwargs):
+        if getattr(function, "__self__", None) is not state.keys:  # (the key check has its own cache and thread)
+            hops.append(function.__name__)
+        return function(*args, **kwargs)
+
+    monkeypatch.setattr(generations.asyncio, "to_thread", counting_to_thread)
+    headers = {**bearer(key.key), "Accept": "application/json"}
+    queued = client.get(f"/v1/generation/{job_id}", headers=headers)
+    assert (queued.status_code, queued.json()["status"]) == (202, "queued")
+    assert hops == ([] if state.database.is_sqlite else ["status"])
+    run(state, job_id, cost_usd=0.0)
+    hops.clear()
+    done = client.get(f"/v1/generation/{job_id}", headers=headers)
+    assert (done.status_code, done.json()["status"]) == (200, "succeeded")
+    assert hops == ["status"]

@@ -6,6 +6,6 @@ deliveries, through SQLAlchemy 2 with Alembic migrations. Artifacts stay in the 
 - :mod:`.models`: the tables.
 """
 
-from lift3d.service.db.engine import DEFAULT_DATABASE_URL, Database, database_url_from_env, migrate
+from lift3d.service.db.engine import DEFAULT_DATABASE_URL, Database, ReadWouldWait, database_url_from_env, migrate
 
-__all__ = ["DEFAULT_DATABASE_URL", "Database", "database_url_from_env", "migrate"]
+__all__ = ["DEFAULT_DATABASE_URL", "Database", "ReadWouldWait", "database_url_from_env", "migrate"]

@@ -24,6 +24,8 @@ from typing import Iterator
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, Row, make_url
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import SingletonThreadPool
 from sqlalchemy.sql.expression import Executable
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -31,11 +33,17 @@ from lift3d.service.db.encryption import cipher_for_url
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_DATABASE_URL", "Database", "database_url_from_env", "migrate"]
+__all__ = ["DEFAULT_DATABASE_URL", "NOWAIT_BUSY_MS", "Database", "ReadWouldWait", "database_url_from_env", "migrate"]
 
 DEFAULT_DATABASE_URL = "sqlite:////tmp/lift3d/lift3d.db"
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _MIGRATION_LOCK = 0x6C696674  # "lift": the PostgreSQL advisory lock key held while migrating
+NOWAIT_BUSY_MS = 20
+"""Milliseconds :meth:`Database.read_first_nowait` waits for a locked SQLite file before giving up."""
+
+
+class ReadWouldWait(Exception):
+    """:meth:`Database.read_first_nowait` could not answer without waiting (see there)."""
 
 
 def database_url_from_env(environ: dict[str, str] | None = None) -> str:
@@ -78,6 +86,12 @@ class Database:
                                            expire_on_commit=False)
         # One-statement reads: no session, and on SQLite no BEGIN (the statement is its own snapshot).
         self._single_reads = self.engine.execution_options(lift3d_single_statement=True)
+        # read_first_nowait: one connection per thread, a short busy timeout (a local file only)
+        self._nowait_reads = None
+        if self.is_sqlite and parsed.database not in (None, "", ":memory:"):
+            nowait = _sqlite_engine(parsed, busy_timeout_ms=NOWAIT_BUSY_MS, per_thread=True)
+            nowait.dialect.lift3d_cipher = self.cipher
+            self._nowait_reads = nowait.execution_options(lift3d_single_statement=True)
 
     @property
     def is_sqlite(self) -> bool:
@@ -109,24 +123,47 @@ class Database:
         with self._single_reads.connect() as connection:
             return connection.execute(statement, params).first()
 
+    def read_first_nowait(self, statement: Executable, params: dict | None = None) -> Row | None:
+        """:meth:`read_first` for a caller on an event loop, which must not block: on a SQLite file only, on the
+        calling thread's own connection (no pool to wait for) with a :data:`NOWAIT_BUSY_MS` busy timeout. A WAL
+        reader waits for nobody in normal operation and a primary-key read takes ~0.1 ms, less than the hop to a
+        worker thread (issue 23, poll cost).
+
+        Raises:
+            ReadWouldWait: PostgreSQL (a network round trip) or an in-memory SQLite database, or the file stayed
+                locked for :data:`NOWAIT_BUSY_MS` (then call :meth:`read_first` in a worker thread).
+        """
+        if self._nowait_reads is None:
+            raise ReadWouldWait("reads of this database wait for the network")
+        try:
+            with self._nowait_reads.connect() as connection:
+                return connection.execute(statement, params).first()
+        except OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise ReadWouldWait("the database is locked") from exc
+            raise
+
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._nowait_reads is not None:
+            self._nowait_reads.engine.dispose()
 
 
-def _sqlite_engine(url) -> Engine:
+def _sqlite_engine(url, busy_timeout_ms: int = 30_000, per_thread: bool = False) -> Engine:
     database = url.database
     if database and database != ":memory:":
         _private_file(Path(database))
     # Python's sqlite3 opens transactions lazily and on its own terms; take control so that BEGIN IMMEDIATE
     # takes the write lock at the start of a write transaction (no lost updates between replicas/threads).
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, future=True)
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": busy_timeout_ms / 1000},
+                           future=True, **({"poolclass": SingletonThreadPool, "pool_size": 16} if per_thread else {}))
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 

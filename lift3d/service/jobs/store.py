@@ -134,16 +134,20 @@ class JobStore:
         """
         return JobRecord.model_validate(self.get_data(job_id, owner_id))
 
-    def get_data(self, job_id: str, owner_id: str | None = ANY_OWNER) -> dict:
+    def get_data(self, job_id: str, owner_id: str | None = ANY_OWNER, nowait: bool = False) -> dict:
         """The job's record as stored (a JSON dict, not validated): for hot paths that read a few fields of an
         active job (status polls), where validating the whole :class:`JobRecord` would cost more than the read.
+        ``nowait``: read with :meth:`Database.read_first_nowait <lift3d.service.db.Database.read_first_nowait>`
+        (a caller on an event loop).
 
         Raises:
             JobNotFound: as :meth:`get`.
+            lift3d.service.db.ReadWouldWait: with ``nowait``, the database could not answer at once.
         """
         if not is_job_id(job_id):
             raise JobNotFound(job_id)
-        row = self.database.read_first(_RECORD_BY_ID, {"job_id": job_id})
+        read = self.database.read_first_nowait if nowait else self.database.read_first
+        row = read(_RECORD_BY_ID, {"job_id": job_id})
         if row is None or (owner_id is not ANY_OWNER and row.owner_id != owner_id):
             raise JobNotFound(job_id)
         return row.record

@@ -123,6 +123,9 @@ async def get_generation(id: str, request: Request, caller: Caller, service: Gen
         if found is not None:
             return Response(found.data, media_type=found.media_type,
                             headers={"Content-Disposition": f'attachment; filename="{found.filename}"'})
+    polled = service.poll(id, caller)  # queued or running, from a local database: here, without a thread hop
+    if polled is not None:
+        return _status_response(polled)
     return _status_response(await asyncio.to_thread(service.status, id, True, caller))
 
 
