@@ -1,5 +1,5 @@
 """Options of the photometric trainer for hard shapes (issue 22): the flat-face prior, the soft hull, the volume
-penalty and the silhouette-fitted isosurface threshold."""
+penalty, the distortion loss and the silhouette-fitted isosurface threshold."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from nerf.cameras import look_at
 from nerf.datasets.blender import ViewDataset
 from nerf.encoding import HashGridConfig
 from nerf.field import FieldConfig
-from nerf.losses import disparity_curvature_loss
+from nerf.losses import disparity_curvature_loss, distortion_loss
 from nerf.occupancy_grid import OccupancyGridConfig
 from nerf.trainers.photometric import ReconstructionConfig, ReconstructionTrainer
 
@@ -75,6 +75,8 @@ def test_triplets_lie_inside_the_masks_of_views_with_alpha() -> None:
     assert ReconstructionTrainer(_tiny_views(0.9), config)._triplets[0].numel() == 0
     stats = trainer.train_step()
     assert "flat" in stats.losses and math.isfinite(stats.losses["flat"])
+    with_distortion = ReconstructionTrainer(views, ReconstructionConfig(**{**config.__dict__, "lambda_distortion": 0.1}))
+    assert with_distortion.train_step().losses["distortion"] >= 0.0
 
 
 def test_flat_prior_is_validated() -> None:
@@ -84,9 +86,23 @@ def test_flat_prior_is_validated() -> None:
         ReconstructionConfig(flat_stride=0)
 
 
+def test_distortion_loss_by_hand() -> None:
+    """Ray 0: weights 0.5 / 0.5 at t = 0 and 1, intervals 0.1: 2 * 0.25 * 1 + (0.25 + 0.25) * 0.1 / 3 = 0.51667;
+    ray 1: weight 1 at t = 5: 0.1 / 3; mean over the two rays 0.275. All weight in one interval costs less than
+    the same weight spread along the ray."""
+    weights, t_mid = torch.tensor([0.5, 0.5, 1.0]), torch.tensor([0.0, 1.0, 5.0])
+    rays = torch.tensor([0, 0, 1])
+    assert float(distortion_loss(weights, t_mid, 0.1, rays, 2)) == pytest.approx(0.275, abs=1e-6)
+    step = distortion_loss(torch.tensor([0.0, 1.0, 0.0]), torch.tensor([0.0, 0.5, 1.0]), 0.1, torch.zeros(3).long(), 1)
+    ramp = distortion_loss(torch.full((3,), 1 / 3), torch.tensor([0.0, 0.5, 1.0]), 0.1, torch.zeros(3).long(), 1)
+    assert float(step) == pytest.approx(0.1 / 3) and float(ramp) == pytest.approx(2 * (0.5 + 1.0 + 0.5) / 9 + 0.1 / 9)
+
+
 def test_volume_penalty_and_soft_hull_are_validated() -> None:
     with pytest.raises(ValueError, match="lambda_volume"):
         ReconstructionConfig(lambda_volume=-0.1)
+    with pytest.raises(ValueError, match="lambda_distortion"):
+        ReconstructionConfig(lambda_distortion=-0.1)
     with pytest.raises(ValueError, match="hull_init_occupancy"):
         ReconstructionConfig(hull_init_occupancy=0.0)
 

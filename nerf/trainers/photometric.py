@@ -17,7 +17,8 @@ Müller et al. 2022, ``instant-ngp/src/testbed_nerf.cu``, adapted to CPU budgets
 4. **Background.** Pixels of RGBA views are composited over a random colour per ray, and the render uses the
    same colour (Instant-NGP's random background): the only way to match all colours is to be transparent
    exactly where alpha is 0. RGB views are compared as they are with a white render background.
-5. **Losses.** MSE on colour + ``lambda_mask`` × MSE(opacity, alpha) on pixels that have alpha.
+5. **Losses.** MSE on colour + ``lambda_mask`` × MSE(opacity, alpha) on pixels that have alpha (optional priors,
+   off by default: ``lambda_flat``, ``lambda_distortion``, ``lambda_volume``).
 6. **Optimiser.** Adam (betas 0.9/0.99, eps 1e-15 as Instant-NGP) with an exponential learning-rate decay to
    ``lr * lr_final_ratio``; the occupancy grid is updated every ``grid.update_every_n_steps`` steps.
 7. **Mesh.** ``extract_mesh`` in the normalised frame, vertices mapped back to the world frame of the views.
@@ -47,7 +48,7 @@ from nerf.cameras import get_rays
 from nerf.datasets.blender import ViewDataset
 from nerf.encoding import HashGridConfig
 from nerf.field import FieldConfig, ImplicitVolume
-from nerf.losses import disparity_curvature_loss
+from nerf.losses import disparity_curvature_loss, distortion_loss
 from nerf.mesh import EmptyIsosurfaceError, IsosurfaceConfig, extract_mesh
 from nerf.mesh_render import MeshRenderConfig, render_mesh
 from nerf.renderer import RendererConfig, VolumeRenderer
@@ -102,10 +103,10 @@ class ReconstructionConfig:
     hull_init_steps: int = 100
     """Steps fitting the density to the visual hull before photometric training (0 disables; needs masks)."""
     hull_init_points: int = 16384
+    """Random points per hull-fitting step (>= 1)."""
     hull_init_occupancy: float = 1.0
     """Target occupancy of one hull cell inside the hull, in (0, 1]: 1 fits a saturated solid; lower values a
     softer density that photometric training carves more easily (cavities that the silhouettes cannot show)."""
-    """Random points per hull-fitting step (>= 1)."""
     lambda_flat: float = 0.0
     """Weight of the flat-face prior (:func:`nerf.losses.disparity_curvature_loss`) on pixel triplets inside the
     masks (>= 0; 0 disables; needs RGBA views)."""
@@ -113,6 +114,9 @@ class ReconstructionConfig:
     """Share of ``batch_rays`` spent on the prior's triplets (the rest are drawn uniformly), in [0, 1)."""
     flat_stride: int = 2
     """Spacing in pixels of a triplet's three pixels along its row or column (>= 1)."""
+    lambda_distortion: float = 0.0
+    """Weight of the distortion loss (:func:`nerf.losses.distortion_loss`, mip-NeRF 360) that sharpens each ray's
+    density ramp into a step (>= 0; 0 disables; issue 22: it pins flat faces to the hull, so it stays off)."""
     lambda_volume: float = 0.0
     """Weight of the volume penalty: the mean occupancy ``1 - exp(-density * step)`` (``step`` the march step) at
     ``volume_points`` uniform points of the box, an inward pressure that the colour and mask losses resist wherever
@@ -120,14 +124,11 @@ class ReconstructionConfig:
     volume_points: int = 4096
     """Uniform points per step of the volume penalty (>= 1)."""
     isosurface: IsosurfaceConfig = default(default_factory=lambda: IsosurfaceConfig(resolution=128, threshold=20.0))
-    """Mesh extraction in the normalised frame (density threshold in 1 / normalised units). On the benchmark
-    meshes 128³ matched 192³ within 0.03 % Chamfer at a quarter of the cost, and thresholds 15–20 gave the best
-    Chamfer/F-score (5 and 50 put the surface outside / inside the true one by 0.1–1 % of the diagonal)."""
+    """Mesh extraction in the normalised frame (threshold in 1 / normalised units): 128³ matched 192³ within 0.03 %
+    Chamfer at a quarter of the cost; 15–20 suits organic meshes, boxes 40–50 (benchmarks/README.md)."""
     silhouette_thresholds: tuple[float, ...] = ()
-    """Candidate isosurface thresholds (1 / normalised units). When given and the views have masks,
-    :meth:`ReconstructionTrainer.extract_mesh` uses the candidate whose mesh silhouettes best match the masks
-    (:meth:`ReconstructionTrainer.silhouette_threshold`) instead of ``isosurface.threshold``; empty: the fixed
-    threshold."""
+    """Candidate isosurface thresholds (1 / normalised units); with masks, :meth:`ReconstructionTrainer.extract_mesh`
+    uses the one whose mesh silhouettes best match them (:meth:`ReconstructionTrainer.silhouette_threshold`)."""
     silhouette_resolution: int = 96
     """Marching-cubes grid points per axis of the candidate meshes of the silhouette fit (>= 8)."""
     unmasked_threshold_fraction: float = 0.4
@@ -146,18 +147,17 @@ class ReconstructionConfig:
         if not 0.0 < self.lr_final_ratio <= 1.0 or self.box_margin < 1.0 or self.lambda_mask < 0:
             raise ValueError(f"ReconstructionConfig: need 0 < lr_final_ratio <= 1, box_margin >= 1, "
                              f"lambda_mask >= 0: {self}")
-        if self.lambda_flat < 0 or not 0.0 <= self.flat_fraction < 1.0 or self.flat_stride < 1:
-            raise ValueError(f"ReconstructionConfig: need lambda_flat >= 0, 0 <= flat_fraction < 1, flat_stride >= 1: "
-                             f"{self}")
-        if self.silhouette_resolution < 8 or any(not t > 0 for t in self.silhouette_thresholds):
-            raise ValueError(f"ReconstructionConfig: need silhouette_resolution >= 8 and silhouette_thresholds > 0: "
-                             f"{self}")
-        if self.lambda_volume < 0 or self.volume_points < 1 or not 0.0 < self.hull_init_occupancy <= 1.0:
-            raise ValueError(f"ReconstructionConfig: need lambda_volume >= 0, volume_points >= 1, "
-                             f"0 < hull_init_occupancy <= 1: {self}")
-        if self.hull_init_steps < 0 or self.hull_init_points < 1 or not 0.0 <= self.hull_alpha_threshold < 1.0:
-            raise ValueError(f"ReconstructionConfig: need hull_init_steps >= 0, hull_init_points >= 1, "
-                             f"0 <= hull_alpha_threshold < 1: {self}")
+        needs = {"lambda_flat >= 0, 0 <= flat_fraction < 1, flat_stride >= 1":
+                 self.lambda_flat >= 0 and 0.0 <= self.flat_fraction < 1.0 and self.flat_stride >= 1,
+                 "silhouette_resolution >= 8, silhouette_thresholds > 0":
+                 self.silhouette_resolution >= 8 and all(t > 0 for t in self.silhouette_thresholds),
+                 "lambda_volume, lambda_distortion >= 0, volume_points >= 1, 0 < hull_init_occupancy <= 1":
+                 min(self.lambda_volume, self.lambda_distortion) >= 0 and self.volume_points >= 1
+                 and 0.0 < self.hull_init_occupancy <= 1.0,
+                 "hull_init_steps >= 0, hull_init_points >= 1, 0 <= hull_alpha_threshold < 1":
+                 self.hull_init_steps >= 0 and self.hull_init_points >= 1 and 0.0 <= self.hull_alpha_threshold < 1.0}
+        if not all(needs.values()):
+            raise ValueError(f"ReconstructionConfig: need {'; '.join(k for k, ok in needs.items() if not ok)}: {self}")
 
 
 class ReconstructionTrainer:
@@ -289,6 +289,11 @@ class ReconstructionTrainer:
             opacity = out.opacity[n_uniform:, 0].reshape(3, n_triplets).T
             losses["flat"] = disparity_curvature_loss(depth, opacity)
             loss = loss + cfg.lambda_flat * losses["flat"]
+        if cfg.lambda_distortion > 0:  # sample midpoints as distances along their rays
+            t_mid = ((out.points - rays_o[out.ray_indices]) * rays_d[out.ray_indices]).sum(-1)
+            losses["distortion"] = distortion_loss(out.weights, t_mid, self.renderer.render_step_size,
+                                                   out.ray_indices, rays_o.shape[0])
+            loss = loss + cfg.lambda_distortion * losses["distortion"]
         if cfg.lambda_volume > 0:
             points = torch.rand(cfg.volume_points, 3, generator=self.generator).to(self.device) * 2.0 - 1.0
             step = 1.732 * 2.0 / cfg.num_samples_per_ray
@@ -308,17 +313,9 @@ class ReconstructionTrainer:
     @torch.no_grad()
     def render(self, c2w: Tensor, fovy_deg: float, height: int, width: int,
                bg_color: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Render views of the fitted field.
-
-        Args:
-            c2w: Tensor with shape (B, 4, 4), world frame of the views (OpenGL axes).
-            fovy_deg: vertical field of view in degrees.
-            height, width: pixels.
-            bg_color: Tensor (3,) in [0, 1]; None = white.
-
-        Returns:
-            rgb: Tensor with shape (B, H, W, 3) in [0, 1]; opacity: Tensor with shape (B, H, W, 1).
-        """
+        """Render views of the fitted field: ``c2w`` (B, 4, 4) in the views' world frame (OpenGL axes), vertical
+        field of view ``fovy_deg`` in degrees, ``height`` × ``width`` pixels, ``bg_color`` (3,) in [0, 1] (None:
+        white). Returns rgb (B, H, W, 3) in [0, 1] and opacity (B, H, W, 1)."""
         rays_o, rays_d = get_rays(c2w.float(), torch.tensor([fovy_deg]).expand(c2w.shape[0]), height, width)
         out = self.renderer.render_image(self.frame.to_normalised(rays_o).to(self.device), rays_d.to(self.device),
                                          bg_color=None if bg_color is None else bg_color.to(self.device))
