@@ -4,6 +4,7 @@ throughput through the Serve proxy.
     python benchmarks/bench_serve.py                 # local Ray: 2 CPUs, 2 fake GPUs, tiny preset
     python benchmarks/bench_serve.py --runs 3 --poll-seconds 20 --concurrency 32
     python benchmarks/bench_serve.py --polls-only --ceiling   # polls only, and the same load on a no-op app
+    python benchmarks/bench_serve.py --polls-only --ceiling --database-url postgresql://…  # on PostgreSQL
 
 Prints wall seconds per run for both paths (the first in-process run includes loading the tiny models; the
 graph loads them at deploy time), then p50/p99 latency of ``--submits`` sequential text-to-3d submissions (each
@@ -40,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 DRAGON = ROOT / "examples" / "dragon2_rgba.png"
 JOB = {"num_views": 4, "num_multiview_steps": 2, "num_3d_max_steps": 12, "seed": 3}
 HEADERS: dict[str, str] = {}
+BENCH_KEY: dict[str, str] = {}  # the id of the key this run created
 """Sent with every request (the API key, once the graph has one)."""
 
 
@@ -66,7 +68,7 @@ def bench_in_process(runs: int, out: Path, threads: int) -> list[float]:
     return times
 
 
-def start_graph(base: Path):
+def start_graph(base: Path, database_url: str | None = None):
     import ray
     from ray import serve
 
@@ -85,12 +87,16 @@ def start_graph(base: Path):
     }
     port = _free_port()
     pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = {"PYTHONPATH": pythonpath}
+    if os.environ.get("LIFT3D_ENCRYPTION_KEY"):  # a PostgreSQL database's secret columns (--database-url)
+        env["LIFT3D_ENCRYPTION_KEY"] = os.environ["LIFT3D_ENCRYPTION_KEY"]
     ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, namespace="serve", log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+             runtime_env={"env_vars": env})
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     extra = {}
     if "database_url" in ServiceConfig.model_fields:  # the service with a database, API keys and limits
-        extra = dict(database_url=f"sqlite:///{base / 'lift3d.db'}", default_rate_limit_per_min=10_000_000,
+        extra = dict(database_url=database_url or f"sqlite:///{base / 'lift3d.db'}",
+                     default_rate_limit_per_min=10_000_000,
                      default_max_concurrent_jobs=0, max_queue_depth=0)
     config = ServiceConfig(preset="tiny", store_url=f"file://{base / 'store'}",
                            queue=QueueConfig(queue_dir=str(base / "queue"), polling_interval_s=0.1),
@@ -100,7 +106,8 @@ def start_graph(base: Path):
     if extra:
         from lift3d.service.state import open_state
 
-        HEADERS["Authorization"] = "Bearer " + open_state(config).keys.create(name="bench", credits=10**9).key
+        created = open_state(config).keys.create(name="bench", credits=10**9)
+        HEADERS["Authorization"], BENCH_KEY["id"] = "Bearer " + created.key, created.id
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         try:
@@ -199,12 +206,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--omp-threads", type=int, default=1, help="in-process OMP_NUM_THREADS (default 1)")
     parser.add_argument("--polls-only", action="store_true", help="skip the jobs and the submissions")
     parser.add_argument("--ceiling", action="store_true", help="also poll a no-op Serve app (the proxy's cost)")
+    parser.add_argument("--database-url", help="the service's database (default: a SQLite file in a temporary "
+                        "folder); PostgreSQL needs LIFT3D_ENCRYPTION_KEY set")
     options = parser.parse_args(argv)
     os.environ["OMP_NUM_THREADS"] = str(options.omp_threads)  # before torch and the mesh libraries load
     base = Path(tempfile.mkdtemp(prefix="lift3d-bench-"))
 
     cli = [] if options.polls_only else bench_in_process(options.runs, base / "cli", options.torch_threads)
-    url, config = start_graph(base)
+    url, config = start_graph(base, options.database_url)
     http = [] if options.polls_only else bench_http(url, options.runs)
     submits = [] if options.polls_only else bench_submits(url, options.submits)
     queued = queued_job(config)
@@ -253,7 +262,7 @@ def queued_job(config) -> str:
     from lift3d.service.state import open_state
 
     state = open_state(config)
-    key = next(k for k in state.keys.list() if k.name == "bench")
+    key = next(k for k in state.keys.list() if k.id == BENCH_KEY["id"])  # this run's key (--database-url reused)
     return state.jobs.create(record.model_copy(update={"owner_id": key.id})).id
 
 
