@@ -6,7 +6,9 @@ and stores the caller (:class:`~lift3d.service.accounts.principal.Principal`) as
 routes receive it as the dependency :data:`~lift3d.service.api.deps.Caller`. A missing, unknown, revoked or
 expired key gets ``401 unauthorized`` in the API's error envelope with ``WWW-Authenticate: Bearer``; a client address
 that has spent its failed authentications (:class:`~lift3d.service.api.guards.FailedAuthLimiter`, 20 a minute by
-default) gets ``429 rate_limited`` with ``Retry-After`` before its key is looked up; other paths
+default) gets ``429 rate_limited`` with ``Retry-After`` before its key is looked up — unless the key it presents
+authenticated in this process within :data:`KNOWN_GOOD_TTL_S` (one bad client behind a shared NAT or proxy
+address must not lock out everyone else there whose key works; such a key is still checked); other paths
 (``/healthz``, ``/docs``, ``/openapi.json``) are public. Every response to an authenticated call carries
 ``X-Remaining-Credits``: the key's balance after the call, read when the route has produced its response (for
 reads, which spend nothing, the balance read with the key).
@@ -46,8 +48,8 @@ from lift3d.service.schemas import ErrorBody, ServiceUnavailableError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PROTECTED_PREFIX", "READ_CACHE_TTL_S", "REMAINING_CREDITS_HEADER", "AuthMiddleware", "api_key_of",
-           "install_auth"]
+__all__ = ["KNOWN_GOOD_TTL_S", "PROTECTED_PREFIX", "READ_CACHE_TTL_S", "REMAINING_CREDITS_HEADER", "AuthMiddleware",
+           "api_key_of", "install_auth"]
 
 PROTECTED_PREFIX = ("/v1/", "/v2beta/", "/predictions")  # /predictions: the Cog-compatible API (issue 24)
 """Paths under these prefixes need a key (``/v2beta/``: the Stability-compatible fast 3D endpoint); every other path
@@ -55,6 +57,9 @@ is public."""
 REMAINING_CREDITS_HEADER = "X-Remaining-Credits"
 READ_CACHE_TTL_S = 2.0
 """Seconds a key checked for a read (GET/HEAD) is trusted without asking the database again."""
+KNOWN_GOOD_TTL_S = 600.0
+"""Seconds a key that authenticated stays exempt from its address's failed-authentication limit (it is still
+checked on every request)."""
 
 
 def api_key_of(headers: Headers) -> str | None:
@@ -93,6 +98,9 @@ class AuthMiddleware:
         # work; it can read its own jobs for at most read_cache_ttl_s more seconds.
         self._read_cache: TTLCache | None = (TTLCache(maxsize=10_000, ttl=read_cache_ttl_s, timer=keys.clock)
                                              if enabled and read_cache_ttl_s > 0 else None)
+        # digests of keys that authenticated lately: exempt from their address's failure limit (issue 23 follow-up)
+        self._known_good: TTLCache | None = (TTLCache(maxsize=100_000, ttl=KNOWN_GOOD_TTL_S, timer=keys.clock)
+                                             if enabled else None)
 
     async def _authenticate(self, presented: str | None, method: str) -> KeyInfo:
         cacheable = self._read_cache is not None and presented is not None and method in ("GET", "HEAD")
@@ -116,12 +124,13 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         client = client_address(scope, self.forwarded_hops)
+        presented = api_key_of(Headers(scope=scope))
         refusal = self.unauthenticated.refusal(client)  # before the key lookup: a flood of bad keys costs no query
-        if refusal is not None:
+        if refusal is not None and (presented is None or hash_key(presented) not in self._known_good):
             await error_response(refusal)(scope, receive, send)
             return
         try:
-            info = await self._authenticate(api_key_of(Headers(scope=scope)), scope["method"])
+            info = await self._authenticate(presented, scope["method"])
         except Unauthorized as exc:
             self.unauthenticated.failed(client)
             await error_response(exc)(scope, receive, send)
@@ -132,6 +141,7 @@ class AuthMiddleware:
             await error_response(unavailable)(scope, receive, send)
             return
         state["principal"] = Principal.of(info)
+        self._known_good[hash_key(presented)] = True
 
         changes_balance = scope["method"] not in ("GET", "HEAD", "OPTIONS")
 
