@@ -57,6 +57,19 @@ def test_prefix_keeps_stores_apart(endpoint, s3_env):
     assert raw["Body"].read() == b"1"
 
 
+def test_get_file_streams_an_object_into_a_file(store, tmp_path):
+    """S3Store.get_file (boto3's managed download; issue 23: the worker's views upload) and its missing-key error."""
+    import os
+
+    data = os.urandom(9 * 1024 * 1024 + 3)  # over boto3's 8 MiB multipart threshold: ranged parts
+    store.put("generations/a/upload.zip", data, "application/zip")
+    with open(tmp_path / "copy", "w+b") as file:
+        store.get_file("generations/a/upload.zip", file)
+    assert (tmp_path / "copy").read_bytes() == data
+    with open(tmp_path / "none", "wb") as file, pytest.raises(StoredObjectNotFound):
+        store.get_file("generations/missing", file)
+
+
 def test_presigned_url_downloads_over_http(store):
     store.put("generations/a/model.glb", b"glTF binary", "model/gltf-binary")
     url = store.url("generations/a/model.glb", expires_s=60)

@@ -353,6 +353,50 @@ def test_a_large_views_upload_is_streamed_to_disk_not_held_in_memory(stack, tmp_
     assert state.store.get(record.input_key) == zip_path.read_bytes()
 
 
+def test_the_worker_fetches_a_large_views_upload_to_disk_not_into_memory(tmp_path):
+    """The worker's side of finding 3: a 48 MiB upload comes out of the store (LocalStore under RetryingStore)
+    into a file and is extracted from it with Python's peak allocation a few MiB; a retry of a fetch that failed
+    half-way starts the file over; a missing upload is StoredObjectNotFound."""
+    from lift3d.io.storage import LocalStore, StoredObjectNotFound
+    from lift3d.io.storage.retrying import RetryingStore
+    from lift3d.service.jobs.uploads import extract_views_zip, fetch_upload
+
+    local = LocalStore(tmp_path / "store")
+    zip_path = views_zip_file(tmp_path / "views.zip", 48 * MiB)
+    with open(zip_path, "rb") as source:
+        local.put_file("g/upload.zip", source)
+    store = RetryingStore(local, budget_s=5, first_wait_s=0.01, sleep=lambda s: None)
+    tracemalloc.start()
+    try:
+        with open(tmp_path / "fetched.zip", "w+b") as upload:
+            fetch_upload(store, "g/upload.zip", upload)
+            views = extract_views_zip(upload, tmp_path / "views")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 12 * MiB, f"peak Python allocation {peak / MiB:.1f} MiB for a 48 MiB upload"
+    assert (views / "r_0.png").stat().st_size >= 47 * MiB and (tmp_path / "fetched.zip").read_bytes() == \
+        zip_path.read_bytes()
+
+    attempts = []
+
+    class FlakyStore:
+        def get_file(self, key, file):
+            attempts.append(file.tell())
+            if len(attempts) == 1:
+                file.write(b"partial")
+                raise ConnectionError("store unreachable")
+            local.get_file(key, file)
+
+    with open(tmp_path / "again.zip", "w+b") as upload:
+        upload.write(b"head")  # a fetch appends where the file stands; a retry returns there, not to 0
+        RetryingStore(FlakyStore(), budget_s=5, first_wait_s=0.01, sleep=lambda s: None).get_file("g/upload.zip",
+                                                                                                   upload)
+    assert attempts == [4, 4] and (tmp_path / "again.zip").read_bytes() == b"head" + zip_path.read_bytes()
+    with open(tmp_path / "none.zip", "w+b") as upload, pytest.raises(StoredObjectNotFound):
+        fetch_upload(store, "g/missing.zip", upload)
+
+
 def test_store_put_file_copies_a_file_and_a_retry_starts_from_its_beginning(tmp_path):
     """LocalStore.put_file (chunked, atomic) under RetryingStore, whose first attempt fails half-way."""
     from lift3d.io.storage import LocalStore

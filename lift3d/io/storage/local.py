@@ -55,6 +55,16 @@ class LocalStore:
         except (FileNotFoundError, IsADirectoryError):
             raise StoredObjectNotFound(key) from None
 
+    def get_file(self, key: str, file: IO[bytes]) -> None:
+        """Write the object's bytes into the binary ``file`` in 1 MiB chunks (a large upload never sits in memory
+        whole). Raises StoredObjectNotFound."""
+        try:
+            source = open(self._path(key), "rb")
+        except (FileNotFoundError, IsADirectoryError):
+            raise StoredObjectNotFound(key) from None
+        with source:
+            shutil.copyfileobj(source, file, 1024 * 1024)
+
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 

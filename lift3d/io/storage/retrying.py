@@ -113,6 +113,22 @@ class RetryingStore:
     def get(self, key: str) -> bytes:
         return self._call(f"get {key}", lambda: self.store.get(key))
 
+    def get_file(self, key: str, file: Any) -> None:
+        """Write the object into the seekable binary ``file`` (each retry truncates back to where it started): the
+        wrapped store's ``get_file`` when it has one, else ``get``."""
+        start = file.tell()
+
+        def get() -> None:
+            file.seek(start)
+            file.truncate()
+            get_file = getattr(self.store, "get_file", None)
+            if get_file is None:
+                file.write(self.store.get(key))
+            else:
+                get_file(key, file)
+
+        self._call(f"get {key}", get)
+
     def exists(self, key: str) -> bool:
         return self._call(f"exists {key}", lambda: self.store.exists(key))
 

@@ -98,6 +98,18 @@ class S3Store:
             raise
         return response["Body"].read()
 
+    def get_file(self, key: str, file: Any) -> None:
+        """Write the object's bytes into the binary ``file`` (boto3's managed, chunked download). Raises
+        StoredObjectNotFound."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.download_fileobj(self.bucket, self._key(key), file)
+        except ClientError as exc:
+            if _code(exc) in _MISSING_CODES:
+                raise StoredObjectNotFound(key) from None
+            raise
+
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
 

@@ -31,7 +31,8 @@ from lift3d.errors import InvalidInputError, PayloadTooLargeError
 from lift3d.params import TextureParams
 from lift3d.service.schemas import BadRequestError
 
-__all__ = ["ReconstructParams", "ViewsZip", "ViewsZipLimits", "check_views_zip", "extract_views_zip", "store_upload"]
+__all__ = ["ReconstructParams", "ViewsZip", "ViewsZipLimits", "check_views_zip", "extract_views_zip", "fetch_upload",
+           "store_upload"]
 
 _MiB = 1024 * 1024
 
@@ -145,6 +146,17 @@ def extract_views_zip(data: ViewsZip, dest: str | Path, limits: ViewsZipLimits =
                             f"views: ZIP expands to more than {limits.max_uncompressed_bytes // _MiB} MiB")
                     sink.write(chunk)
     return dest / root
+
+
+def fetch_upload(store: Any, key: str, file: Any) -> None:
+    """Write a stored upload into the seekable binary ``file`` and rewind it: through the store's
+    ``get_file(key, file)`` when it has one (copied in chunks), else its ``get``. Raises StoredObjectNotFound."""
+    get_file = getattr(store, "get_file", None)
+    if get_file is None:
+        file.write(store.get(key))
+    else:
+        get_file(key, file)
+    file.seek(0)
 
 
 def store_upload(store: Any, key: str, data: ViewsZip, content_type: str) -> None:

@@ -47,7 +47,7 @@ from lift3d.pipeline.steps import NovelView
 from lift3d.presets import ModelPreset
 from lift3d.reconstruct import ReconstructOptions, reconstruct
 from lift3d.service.jobs.store import InvalidTransition, JobOutcome, JobRecord, JobStore
-from lift3d.service.jobs.uploads import ReconstructParams, extract_views_zip
+from lift3d.service.jobs.uploads import ReconstructParams, extract_views_zip, fetch_upload
 from lift3d.service.worker.consumer import AttemptResult
 from nerf.mesh import EmptyIsosurfaceError
 from nerf.trainers.photometric import ReconstructionConfig
@@ -163,7 +163,9 @@ def run_views_job(
     writer = ArtifactWriter(jobs.store, record.prefix)
     with tempfile.TemporaryDirectory(prefix=f"lift3d-{record.id[:8]}-") as tmp:
         on_stage("load_views", 0)
-        views_dir = extract_views_zip(jobs.store.get(record.input_key), Path(tmp) / "views")
+        with open(Path(tmp) / "upload.zip", "w+b") as upload:  # on disk, never whole in memory (issue 23)
+            fetch_upload(jobs.store, record.input_key, upload)
+            views_dir = extract_views_zip(upload, Path(tmp) / "views")
         # 2. fit and export into the store; metadata names the upload, not the temporary folder
         result = reconstruct(views_dir, writer, ReconstructOptions(
             steps=options.steps, seed=record.params.seed, mesh_resolution=options.mesh_resolution,
