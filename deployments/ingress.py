@@ -88,11 +88,10 @@ class IngressDeployment:
         return Principal.of(self.state.keys.authenticate(api_key))
 
     async def _answer(self, work: Callable[[Principal | None], Any], api_key: str | None, id: str | None = None):
-        """``work(caller)`` in a worker thread; a :class:`Lift3DError` (the key's too) comes back as the envelope,
-        with ``id`` (else the generation's, else a request id)."""
+        """``work(caller)`` in a worker thread (the key check with it: one thread hop); a :class:`Lift3DError` (the
+        key's too) comes back as the envelope, with ``id`` (else the generation's, else a request id)."""
         try:
-            caller = await asyncio.to_thread(self._caller, api_key)
-            return await asyncio.to_thread(work, caller)
+            return await asyncio.to_thread(lambda: work(self._caller(api_key)))
         except Lift3DError as exc:
             return ErrorBody.of(exc, id)
 
