@@ -200,6 +200,28 @@ def test_cog_async_put_is_idempotent_and_cancels(stack, key):
                          verify=str(stack.cert)).status_code == 404
 
 
+def test_concurrent_cog_puts_with_one_id_start_one_job(stack, key):
+    """Eight PUTs of one prediction id at once: one job, every answer names the id (the id → job binding is a row
+    of the Idempotency-Key table, claimed by one request). Then the same id under another key is its own job."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    stack.hold.set()
+    headers = {**bearer(key), "Prefer": "respond-async"}
+
+    def put(owner_headers):
+        return requests.put(stack.url + "/predictions/race-7", json={"input": {"prompt": "a robot"}},
+                            headers=owner_headers, verify=str(stack.cert), timeout=60)
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(put, [headers] * 8))
+    assert [a.status_code for a in answers] == [202] * 8
+    assert {a.json()["id"] for a in answers} == {"race-7"}
+    assert stack.state.jobs.count_active() == 1
+    other = stack.state.keys.create(name="other-racer", credits=1000)
+    assert put({**bearer(other), "Prefer": "respond-async"}).status_code == 202
+    assert stack.state.jobs.count_active() == 2
+
+
 def test_cog_errors_and_health(stack, key):
     invalid = requests.post(stack.url + "/predictions", json={"input": {"prompt": "x", "num_views": 99}},
                             headers=bearer(key), verify=str(stack.cert))

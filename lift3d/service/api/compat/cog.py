@@ -7,7 +7,10 @@ against lift3d unchanged (https://cog.run/http).
   running after :data:`SYNC_WAIT_S` seconds is answered ``202`` with its state.
 - ``PUT /predictions/{id}``: the same, idempotent on the caller's ``id`` (the path's; an ``id`` in the body is
   ignored, as Cog does): a second PUT with an id already used answers that prediction's state (waiting for it when
-  synchronous) and starts nothing; its body is still checked first (an invalid one answers 422, as Cog's).
+  synchronous) and starts nothing; its body is still checked first (an invalid one answers 422, as Cog's). The id is
+  bound to its job by a row of the ``Idempotency-Key`` table (:class:`~lift3d.service.api.idempotency
+  .IdempotencyStore`, kept ``idempotency_ttl_s``): concurrent PUTs with one id start one job; a PUT that finds the
+  id still being accepted waits up to :data:`PUT_WAIT_S` seconds, then answers 409.
 - ``POST /predictions/{id}/cancel`` → ``200 {}``; ``404`` for an unknown id.
 - ``GET /health-check`` → ``{"status": "READY" | "UNHEALTHY", "setup": {...}}`` (public, as Cog's).
 
@@ -35,22 +38,25 @@ from fastapi.responses import JSONResponse
 
 from lift3d.errors import InvalidInputError
 from lift3d.io.images import ImageLimits
-from lift3d.io.storage.base import StoredObjectNotFound
 from lift3d.service.accounts.principal import Principal
 from lift3d.service.api.bodies import FORM_OVERHEAD_BYTES, parse_json_object, read_body
 from lift3d.service.api.compat.common import Caller, Config, Generations, Limits, error_parts, get_services
 from lift3d.service.api.compat.docs import CogError, CogHealth, CogPredictionBody, Prediction, cog_body_doc
 from lift3d.service.api.compat.predictions import (data_uri, generation_request, output_names, prediction_body,
                                                    wait_until_done, webhook_filter)
+from lift3d.service.api.idempotency import LOCAL_OWNER, Claim, IdempotencyKeyInUse, IdempotencyStore, StoredResponse
+from lift3d.service.db.models import IdempotencyRecord
 from lift3d.service.jobs.generation import GenerationService
 from lift3d.service.jobs.store import JobRecord
 from lift3d.service.schemas import GenerationCanceled, GenerationFinished, GenerationNotFound
 
-__all__ = ["SYNC_WAIT_S", "router"]
+__all__ = ["PUT_WAIT_S", "SYNC_WAIT_S", "router"]
 
 SYNC_WAIT_S = 3600.0
 """Longest a synchronous prediction request is held; then it is answered 202 with the running state."""
 VERSION = "lift3d-v1"
+PUT_WAIT_S = 10.0
+"""Longest a PUT waits for a concurrent PUT of the same id to finish accepting its prediction (then 409)."""
 
 
 # ------------------------------------------------------------------------------------------------ errors
@@ -73,22 +79,50 @@ def _field_of(message: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ ids
-def _pointer_key(caller: Principal, prediction_id: str) -> str:
-    """Store key that maps the caller's own prediction id to the job (ids are per key)."""
-    owner = caller.key_id or "local"
-    return f"compat/cog/{owner}/{hashlib.sha256(prediction_id.encode('utf-8')).hexdigest()}.json"
+class _PredictionIds:
+    """The caller's prediction ids (per API key) bound to jobs in the ``idempotency_records`` table: one row per id,
+    claimed by the request that starts its job (the table's primary key makes the claim exclusive)."""
 
+    def __init__(self, service: GenerationService, caller: Principal, prediction_id: str,
+                 ttl_s: float = 86400.0) -> None:
+        self.store, self.clock = IdempotencyStore(service.jobs.database, ttl_s), service.jobs.clock
+        self.owner = caller.key_id or LOCAL_OWNER
+        self.key = "cog-prediction:" + hashlib.sha256(prediction_id.encode("utf-8")).hexdigest()
+        self.claim: Claim | None = None
 
-def _job_of(service: GenerationService, caller: Principal, prediction_id: str) -> str | None:
-    try:
-        return json.loads(service.jobs.store.get(_pointer_key(caller, prediction_id)))["job_id"]
-    except StoredObjectNotFound:
-        return None
+    async def job(self) -> str | None:
+        """The id's job, or None after claiming the id for a new job (then :meth:`bind` or :meth:`release`).
 
+        Raises:
+            IdempotencyKeyInUse: another request has been accepting this id for :data:`PUT_WAIT_S` seconds.
+        """
+        deadline = self.clock() + PUT_WAIT_S
+        while True:
+            claim = await asyncio.to_thread(self.store.claim, self.owner, self.key, self.clock())
+            if claim.token is not None:
+                self.claim = claim
+                return None
+            if claim.state == "done" and claim.response is not None:
+                return claim.response.body.decode("ascii")
+            if self.clock() >= deadline:
+                raise IdempotencyKeyInUse("this prediction id is still being created; retry shortly")
+            await asyncio.sleep(0.05)
 
-def _remember(service: GenerationService, caller: Principal, prediction_id: str, job_id: str) -> None:
-    service.jobs.store.put(_pointer_key(caller, prediction_id), json.dumps({"job_id": job_id}).encode(),
-                           "application/json")
+    def bound(self) -> str | None:
+        """The id's job when one is bound (takes no claim; blocking)."""
+        with self.store.database.read() as session:
+            row = session.get(IdempotencyRecord, (self.owner, self.key))
+        if row is None or row.state != "done" or row.expires_at <= self.clock():
+            return None
+        return row.response_body
+
+    async def bind(self, job_id: str) -> None:
+        await asyncio.to_thread(self.store.complete, self.owner, self.key, self.claim, "cog-prediction",
+                                StoredResponse(status=202, headers={}, body=job_id.encode("ascii")))
+
+    async def release(self) -> None:
+        if self.claim is not None:
+            await asyncio.to_thread(self.store.release, self.owner, self.key, self.claim)
 
 
 # ------------------------------------------------------------------------------------------------ answers
@@ -116,24 +150,30 @@ def _respond_async(request: Request) -> bool:
 
 # ------------------------------------------------------------------------------------------------ routes
 async def _predict(request: Request, caller: Principal, service: GenerationService, poll_interval_s: float,
-                   max_body: int, path_id: str | None) -> JSONResponse:
+                   max_body: int, path_id: str | None, ttl_s: float) -> JSONResponse:
     try:
         fields = parse_json_object(await read_body(request, max_body, "the request body is too large"))
         if "output_file_prefix" in fields:
             raise InvalidInputError("output_file_prefix: not supported; outputs come back as data URIs")
         body = CogPredictionBody.model_validate(fields, strict=True)
         prediction_id = path_id or body.id
-        job_id = None if prediction_id is None else await asyncio.to_thread(_job_of, service, caller, prediction_id)
+        ids = None if prediction_id is None else _PredictionIds(service, caller, prediction_id, ttl_s)
+        job_id = None if ids is None else await ids.job()
         kind = "image-to-3d" if body.input.get("image") is not None else "text-to-3d"
         events = webhook_filter(body.webhook_events_filter)
         if job_id is not None:  # an id already used: a valid body answers that prediction (as Cog: body first)
             await generation_request(kind, body.input, service, webhook_url=body.webhook, fetch=False)
         else:
-            generation, image = await generation_request(kind, body.input, service, webhook_url=body.webhook)
-            accepted = await asyncio.to_thread(service.submit, generation, image, caller, webhook_events=events)
+            try:
+                generation, image = await generation_request(kind, body.input, service, webhook_url=body.webhook)
+                accepted = await asyncio.to_thread(service.submit, generation, image, caller, webhook_events=events)
+            except BaseException:
+                if ids is not None:
+                    await ids.release()  # nothing started: the id is free again
+                raise
             job_id = accepted.id
-            if prediction_id is not None:
-                await asyncio.to_thread(_remember, service, caller, prediction_id, job_id)
+            if ids is not None:
+                await ids.bind(job_id)
     except Exception as exc:  # noqa: BLE001 - input and service errors in Cog's shape; others re-raised
         return cog_error(exc)
     wait_s = 0.0 if _respond_async(request) else SYNC_WAIT_S
@@ -148,18 +188,18 @@ async def _predict(request: Request, caller: Principal, service: GenerationServi
 async def create_prediction(request: Request, caller: Caller, service: Generations, config: Config,
                             limits: Limits) -> JSONResponse:
     return await _predict(request, caller, service, config.events_poll_interval_s,
-                          limits.max_bytes * 4 // 3 + FORM_OVERHEAD_BYTES, None)
+                          limits.max_bytes * 4 // 3 + FORM_OVERHEAD_BYTES, None, config.idempotency_ttl_s)
 
 
 async def put_prediction(id: str, request: Request, caller: Caller, service: Generations, config: Config,
                          limits: Limits) -> JSONResponse:
     return await _predict(request, caller, service, config.events_poll_interval_s,
-                          limits.max_bytes * 4 // 3 + FORM_OVERHEAD_BYTES, id)
+                          limits.max_bytes * 4 // 3 + FORM_OVERHEAD_BYTES, id, config.idempotency_ttl_s)
 
 
 async def cancel_prediction(id: str, caller: Caller, service: Generations) -> JSONResponse:
     try:
-        job_id = await asyncio.to_thread(_job_of, service, caller, id) or id
+        job_id = await asyncio.to_thread(_PredictionIds(service, caller, id).bound) or id
         try:
             await asyncio.to_thread(service.cancel, job_id, caller)
         except (GenerationCanceled, GenerationFinished):
