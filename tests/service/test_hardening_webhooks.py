@@ -15,12 +15,13 @@ import socketserver
 import stat
 import threading
 import time
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from cryptography.fernet import Fernet
 from fastapi.testclient import TestClient
-from sqlalchemy import text
+from sqlalchemy import text, update
 
 from lift3d.service.accounts.keys import ApiKeyStore
 from lift3d.service.config import ServiceConfig
@@ -31,6 +32,7 @@ from lift3d.service.db.encryption import (
     UnreadableSecret,
     rotate_secrets,
 )
+from lift3d.service.db.models import WebhookDelivery
 from lift3d.service.webhooks.events import enqueue_event
 from lift3d.service.webhooks.sender import (
     DeliveryTimeout,
@@ -129,10 +131,13 @@ def hang_ups(server, count: int, wait_s: float = 5.0) -> list[float]:
     return server.closed[:count]
 
 
-def enqueue(database, owner_id, url, now):
+def enqueue(database, owner_id, url, now, job_id=None):
+    """A due ``generation.completed`` message; each of its own job unless ``job_id`` is given (a job's messages go
+    one at a time, in order)."""
+    job_id = job_id or uuid.uuid4().hex
     with database.transaction() as session:
-        return enqueue_event(session, job_id="a" * 32, owner_id=owner_id, url=url, event_type="generation.completed",
-                             data={"id": "a" * 32, "status": "succeeded"}, now=now)
+        return enqueue_event(session, job_id=job_id, owner_id=owner_id, url=url, event_type="generation.completed",
+                             data={"id": job_id, "status": "succeeded"}, now=now)
 
 
 # ------------------------------------------------------------------------------------------------ finding 4
@@ -224,6 +229,36 @@ def test_one_round_sends_all_of_an_owners_messages_at_most_two_at_a_time(databas
     results = deliver_due(database, secret_for, post, allow_private=True, per_owner=2)
     assert sorted(state["sent"]) == sorted(ids) and [r.state for r in results] == ["delivered"] * 5
     assert state["most"] == 2
+
+
+def test_one_jobs_messages_go_one_at_a_time_in_the_order_they_happened(database):
+    """A job's started / progress / completed (enqueued in that order, all due) are sent one at a time, oldest
+    first, even with free slots; another job of the same key goes beside them. A message waiting for its retry
+    holds back the later ones of its job."""
+    now = time.time()
+    job = "c" * 32
+    ids = [enqueue(database, "key_a", "http://127.0.0.1:9/x", now - 5 + i, job_id=job) for i in range(3)]
+    other = enqueue(database, "key_a", "http://127.0.0.1:9/x", now - 1)
+    lock, state = threading.Lock(), {"open": set(), "most_of_job": 0, "sent": []}
+
+    def post(request):
+        with lock:
+            state["open"].add(request.message_id)
+            state["most_of_job"] = max(state["most_of_job"], len(state["open"] & set(ids)))
+            state["sent"].append(request.message_id)
+        time.sleep(0.2)  # the other job's attempt and any wrongly started one of this job overlap it
+        with lock:
+            state["open"].discard(request.message_id)
+        return 204
+
+    results = deliver_due(database, secret_for, post, allow_private=True, per_owner=4)
+    assert sorted(r.message_id for r in results) == sorted([*ids, other])
+    assert [m for m in state["sent"] if m in ids] == ids and state["most_of_job"] == 1
+    late = [enqueue(database, "key_a", "http://127.0.0.1:9/x", now + i, job_id="d" * 32) for i in (-2, -1)]
+    with database.transaction() as session:  # the first one failed once and waits for its retry
+        session.execute(update(WebhookDelivery).where(WebhookDelivery.id == late[0])
+                        .values(next_attempt_at=now + 60))
+    assert deliver_due(database, secret_for, post, allow_private=True) == []
 
 
 def test_the_lease_must_outlive_the_deadline(database):

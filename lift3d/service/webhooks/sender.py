@@ -259,19 +259,25 @@ class WebhookDispatcher:
 
     def _due(self, now: float, skip: set[str], busy_owners: list[str | None], limit: int
              ) -> list[tuple[str, int, str | None]]:
-        """Due rows, at most ``per_owner`` per owner (ranked by due time) and ``limit`` in all."""
-        conditions = [WebhookDelivery.state == "pending", WebhookDelivery.next_attempt_at <= now]
+        """Due rows, at most ``per_owner`` per owner (ranked by due time) and ``limit`` in all. Only the oldest
+        pending message of each job is ever due (a job's events arrive in the order they happened: ``started``
+        before its ``progress`` before ``completed``), and not while its attempt is in flight (``skip``)."""
+        order = func.row_number().over(partition_by=WebhookDelivery.job_id,
+                                       order_by=(WebhookDelivery.created_at, WebhookDelivery.id)).label("order")
+        heads = select(WebhookDelivery.id, WebhookDelivery.attempts, WebhookDelivery.owner_id,
+                       WebhookDelivery.next_attempt_at, order).where(WebhookDelivery.state == "pending").subquery()
+        conditions = [heads.c.order == 1, heads.c.next_attempt_at <= now]
         if skip:
-            conditions.append(WebhookDelivery.id.not_in(sorted(skip)))
+            conditions.append(heads.c.id.not_in(sorted(skip)))
         named = [owner for owner in busy_owners if owner is not None]
         if named:
-            conditions.append(or_(WebhookDelivery.owner_id.is_(None), WebhookDelivery.owner_id.not_in(named)))
+            conditions.append(or_(heads.c.owner_id.is_(None), heads.c.owner_id.not_in(named)))
         if None in busy_owners:
-            conditions.append(WebhookDelivery.owner_id.is_not(None))
-        rank = func.row_number().over(partition_by=WebhookDelivery.owner_id,
-                                      order_by=(WebhookDelivery.next_attempt_at, WebhookDelivery.id)).label("rank")
-        ranked = select(WebhookDelivery.id, WebhookDelivery.attempts, WebhookDelivery.owner_id,
-                        WebhookDelivery.next_attempt_at, rank).where(and_(*conditions)).subquery()
+            conditions.append(heads.c.owner_id.is_not(None))
+        rank = func.row_number().over(partition_by=heads.c.owner_id,
+                                      order_by=(heads.c.next_attempt_at, heads.c.id)).label("rank")
+        ranked = select(heads.c.id, heads.c.attempts, heads.c.owner_id, heads.c.next_attempt_at,
+                        rank).where(and_(*conditions)).subquery()
         with self.database.read() as session:  # a snapshot; on SQLite no write lock (claims take it, one by one)
             rows = session.execute(select(ranked.c.id, ranked.c.attempts, ranked.c.owner_id)
                                    .where(ranked.c.rank <= self.per_owner)
