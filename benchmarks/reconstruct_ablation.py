@@ -7,7 +7,9 @@
 training views (128², Fibonacci lattice over elevation −10…60°, Lambert grey, as ``reconstruct_shapes.py``) are
 rendered once into ``OUT/views/NAME`` and reused. Every ``key=value`` (value in JSON) sets a field of
 :class:`nerf.trainers.photometric.ReconstructionConfig`, dotted for nested ones
-(``field.hash_grid.per_level_scale=1.2866``); ``steps`` and ``mres`` are the ``lift3d reconstruct`` options (400,
+(``field.hash_grid.per_level_scale=1.2866``); ``surface={...}`` takes :class:`nerf.sdf.SurfaceConfig` fields
+(``surface={}`` for its defaults, ``surface=null`` for the density field) and dotted ones change it afterwards
+(``surface.lambda_curvature=1e-4``); ``steps`` and ``mres`` are the ``lift3d reconstruct`` options (400,
 128), ``sweep=[[resolution, threshold], …]`` re-extracts the trained field at other marching-cubes resolutions and
 isosurface thresholds without retraining, and ``silhouette=[t, …]`` prints the soft IoU of each candidate threshold
 (:meth:`~nerf.trainers.photometric.ReconstructionTrainer.silhouette_threshold`). One JSON row per mesh is printed
@@ -56,6 +58,7 @@ def run(name: str, assignments: list[str], out: Path, threads: int) -> list[dict
     from lift3d.reconstruct import ReconstructOptions, RenderViewsOptions, reconstruct, render_views
     from nerf.mesh import IsosurfaceConfig
     from nerf.shape_report import shape_report
+    from nerf.sdf import SurfaceConfig
     from nerf.trainers.photometric import ReconstructionConfig
 
     torch.set_num_threads(threads)
@@ -80,6 +83,8 @@ def run(name: str, assignments: list[str], out: Path, threads: int) -> list[dict
                                               "sweep": (steps, mres, value, silhouette),
                                               "silhouette": (steps, mres, sweep, value)}[key]
             continue
+        if key == "surface":  # surface={} or {"neus_from": 1.0, ...}: the surface field with those settings
+            value = None if value is None else SurfaceConfig(**value)
         config = _set(config, key, tuple(value) if isinstance(value, list) else value)
     tag = " ".join(a for a in assignments if not a.startswith(("sweep=", "silhouette="))) or "default"
     work = out / "runs" / name / tag.replace(" ", "_").replace("/", "_")

@@ -185,6 +185,10 @@ class ImplicitVolume(nn.Module):
         raw = self.density_network(enc)[:, 0] + self._density_bias(points)
         return raw, enc
 
+    def activation(self, raw: Tensor) -> Tensor:
+        """Pre-activation density (N,) -> density (N,), increasing: ``softplus`` (subclasses change it)."""
+        return F.softplus(raw)
+
     def density(self, points: Tensor) -> Tensor:
         """Density at world points.
 
@@ -199,7 +203,7 @@ class ImplicitVolume(nn.Module):
         """
         _check_points(points)
         raw, _ = self._raw_density_and_encoding(points)
-        return F.softplus(raw)
+        return self.activation(raw)
 
     def forward(self, points: Tensor, with_normal: bool = False) -> FieldOutput:
         """Density, albedo and optionally normals at world points.
@@ -234,11 +238,11 @@ class ImplicitVolume(nn.Module):
         _check_points(points)
         if not with_normal:
             raw, enc = self._raw_density_and_encoding(points)
-            return FieldOutput(F.softplus(raw), torch.sigmoid(self.feature_network(enc)))
+            return FieldOutput(self.activation(raw), torch.sigmoid(self.feature_network(enc)))
         if self.config.normal_type == "finite_difference":
             raw, enc = self._raw_density_and_encoding(points)
             return FieldOutput(
-                F.softplus(raw), torch.sigmoid(self.feature_network(enc)), self._finite_difference_normal(points)
+                self.activation(raw), torch.sigmoid(self.feature_network(enc)), self._finite_difference_normal(points)
             )
         return self._forward_analytic(points)
 
@@ -256,7 +260,7 @@ class ImplicitVolume(nn.Module):
         raw, d_raw = self.density_network.forward_with_tangents(enc, tangents)  # (N, 1), (N, 3, 1)
         raw = raw[:, 0] + self._density_bias(points)
         grad = d_raw[..., 0] + self._density_bias_gradient(points)
-        return FieldOutput(F.softplus(raw), torch.sigmoid(self.feature_network(enc)), F.normalize(-grad, dim=-1))
+        return FieldOutput(self.activation(raw), torch.sigmoid(self.feature_network(enc)), F.normalize(-grad, dim=-1))
 
     def _forward_analytic_autograd(self, points: Tensor) -> FieldOutput:
         """Analytic normals by autograd w.r.t. ``points`` (which require grad): exact to every order."""
@@ -264,7 +268,7 @@ class ImplicitVolume(nn.Module):
         with torch.enable_grad():
             raw, enc = self._raw_density_and_encoding(points)
             (grad,) = torch.autograd.grad(raw, points, torch.ones_like(raw), create_graph=training_graph)
-            density = F.softplus(raw)
+            density = self.activation(raw)
             albedo = torch.sigmoid(self.feature_network(enc))
         normal = F.normalize(-grad, dim=-1)
         if not training_graph:

@@ -7,7 +7,8 @@ compositing over a background colour.
 
 The field is any module with ``forward(points (N, 3), with_normal: bool) -> FieldOutput`` and
 ``density(points (N, 3)) -> (N,)`` (see :class:`~nerf.field.ImplicitVolume`); the renderer never imports a
-concrete field class at run time.
+concrete field class at run time. A field whose ``interval_opacity`` is True gives each interval's opacity itself
+(``interval(points (P, 3), start (S,), end (S,), with_normal) -> (FieldOutput, alpha (S,))``, NeuS).
 
 Memory: :meth:`VolumeRenderer.forward` keeps the autograd graph of every sample (a few KB each with analytic
 normals). Training renders of many rays go through :meth:`VolumeRenderer.sample` then
@@ -35,9 +36,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from nerf.volrend import accumulate_along_rays, render_weight_from_density
+from nerf.volrend import accumulate_along_rays, render_weight_from_alpha, render_weight_from_density
 from nerf.occupancy_grid import OccupancyGrid, OccupancyGridConfig
-from nerf.samples import RaySamples, SampleChunk, SampleTerms, chunk_bounds, near_planes
+from nerf.samples import RaySamples, SampleChunk, SampleTerms, chunk_bounds, interval_points, near_planes
 
 if TYPE_CHECKING:
     from nerf.field import FieldOutput
@@ -309,8 +310,13 @@ class VolumeRenderer(nn.Module):
         t_mid = (t_starts + t_ends) * 0.5
         t_dirs = rays_d[ray_indices]
         points = rays_o[ray_indices] + t_dirs * t_mid[:, None]
-        out = self.field(points, with_normal=with_normal)
-        weights, _, _ = render_weight_from_density(t_starts, t_ends, out.density, ray_indices, n_rays)
+        if not getattr(self.field, "interval_opacity", False):
+            out = self.field(points, with_normal=with_normal)
+            weights, _, _ = render_weight_from_density(t_starts, t_ends, out.density, ray_indices, n_rays)
+        else:
+            ends = interval_points(rays_o, t_dirs, ray_indices, t_starts, t_ends, 1e-4 * self.render_step_size)
+            out, alphas = self.field.interval(*ends, with_normal)
+            weights, _ = render_weight_from_alpha(alphas, ray_indices, n_rays)
         opacity = accumulate_along_rays(weights, None, ray_indices, n_rays)
         depth = accumulate_along_rays(weights, t_mid[:, None], ray_indices, n_rays)
         rgb_fg = accumulate_along_rays(weights, out.albedo, ray_indices, n_rays)

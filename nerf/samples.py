@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["RaySamples", "SampleChunk", "SampleTerms", "chunk_bounds", "near_planes"]
+__all__ = ["RaySamples", "SampleChunk", "SampleTerms", "chunk_bounds", "interval_points", "near_planes"]
 
 
 def near_planes(
@@ -129,3 +129,33 @@ def chunk_bounds(samples: RaySamples, budget: int) -> list[tuple[int, int, int, 
     sample_bounds = torch.cat([first, first.new_tensor([n_samples])])[[0] + ray_stops].tolist()
     ray_starts = [0] + ray_stops[:-1]
     return [(r0, r1, sample_bounds[k], sample_bounds[k + 1]) for k, (r0, r1) in enumerate(zip(ray_starts, ray_stops))]
+
+
+def interval_points(rays_o: Tensor, t_dirs: Tensor, ray_indices: Tensor, t_starts: Tensor, t_ends: Tensor,
+                    tolerance: float) -> tuple[Tensor, Tensor, Tensor]:
+    """The two ends of S packed ray intervals as P <= 2 S distinct points.
+
+    An interval's end is the next interval's start when both lie on one ray and touch (``|t_start[i + 1] -
+    t_end[i]| <= tolerance``), so a run of k touching intervals needs k + 1 points instead of 2 k.
+
+    Args:
+        rays_o: Tensor with shape (R, 3), ray origins (world units).
+        t_dirs: Tensor with shape (S, 3), each interval's unit ray direction.
+        ray_indices: int64 Tensor with shape (S,), sorted ascending.
+        t_starts, t_ends: Tensors with shape (S,), distances along the rays (world units).
+        tolerance: world units, >= 0.
+
+    Returns:
+        points: Tensor with shape (P, 3), the interval starts in order, then the ends that start no interval.
+        start, end: int64 Tensors with shape (S,), rows of ``points``.
+    """
+    n = t_starts.shape[0]
+    origins = rays_o[ray_indices]
+    touches = (ray_indices[1:] == ray_indices[:-1]) & ((t_starts[1:] - t_ends[:-1]).abs() <= tolerance)
+    touches = torch.cat([touches, touches.new_zeros(1)])
+    alone = ~touches
+    extra = origins[alone] + t_dirs[alone] * t_ends[alone, None]
+    start = torch.arange(n, device=t_starts.device)
+    end = torch.where(touches, start + 1, n + torch.cumsum(alone.long(), 0) - 1)
+    return torch.cat([origins + t_dirs * t_starts[:, None], extra]), start, end
+

@@ -151,3 +151,19 @@ def sqlite_database(tmp_path):
     migrate(db)
     yield db
     db.dispose()
+
+
+@pytest.fixture(scope="session")
+def sphere_views(tmp_path_factory):
+    """16 RGBA views (64²) of a UV sphere of radius 0.5 centred at (0.2, 0.1, -0.1), via `render_views` files."""
+    import trimesh
+
+    from lift3d.reconstruct import RenderViewsOptions, render_views
+
+    root = tmp_path_factory.mktemp("sphere")
+    mesh = trimesh.creation.uv_sphere(radius=0.5, count=[48, 48])
+    mesh.apply_translation([0.2, 0.1, -0.1])
+    mesh.export(root / "sphere.ply")
+    render_views(root / "sphere.ply", root / "views", RenderViewsOptions(
+        num_views=16, resolution=64, normalize=False, y_up=False, distance=2.2))
+    return root / "views"

@@ -22,18 +22,6 @@ from nerf.trainers.photometric import ReconstructionConfig, ReconstructionTraine
 FAST = dict(batch_rays=1024, hull_init_steps=60, hull_resolution=64)
 
 
-@pytest.fixture(scope="module")
-def sphere_views(tmp_path_factory):
-    """16 RGBA views (64²) of a UV sphere of radius 0.5 centred at (0.2, 0.1, -0.1), via `render_views` files."""
-    root = tmp_path_factory.mktemp("sphere")
-    mesh = trimesh.creation.uv_sphere(radius=0.5, count=[48, 48])
-    mesh.apply_translation([0.2, 0.1, -0.1])
-    mesh.export(root / "sphere.ply")
-    render_views(root / "sphere.ply", root / "views", RenderViewsOptions(
-        num_views=16, resolution=64, normalize=False, y_up=False, distance=2.2))
-    return root / "views"
-
-
 def test_sphere_silhouette_matches_the_projected_disc():
     mesh = trimesh.creation.icosphere(subdivisions=4, radius=0.5)
     cams = spread_cameras(2, distance=2.0, fovy_deg=40.0)

@@ -23,6 +23,11 @@ Müller et al. 2022, ``instant-ngp/src/testbed_nerf.cu``, adapted to CPU budgets
    ``lr * lr_final_ratio``; the occupancy grid is updated every ``grid.update_every_n_steps`` steps.
 7. **Mesh.** ``extract_mesh`` in the normalised frame, vertices mapped back to the world frame of the views.
 
+With ``surface`` set (:class:`~nerf.sdf.SurfaceConfig`) the field is a :class:`~nerf.sdf.SurfaceField` (a signed
+distance rendered as VolSDF density and/or with NeuS interval opacity), step 2 fits the hull's signed distance,
+step 5 adds the eikonal, curvature and pressure terms, and step 7 meshes the zero level. Off by default: no setting
+of it beat the density field on every shape (issue 22 tables in ``benchmarks/README.md``).
+
 Examples:
     >>> views = load_views("views/transforms.json")  # doctest: +SKIP
     >>> trainer = ReconstructionTrainer(views, ReconstructionConfig(max_steps=200))  # doctest: +SKIP
@@ -52,8 +57,10 @@ from nerf.losses import disparity_curvature_loss, distortion_loss
 from nerf.mesh import EmptyIsosurfaceError, IsosurfaceConfig, extract_mesh
 from nerf.mesh_render import MeshRenderConfig, render_mesh
 from nerf.renderer import RendererConfig, VolumeRenderer
-from nerf.occupancy_grid import OccupancyGridConfig, ray_aabb_intersect
+from nerf.occupancy_grid import OccupancyGridConfig
 from nerf.scene_box import scene_frame
+from nerf.sdf import SurfaceConfig, SurfaceField, fit_surface_to_hull, surface_losses
+from nerf.trainers.pixels import interior_triplets, useful_pixels
 from nerf.trainers.stats import StepStats
 
 __all__ = ["ReconstructionConfig", "ReconstructionTrainer", "StepStats"]
@@ -123,6 +130,10 @@ class ReconstructionConfig:
     the views pin the surface (>= 0; 0 disables)."""
     volume_points: int = 4096
     """Uniform points per step of the volume penalty (>= 1)."""
+    surface: SurfaceConfig | None = None
+    """None: a density field; a :class:`~nerf.sdf.SurfaceConfig`: a signed-distance field rendered with VolSDF
+    density and/or NeuS opacity, fitted to the hull's signed distance, regularised by eikonal, curvature and
+    pressure terms, meshed at its zero level (the isosurface threshold is then ignored). Off: issue 22's tables."""
     isosurface: IsosurfaceConfig = default(default_factory=lambda: IsosurfaceConfig(resolution=128, threshold=20.0))
     """Mesh extraction in the normalised frame (threshold in 1 / normalised units): 128³ matched 192³ within 0.03 %
     Chamfer at a quarter of the cost; 15–20 suits organic meshes, boxes 40–50 (benchmarks/README.md)."""
@@ -184,7 +195,9 @@ class ReconstructionTrainer:
         self.device = torch.device(device)
         self.frame = scene_frame(views, config.box_margin, config.hull_resolution, config.hull_dilation_px,
                                  config.hull_alpha_threshold)
-        self.field = ImplicitVolume(config.field, seed=config.seed).to(self.device)
+        surface = config.surface
+        self.field = (ImplicitVolume(config.field, seed=config.seed) if surface is None else
+                      SurfaceField(config.field, config.seed, surface.beta, surface.beta_min)).to(self.device)
         self.renderer = VolumeRenderer(self.field, RendererConfig(
             num_samples_per_ray=config.num_samples_per_ray, grid=config.grid, early_stop_eps=config.early_stop_eps,
         )).to(self.device)
@@ -193,10 +206,10 @@ class ReconstructionTrainer:
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=gamma)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.render_generator = torch.Generator(device=self.device).manual_seed(config.seed + 1)
-        self._pixels = self._useful_pixels()
+        self._pixels = useful_pixels(views, self.frame)
         self._targets = torch.cat([views.rgb, views.alpha], dim=-1).reshape(-1, 4)
         self._frame_has_alpha = views.has_alpha
-        self._triplets = self._interior_triplets() if config.lambda_flat > 0 else None
+        self._triplets = interior_triplets(views, config.flat_stride) if config.lambda_flat > 0 else None
         self.step = 0
         self._hull_fitted = False
         self.isosurface_threshold: float | str = self.config.isosurface.threshold
@@ -236,6 +249,9 @@ class ReconstructionTrainer:
         if hull is None or steps <= 0:
             return 0.0
         cfg = self.config
+        if cfg.surface is not None:
+            return fit_surface_to_hull(self.field, hull, steps, cfg.hull_init_points, cfg.lr, self.generator,
+                                       cfg.surface.hull_clamp)
         g = hull.shape[0]
         delta = 2.0 / (g - 1)
         labels = hull.reshape(-1).float()
@@ -258,6 +274,8 @@ class ReconstructionTrainer:
         cfg = self.config
         t0 = time.perf_counter()
         self.renderer.update_occupancy(self.step, generator=self.render_generator)
+        if cfg.surface is not None:  # VolSDF's biased density first, then NeuS opacity
+            self.field.interval_opacity = self.step >= cfg.surface.neus_from * cfg.max_steps
         # 1. a batch of pixels and their rays in the normalised frame (the flat prior's triplets last)
         n_triplets = 0
         if self._triplets is not None and self._triplets[0].numel() > 0:
@@ -299,6 +317,10 @@ class ReconstructionTrainer:
             step = 1.732 * 2.0 / cfg.num_samples_per_ray
             losses["volume"] = (1.0 - torch.exp(-self.field.density(points) * step)).mean()
             loss = loss + cfg.lambda_volume * losses["volume"]
+        if cfg.surface is not None:
+            total, terms = surface_losses(self.field, out.points.detach(), cfg.surface, self.generator)
+            losses.update(terms, beta=self.field.beta.detach())
+            loss = loss + total
         # 4. update
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -343,7 +365,9 @@ class ReconstructionTrainer:
         """
         if config is None:
             config = self.config.isosurface
-            if self.frame.hull is None:
+            if isinstance(self.field, SurfaceField):  # its zero level
+                config = replace(config, threshold=self.field.surface_density)
+            elif self.frame.hull is None:
                 config = replace(config, threshold=self._unmasked_threshold())
             elif self.config.silhouette_thresholds:
                 best, self.silhouette_scores = self.silhouette_threshold(self.config.silhouette_thresholds)
@@ -414,34 +438,3 @@ class ReconstructionTrainer:
         dev = self.device
         return (self.frame.to_normalised(rays_o).to(dev), rays_d.to(dev), target[:, :3].to(dev),
                 target[:, 3:].to(dev), has_alpha.to(dev))
-
-    def _interior_triplets(self) -> tuple[Tensor, Tensor]:
-        """Centres (M,) and offsets (M,) (flat pixel indices) of the row and column triplets ``(c - o, c, c + o)``
-        whose three pixels are fully covered (alpha >= 0.99) in views with alpha, ``flat_stride`` pixels apart."""
-        views, s = self.views, self.config.flat_stride
-        n, h, w = views.num_views, views.height, views.width
-        full = (views.alpha[..., 0] >= 0.99) & views.has_alpha[:, None, None]  # (N, H, W)
-        flat = torch.arange(n * h * w).reshape(n, h, w)
-        rows = full[:, :, 2 * s:] & full[:, :, s:-s] & full[:, :, :-2 * s]
-        cols = full[:, 2 * s:, :] & full[:, s:-s, :] & full[:, :-2 * s, :]
-        centres = torch.cat([flat[:, :, s:-s][rows], flat[:, s:-s, :][cols]])
-        offsets = torch.cat([torch.full((int(rows.sum()),), s), torch.full((int(cols.sum()),), s * w)])
-        return centres, offsets
-
-    def _useful_pixels(self) -> Tensor:
-        """Flat pixel indices (frame * H * W + row * W + col) whose rays meet the normalised box."""
-        views = self.views
-        n, h, w = views.num_views, views.height, views.width
-        idx = torch.arange(n * h * w)
-        keep = []
-        for start in range(0, idx.shape[0], 1 << 20):  # bounded memory for large datasets
-            part = idx[start : start + (1 << 20)]
-            frame, rest = part // (h * w), part % (h * w)
-            rays_o, rays_d = views.rays(frame, rest // w, rest % w)
-            _, _, hit = ray_aabb_intersect(self.frame.to_normalised(rays_o), rays_d,
-                                           torch.tensor([-1.0, -1.0, -1.0, 1.0, 1.0, 1.0]))
-            keep.append(part[hit])
-        pixels = torch.cat(keep)
-        if pixels.numel() == 0:
-            raise ValueError("ReconstructionTrainer: no camera ray meets the scene box")
-        return pixels
