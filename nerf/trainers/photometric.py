@@ -12,7 +12,8 @@ Müller et al. 2022, ``instant-ngp/src/testbed_nerf.cu``, adapted to CPU budgets
    axes (least squares) and the largest sphere around it that every camera sees entirely.
 2. **Hull initialisation** (masks only): the density is first fitted to the visual hull (``fit_hull``), so that
    rays stop at the hull surface from the first photometric step; this cuts the samples per ray about tenfold on
-   CPU and replaces the density blob prior of SDS training.
+   CPU and replaces the density blob prior of SDS training. Optionally only a shell of the hull
+   (``hull_init_shell`` thick) is fitted as occupied, so that carving a face uncovers empty space, not solid.
 3. **Batches.** ``batch_rays`` pixels drawn uniformly from all views among those whose ray meets the box.
 4. **Background.** Pixels of RGBA views are composited over a random colour per ray, and the render uses the
    same colour (Instant-NGP's random background): the only way to match all colours is to be transparent
@@ -60,6 +61,7 @@ from nerf.renderer import RendererConfig, VolumeRenderer
 from nerf.occupancy_grid import OccupancyGridConfig
 from nerf.scene_box import scene_frame
 from nerf.sdf import SurfaceConfig, SurfaceField, fit_surface_to_hull, surface_losses
+from nerf.trainers.hull_init import fit_density_to_hull, hull_targets
 from nerf.trainers.pixels import interior_triplets, useful_pixels
 from nerf.trainers.stats import StepStats
 
@@ -114,6 +116,12 @@ class ReconstructionConfig:
     hull_init_occupancy: float = 1.0
     """Target occupancy of one hull cell inside the hull, in (0, 1]: 1 fits a saturated solid; lower values a
     softer density that photometric training carves more easily (cavities that the silhouettes cannot show)."""
+    hull_init_shell: float = 0.0
+    """Only hull cells within this distance of the hull's boundary (normalised units) are fitted as occupied,
+    deeper ones as empty (:func:`nerf.trainers.hull_init.hull_targets`; 0: the solid hull, the default), >= 0.
+    Issue 22: 0.1 lets photometry carve more (cube F@1 % 0.836 → 0.900, the open box's lid opens below 0.07), but
+    the interior stays hollow and is dropped only when marching cubes finds it as a separate component (at 0.07 it
+    is not: volume 0.2×), so it stays off until the extraction fills unseen interiors (``benchmarks/README.md``)."""
     lambda_flat: float = 0.0
     """Weight of the flat-face prior (:func:`nerf.losses.disparity_curvature_loss`) on pixel triplets inside the
     masks (>= 0; 0 disables; needs RGBA views)."""
@@ -165,8 +173,9 @@ class ReconstructionConfig:
                  "lambda_volume, lambda_distortion >= 0, volume_points >= 1, 0 < hull_init_occupancy <= 1":
                  min(self.lambda_volume, self.lambda_distortion) >= 0 and self.volume_points >= 1
                  and 0.0 < self.hull_init_occupancy <= 1.0,
-                 "hull_init_steps >= 0, hull_init_points >= 1, 0 <= hull_alpha_threshold < 1":
-                 self.hull_init_steps >= 0 and self.hull_init_points >= 1 and 0.0 <= self.hull_alpha_threshold < 1.0}
+                 "hull_init_steps >= 0, hull_init_points >= 1, 0 <= hull_alpha_threshold < 1, hull_init_shell >= 0":
+                 self.hull_init_steps >= 0 and self.hull_init_points >= 1 and 0.0 <= self.hull_alpha_threshold < 1.0
+                 and self.hull_init_shell >= 0}
         if not all(needs.values()):
             raise ValueError(f"ReconstructionConfig: need {'; '.join(k for k, ok in needs.items() if not ok)}: {self}")
 
@@ -235,7 +244,8 @@ class ReconstructionTrainer:
         return history
 
     def fit_hull(self, steps: int) -> float:
-        """Fit the density to the visual hull: BCE between ``1 - exp(-density * delta)`` and inside/outside.
+        """Fit the density to the visual hull (:mod:`nerf.trainers.hull_init`): BCE between ``1 - exp(-density *
+        delta)`` and the hull's targets (occupied within ``hull_init_shell`` of its boundary, or the solid hull).
 
         ``delta`` is one hull cell (``2 / (hull_resolution - 1)``). Starting photometric training from the hull
         makes transmittance fall at the hull surface from the first step, so rays stop early (few samples per
@@ -252,22 +262,8 @@ class ReconstructionTrainer:
         if cfg.surface is not None:
             return fit_surface_to_hull(self.field, hull, steps, cfg.hull_init_points, cfg.lr, self.generator,
                                        cfg.surface.hull_clamp)
-        g = hull.shape[0]
-        delta = 2.0 / (g - 1)
-        labels = hull.reshape(-1).float()
-        optimizer = torch.optim.Adam(self.field.parameters(), lr=cfg.lr, betas=(0.9, 0.99), eps=1e-15)
-        loss = torch.zeros(())
-        for _ in range(steps):
-            points = torch.rand(cfg.hull_init_points, 3, generator=self.generator) * 2.0 - 1.0
-            ijk = ((points + 1.0) / delta).round().long().clamp_(0, g - 1)
-            target = labels[(ijk[:, 0] * g + ijk[:, 1]) * g + ijk[:, 2]].to(self.device) * cfg.hull_init_occupancy
-            density = self.field.density(points.to(self.device))
-            occupancy = (1.0 - torch.exp(-density * delta)).clamp(1e-5, 1.0 - 1e-5)
-            loss = F.binary_cross_entropy(occupancy, target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        return float(loss.detach())
+        targets = hull_targets(hull, cfg.hull_init_occupancy, cfg.hull_init_shell)
+        return fit_density_to_hull(self.field, targets, steps, cfg.hull_init_points, cfg.lr, self.generator)
 
     def train_step(self) -> StepStats:
         """One optimisation step on a random batch of rays."""
