@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 DensityFn = Callable[[Tensor], Tensor]
 ColorFn = Callable[[Tensor], Tensor]
+VolumeFilter = Callable[[np.ndarray, np.ndarray, float], np.ndarray]
 
 
 class EmptyIsosurfaceError(ValueError):
@@ -99,6 +100,7 @@ def extract_mesh(
     config: IsosurfaceConfig,
     color_fn: ColorFn | None = None,
     device: torch.device | str | None = None,
+    volume_filter: VolumeFilter | None = None,
 ) -> trimesh.Trimesh:
     """Extract the ``config.threshold`` isosurface of a density field inside the box ``[-radius, radius]^3``.
 
@@ -109,6 +111,9 @@ def extract_mesh(
         config: grid resolution, threshold and cleanup options.
         color_fn: optional, maps world points (M, 3) to colours (M, 3) in [0, 1] (values outside are clipped).
         device: where query points are created; defaults to CPU.
+        volume_filter: optional, ``(volume (n, n, n), box (2, 3) world units, threshold) -> volume`` applied to
+            each sampled grid before marching cubes (after ``fill_hidden_optical_depth``), e.g. a closure over
+            :func:`nerf.unseen_interior.fill_unseen` with the training cameras.
 
     Returns:
         A ``trimesh.Trimesh`` in world coordinates (z-up) with faces wound so normals point outward (toward lower
@@ -128,7 +133,7 @@ def extract_mesh(
     box = np.array([[-radius] * 3, [radius] * 3], dtype=np.float64)
     volume = _sample_grid(density_fn, box, n, config.chunk, device)
     threshold = _resolve_threshold(volume, config.threshold)
-    mesh = _surface(_filled(volume, box, n, threshold, config), threshold, box, n)
+    mesh = _surface(_filled(volume, box, n, threshold, config, volume_filter), threshold, box, n)
 
     # 3. coarse to fine: the same resolution again on the surface's bounding box plus a margin
     if config.coarse_to_fine:
@@ -137,7 +142,7 @@ def extract_mesh(
         margin = (hi - lo) * config.fine_margin
         box = np.stack([np.maximum(lo - margin, -radius), np.minimum(hi + margin, radius)])
         volume = _sample_grid(density_fn, box, n, config.chunk, device)
-        mesh = _surface(_filled(volume, box, n, threshold, config), threshold, box, n)
+        mesh = _surface(_filled(volume, box, n, threshold, config, volume_filter), threshold, box, n)
 
     # 4. drop floaters
     mesh = _filter_components(mesh, config.keep_largest_component, config.min_component_ratio)
@@ -148,14 +153,16 @@ def extract_mesh(
     return mesh
 
 
-def _filled(volume: np.ndarray, box: np.ndarray, n: int, threshold: float, config: IsosurfaceConfig) -> np.ndarray:
-    """``volume`` with its hidden interior filled (:func:`nerf.interior.fill_hidden`) when the config asks for it."""
-    if config.fill_hidden_optical_depth <= 0:
-        return volume
-    from nerf.interior import fill_hidden
+def _filled(volume: np.ndarray, box: np.ndarray, n: int, threshold: float, config: IsosurfaceConfig,
+            volume_filter: VolumeFilter | None = None) -> np.ndarray:
+    """``volume`` with its hidden interior filled (:func:`nerf.interior.fill_hidden`) when the config asks for it,
+    then passed through ``volume_filter``."""
+    if config.fill_hidden_optical_depth > 0:
+        from nerf.interior import fill_hidden
 
-    cell = (box[1] - box[0]) / (n - 1)
-    return fill_hidden(volume, cell, config.fill_hidden_optical_depth, 2.0 * max(threshold, 1e-6))
+        cell = (box[1] - box[0]) / (n - 1)
+        volume = fill_hidden(volume, cell, config.fill_hidden_optical_depth, 2.0 * max(threshold, 1e-6))
+    return volume if volume_filter is None else volume_filter(volume, box, threshold)
 
 
 def _surface(volume: np.ndarray, threshold: float, box: np.ndarray, n: int) -> trimesh.Trimesh:

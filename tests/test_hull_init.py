@@ -45,7 +45,7 @@ def test_bad_targets_and_config_are_rejected() -> None:
         hull_targets(_cube_hull(), shell=-0.1)
     with pytest.raises(ValueError, match="hull_init_shell"):
         ReconstructionConfig(hull_init_shell=-0.01)
-    assert ReconstructionConfig().hull_init_shell == 0.0  # off by default (issue 22 tables)
+    assert ReconstructionConfig().hull_init_shell == 0.0  # off (issue 22 tables in benchmarks/README.md)
 
 
 def test_fit_to_a_shell_leaves_the_inside_empty() -> None:

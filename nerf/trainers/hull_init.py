@@ -6,9 +6,11 @@ the photometric loss can then still change depends on what lies *behind* that su
 it can only carve by uncovering more solid, whose colour no view has constrained: a concavity the hull fills
 (the lid over an open box, a recessed panel) is a local minimum. With a *shell* — the hull's cells within
 ``shell`` of its boundary occupied, the deeper ones empty — carving a lid uncovers empty space and the far walls,
-and the photometric loss opens it. The shell is an option (``ReconstructionConfig.hull_init_shell``, off): the
-interior it leaves empty is meshed as a second, inner surface wherever training breaches the shell (issue 22
-tables in ``benchmarks/README.md``).
+and the photometric loss opens it. No view sees the empty inside of a closed shape, so nothing fills it in
+training; the trainer fills it before marching cubes (``nerf.unseen_interior``), else it would be meshed as a
+second, inner surface wherever training breaches the shell. ``ReconstructionConfig.hull_init_shell`` is 0 (off)
+by default: from few, small views the shell is breached wider than the fill can close (issue 22 tables in
+``benchmarks/README.md``).
 
 Targets per hull grid point: ``occupancy`` inside the hull (within ``shell`` of its boundary when ``shell > 0``),
 0 elsewhere; the field's occupancy of one hull cell, ``1 − exp(−σ·δ)`` (``δ`` the cell size), is fitted to them

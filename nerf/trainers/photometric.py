@@ -13,7 +13,7 @@ Müller et al. 2022, ``instant-ngp/src/testbed_nerf.cu``, adapted to CPU budgets
 2. **Hull initialisation** (masks only): the density is first fitted to the visual hull (``fit_hull``), so that
    rays stop at the hull surface from the first photometric step; this cuts the samples per ray about tenfold on
    CPU and replaces the density blob prior of SDS training. Optionally only a shell of the hull
-   (``hull_init_shell`` thick) is fitted as occupied, so that carving a face uncovers empty space, not solid.
+   (``hull_init_shell`` thick) is fitted as occupied, so that carving uncovers empty space; step 7 fills it.
 3. **Batches.** ``batch_rays`` pixels drawn uniformly from all views among those whose ray meets the box.
 4. **Background.** Pixels of RGBA views are composited over a random colour per ray, and the render uses the
    same colour (Instant-NGP's random background): the only way to match all colours is to be transparent
@@ -22,7 +22,8 @@ Müller et al. 2022, ``instant-ngp/src/testbed_nerf.cu``, adapted to CPU budgets
    off by default: ``lambda_flat``, ``lambda_distortion``, ``lambda_volume``).
 6. **Optimiser.** Adam (betas 0.9/0.99, eps 1e-15 as Instant-NGP) with an exponential learning-rate decay to
    ``lr * lr_final_ratio``; the occupancy grid is updated every ``grid.update_every_n_steps`` steps.
-7. **Mesh.** ``extract_mesh`` in the normalised frame, vertices mapped back to the world frame of the views.
+7. **Mesh.** ``extract_mesh`` in the normalised frame (the inside that no view sees filled first,
+   :func:`nerf.unseen_interior.fill_unseen`), vertices mapped back to the world frame of the views.
 
 With ``surface`` set (:class:`~nerf.sdf.SurfaceConfig`) the field is a :class:`~nerf.sdf.SurfaceField` (a signed
 distance rendered as VolSDF density and/or with NeuS interval opacity), step 2 fits the hull's signed distance,
@@ -64,6 +65,7 @@ from nerf.sdf import SurfaceConfig, SurfaceField, fit_surface_to_hull, surface_l
 from nerf.trainers.hull_init import fit_density_to_hull, hull_targets
 from nerf.trainers.pixels import interior_triplets, useful_pixels
 from nerf.trainers.stats import StepStats
+from nerf.unseen_interior import fill_unseen
 
 __all__ = ["ReconstructionConfig", "ReconstructionTrainer", "StepStats"]
 
@@ -118,10 +120,10 @@ class ReconstructionConfig:
     softer density that photometric training carves more easily (cavities that the silhouettes cannot show)."""
     hull_init_shell: float = 0.0
     """Only hull cells within this distance of the hull's boundary (normalised units) are fitted as occupied,
-    deeper ones as empty (:func:`nerf.trainers.hull_init.hull_targets`; 0: the solid hull, the default), >= 0.
-    Issue 22: 0.1 lets photometry carve more (cube F@1 % 0.836 → 0.900, the open box's lid opens below 0.07), but
-    the interior stays hollow and is dropped only when marching cubes finds it as a separate component (at 0.07 it
-    is not: volume 0.2×), so it stays off until the extraction fills unseen interiors (``benchmarks/README.md``)."""
+    deeper ones as empty (:func:`nerf.trainers.hull_init.hull_targets`; 0: the solid hull, the default), >= 0;
+    the empty inside is filled before marching cubes where no view sees it (:func:`nerf.unseen_interior
+    .fill_unseen`). Issue 22 (``benchmarks/README.md``): 0.1 carves the cube's faces (F@1 % 0.836 → 0.900) and
+    is no worse on 32 views at 128², but breaks a sphere from 16 views at 64² (hollow, breached shell); off."""
     lambda_flat: float = 0.0
     """Weight of the flat-face prior (:func:`nerf.losses.disparity_curvature_loss`) on pixel triplets inside the
     masks (>= 0; 0 disables; needs RGBA views)."""
@@ -369,8 +371,8 @@ class ReconstructionTrainer:
                 best, self.silhouette_scores = self.silhouette_threshold(self.config.silhouette_thresholds)
                 config = replace(config, threshold=best)
         self.isosurface_threshold = config.threshold
-        mesh = extract_mesh(self.field.density, 1.0, config,
-                            color_fn=lambda p: self.field(p).albedo, device=self.device)
+        mesh = extract_mesh(self.field.density, 1.0, config, color_fn=lambda p: self.field(p).albedo,
+                            device=self.device, volume_filter=self._fill_unseen if self._hollow_start else None)
         mesh.vertices = self.frame.to_world(np.asarray(mesh.vertices))
         return mesh
 
@@ -424,6 +426,18 @@ class ReconstructionTrainer:
         return float(self.config.unmasked_threshold_fraction * density.quantile(0.99))
 
     # ---------------------------------------------------------------- helpers
+    @property
+    def _hollow_start(self) -> bool:
+        """The density started from a hull shell (its unseen inside is filled at extraction)."""
+        cfg = self.config
+        return (cfg.surface is None and cfg.hull_init_shell > 0 and cfg.hull_init_steps > 0
+                and self.frame.hull is not None)
+
+    def _fill_unseen(self, volume: np.ndarray, box: np.ndarray, threshold: float) -> np.ndarray:
+        c2w = self.views.c2w.clone()  # cameras in the normalised frame (a similarity: rotations unchanged)
+        c2w[:, :3, 3] = self.frame.to_normalised(c2w[:, :3, 3])
+        return fill_unseen(volume, box, threshold, c2w, self.views.fovy_deg, self.views.height, self.views.width)
+
     def _batch(self, pick: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         views = self.views
         hw = views.height * views.width
