@@ -9,11 +9,11 @@ rendered once into ``OUT/views/NAME`` and reused. Every ``key=value`` (value in 
 :class:`nerf.trainers.photometric.ReconstructionConfig`, dotted for nested ones
 (``field.hash_grid.per_level_scale=1.2866``); ``surface={...}`` takes :class:`nerf.sdf.SurfaceConfig` fields
 (``surface={}`` for its defaults, ``surface=null`` for the density field) and dotted ones change it afterwards
-(``surface.lambda_curvature=1e-4``); ``steps`` and ``mres`` are the ``lift3d reconstruct`` options (400,
-128), ``sweep=[[resolution, threshold], …]`` re-extracts the trained field at other marching-cubes resolutions and
-isosurface thresholds without retraining, and ``silhouette=[t, …]`` prints the soft IoU of each candidate threshold
-(:meth:`~nerf.trainers.photometric.ReconstructionTrainer.silhouette_threshold`). One JSON row per mesh is printed
-and appended to ``OUT/results.jsonl`` (wall time, load average, samples per ray and every
+(``surface.lambda_curvature=1e-4``); ``steps`` and ``mres`` are the ``lift3d reconstruct`` options (default: the
+config's 800, 128), ``sweep=[[resolution, threshold], …]`` re-extracts the trained field at other marching-cubes
+resolutions and isosurface thresholds without retraining, and ``silhouette=[t, …]`` prints the soft IoU of each
+candidate threshold (:meth:`~nerf.trainers.photometric.ReconstructionTrainer.silhouette_threshold`). One JSON row
+per mesh is printed and appended to ``OUT/results.jsonl`` (wall time, load average, samples per ray and every
 :class:`nerf.shape_report.ShapeReport` field); ``--table`` prints that file as a Markdown table instead.
 """
 
@@ -73,7 +73,7 @@ def run(name: str, assignments: list[str], out: Path, threads: int) -> list[dict
     if not (views / "transforms.json").exists():
         render_views(shape, views, RenderViewsOptions(num_views=32, resolution=128, layout="even"))
 
-    config, steps, mres, sweep, silhouette = ReconstructionConfig(), 400, 128, [], []
+    config, steps, mres, sweep, silhouette = ReconstructionConfig(), None, 128, [], []
     for assignment in assignments:
         key, _, text = assignment.partition("=")
         value = json.loads(text)

@@ -6,7 +6,7 @@ hard test shape of ``benchmarks/hard_shapes.py`` — ``cube``, ``box321``, ``cab
 
 1. ``render_views``: 32 training views (Fibonacci lattice, elevation −10°…60°) and 8 held-out views (random,
    other seed) at 128², Lambertian grey, mesh normalised to a unit bounding-box diagonal (``reference.glb``);
-2. ``reconstruct`` on the training views (the CLI's code path, with its default options: 400 steps, 192³ marching
+2. ``reconstruct`` on the training views (the CLI's code path, with its default options: 800 steps, 128³ marching
    cubes, vertex-colour *and* textured GLB) — this is the timed part ("wall");
 3. metrics: Chamfer-L1 and F-score at 1 % between ``model.glb`` and ``reference.glb`` (both normalised by the
    reference's bounding box to unit diagonal, 100k surface samples each; ``nerf/metrics.py``), also against the
@@ -22,7 +22,7 @@ hard test shape of ``benchmarks/hard_shapes.py`` — ``cube``, ``box321``, ``cab
 
 Usage::
 
-    python benchmarks/reconstruct_shapes.py [--threads 2] [--steps 400] [--names blub potion teddy] [--json PATH]
+    python benchmarks/reconstruct_shapes.py [--threads 2] [--steps 800] [--names blub potion teddy] [--json PATH]
     python benchmarks/reconstruct_shapes.py --threads 2 --names hard hand_prismatic human --json out/shapes.json
 
 Targets (issue 4): Chamfer ≤ 1 %, F-score@1 % ≥ 0.9 within 3 minutes per mesh on 2 CPU cores.
@@ -129,7 +129,7 @@ def main() -> None:
     parser.add_argument("--names", nargs="+", default=["blub", "potion", "teddy"],
                         help="NAME.obj in --shapes, or a hard shape (" + ", ".join(HARD_SHAPES) + "; 'hard': all)")
     parser.add_argument("--hard-shapes", default=None, help="where hard shapes are written (default: OUT/hard_shapes)")
-    parser.add_argument("--steps", type=int, default=400, help="training steps (the CLI default)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default: the CLI's, 800)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
     parser.add_argument("--texture", action=argparse.BooleanOptionalAction, default=True,
                         help="also export the textured GLB (counted in the wall time)")
@@ -155,8 +155,8 @@ def main() -> None:
     rows = []
     for name in names:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--shapes", shapes_of[name],
-               "--steps", str(args.steps), "--threads", str(args.threads), "--out", args.out,
-               "--texture" if args.texture else "--no-texture"]
+               "--threads", str(args.threads), "--out", args.out, "--texture" if args.texture else "--no-texture"]
+        cmd += ["--steps", str(args.steps)] if args.steps else []
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
         if proc.returncode != 0:
@@ -169,7 +169,7 @@ def main() -> None:
     from nerf.shape_report import ShapeReport, format_reports
 
     load = os.getloadavg()[0]
-    print(f"32 views at 128² per mesh, {args.steps} steps, threads={args.threads}, load average {load:.1f} on "
+    print(f"32 views at 128² per mesh, {rows[0]['steps']} steps, threads={args.threads}, load average {load:.1f} on "
           f"{os.cpu_count()} CPUs; Chamfer-L1 and F-score in % / fraction of the reference bbox diagonal")
     print(f"{'mesh':14} {'Chamfer':>8} {'F@1%':>6} {'F vis':>6} {'PSNR dB':>8} {'wall s':>7} {'load':>9} "
           f"{'peak MiB':>9} {'faces':>7}")

@@ -129,8 +129,8 @@ class ModelPreset:
         zero123: diffusers-format Stable Zero123 hub id or local directory, or ``"tiny"``.
         nerf: NeRF/SDS/mesh configuration.
         input_size: side of the square conditioning image in pixels (Stable Zero123: 256).
-        reconstruction: trainer configuration of ``views-to-3d`` jobs (steps, seed and mesh resolution come from
-            the job).
+        reconstruction: trainer configuration of ``views-to-3d`` jobs (seed and mesh resolution come from the job;
+            its ``max_steps`` is the default of the job's ``steps``).
         pose_controlnet: SDXL OpenPose ControlNet (diffusers layout) hub id or local directory, or ``"tiny"``;
             loaded on the first pose request (:class:`lift3d.stages.sdxl.pose_to_image.PoseToImage`).
         pose_detector: directory of the pose detector's ONNX files (None: ``$LIFT3D_POSE_HOME``, default
@@ -203,7 +203,8 @@ PRESETS: dict[str, ModelPreset] = {
                       pose_controlnet=TINY, pose_detector=TINY, feedforward=TINY,
                       # a third of the tiny SDS run's 200 steps, as the default preset's 200 of 600
                       fast=FastPreset(isosurface_resolution=64, refine_steps=70),
-                      reconstruction=ReconstructionConfig(batch_rays=1024, hull_init_steps=60, hull_resolution=64)),
+                      # half the default's steps (the tiny preset's reconstruction time before issue 22's change)
+                      reconstruction=ReconstructionConfig(max_steps=400)),
 }
 
 

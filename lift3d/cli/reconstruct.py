@@ -23,7 +23,7 @@ stderr = Console(stderr=True)
 def reconstruct(
     views: Path = typer.Option(..., "--views", help="Directory with transforms.json (NeRF-synthetic) and images."),
     out: Path = typer.Option(..., "--out", help="Output directory (created if missing)."),
-    steps: int = typer.Option(400, "--steps", help="Training steps, 1–20000."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Training steps, 1–20000 (default 800)."),
     seed: int = typer.Option(0, "--seed", help="Seed of initialisation and ray batches."),
     mesh_resolution: int = typer.Option(128, "--mesh-resolution", help="Marching-cubes grid per axis, 32–512."),
     texture: bool = typer.Option(True, "--texture/--no-texture", help="Also write model_textured.glb (UV + PBR)."),

@@ -37,8 +37,9 @@ __all__ = ["ReconstructOptions", "ReconstructResult", "reconstruct", "turntable"
 class ReconstructOptions:
     """User options of :func:`reconstruct`."""
 
-    steps: int = 400
-    """Photometric training steps (1–20000)."""
+    steps: int | None = None
+    """Photometric training steps (1–20000); None: the trainer configuration's ``max_steps`` (800 by default, the
+    tiny preset's 400)."""
     seed: int = 0
     """Seeds field initialisation, ray batches and jitter."""
     mesh_resolution: int = 128
@@ -54,7 +55,7 @@ class ReconstructOptions:
 
     def check(self) -> None:
         """Raise :class:`InvalidInputError` naming the first out-of-range option."""
-        if not 1 <= self.steps <= 20000:
+        if self.steps is not None and not 1 <= self.steps <= 20000:
             raise InvalidInputError(f"steps must be in 1..20000, got {self.steps}")
         if not 32 <= self.mesh_resolution <= 512:
             raise InvalidInputError(f"mesh resolution must be in 32..512, got {self.mesh_resolution}")
@@ -89,8 +90,8 @@ def reconstruct(views_dir: str | Path, writer: ArtifactWriter, options: Reconstr
         views_dir: directory holding ``transforms.json`` (or the file itself) and the images it lists.
         writer: where ``model.glb``, ``model_textured.glb``, ``preview.png`` and ``metadata.json`` go.
         options: user options; defaults to :class:`ReconstructOptions`.
-        config: full trainer configuration; its ``max_steps``, ``seed`` and isosurface resolution are replaced by
-            the options. Defaults to :class:`ReconstructionConfig`.
+        config: full trainer configuration; its ``seed``, isosurface resolution and (when ``options.steps`` is set)
+            ``max_steps`` are replaced by the options. Defaults to :class:`ReconstructionConfig`.
         progress: receives the progress of stage ``nerf_training`` (every tenth step and the last).
         source: how ``metadata.json`` names the views (default: the resolved ``views_dir``; the service passes
             the upload's name so that no server path reaches a user).
@@ -107,7 +108,7 @@ def reconstruct(views_dir: str | Path, writer: ArtifactWriter, options: Reconstr
     options = options or ReconstructOptions()
     options.check()
     base = config or ReconstructionConfig()
-    config = replace(base, max_steps=options.steps, seed=options.seed,
+    config = replace(base, max_steps=options.steps or base.max_steps, seed=options.seed,
                      isosurface=replace(base.isosurface, resolution=options.mesh_resolution))
     timings: dict[str, float] = {}
 

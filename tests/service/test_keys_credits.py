@@ -281,8 +281,12 @@ def test_estimate_credits_by_hand():
     # views only: 10.5 GPU-s → 0.36677
     assert estimate_credits("multiview", defaults, "default", 1.006) == 0.367
     assert estimate_credits("image-to-3d", GenerationParams(return_3d=False), "default", 1.006) == 0.367
-    # views-to-3d: 5 + 400 × 0.015 + 10 + 5 × 1.048576 = 26.24288 GPU-s → 0.91669
-    assert estimate_credits("views-to-3d", ReconstructParams(), "default", 1.006) == 0.917
+    # views-to-3d, steps omitted (the preset's 800): 5 + 800 × 0.005 + 10 + 5 × 1.048576 = 24.24288 GPU-s → 0.84682
+    assert estimate_credits("views-to-3d", ReconstructParams(), "default", 1.006) == 0.847
+    # 200 steps: 5 + 1 + 10 + 5.24288 = 21.24288 GPU-s → 0.74203; tiny, steps omitted (400), no texture:
+    # 1.85 + 400 × 0.0275 + 13.5 = 26.35 GPU-s → 0.92041
+    assert estimate_credits("views-to-3d", ReconstructParams(steps=200), "default", 1.006) == 0.743
+    assert estimate_credits("views-to-3d", ReconstructParams(texture=False), "tiny", 1.006) == 0.921
     # tiny, 4 views, 100 SDS steps, no texture: 4 × 50 × 0.0035 + 100 × 0.0125 + 2.7 + 100 × 0.11 + 2.75 = 18.4
     # GPU-s, at US$2/GPU-hour and US$0.001 per credit: 18.4 × 2 / 3600 / 0.001 × 1.25 = 12.7778
     small = GenerationParams(num_views=4, num_3d_max_steps=100, texture=False)
@@ -300,6 +304,8 @@ def test_default_sds_steps_match_the_presets():
     from lift3d.presets import PRESETS
 
     assert credits.DEFAULT_SDS_STEPS == {name: p.nerf.training.max_steps for name, p in PRESETS.items()}
+    assert credits.DEFAULT_REFINE_STEPS == {name: p.fast.refine_steps for name, p in PRESETS.items()}
+    assert credits.DEFAULT_RECONSTRUCT_STEPS == {name: p.reconstruction.max_steps for name, p in PRESETS.items()}
     assert set(credits.GPU_SECONDS) == set(PRESETS)
 
 

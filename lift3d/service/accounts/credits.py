@@ -42,10 +42,10 @@ from sqlalchemy.orm import Session
 from lift3d.errors import InvalidInputError, Lift3DError
 from lift3d.service.db.models import ApiKey, CreditEntry, Job
 
-__all__ = ["DEFAULT_REFINE_STEPS", "DEFAULT_SDS_STEPS", "FAST_ASSET_KIND", "GPU_SECONDS", "IMAGE_KINDS",
-           "MC_PER_CREDIT", "SAFETY_MARGIN", "InsufficientCredits", "Settlement", "StageCost", "balance_credits",
-           "charge", "check_credits", "estimate_credits", "estimate_gpu_seconds", "grant", "refund", "reserve",
-           "return_charge", "settle", "to_credits", "to_mc"]
+__all__ = ["DEFAULT_RECONSTRUCT_STEPS", "DEFAULT_REFINE_STEPS", "DEFAULT_SDS_STEPS", "FAST_ASSET_KIND", "GPU_SECONDS",
+           "IMAGE_KINDS", "MC_PER_CREDIT", "SAFETY_MARGIN", "InsufficientCredits", "Settlement", "StageCost",
+           "balance_credits", "charge", "check_credits", "estimate_credits", "estimate_gpu_seconds", "grant", "refund",
+           "reserve", "return_charge", "settle", "to_credits", "to_mc"]
 
 MC_PER_CREDIT = 1000
 """Milli-credits per credit: the ledger's integer unit."""
@@ -119,7 +119,7 @@ GPU_SECONDS: dict[str, dict[str, StageCost]] = {
         "sds_guidance": StageCost(fixed=0.0, per_unit=0.175),  # per SDS step: Zero123 at the recipe's batch (× 0.5)
         "sds_training": StageCost(fixed=0.0, per_unit=0.45),  # per SDS step: the NeRF's loop, guidance wait incl.
         "mesh_export": StageCost(fixed=10.0, per_unit=5.0),  # + per megatexel of baked texture (0 without texture)
-        "nerf_training": StageCost(fixed=5.0, per_unit=0.015),  # views-to-3d: per photometric step (+ hull)
+        "nerf_training": StageCost(fixed=5.0, per_unit=0.005),  # views-to-3d: per step of 1 024 rays (+ hull)
         "views_mesh_export": StageCost(fixed=10.0, per_unit=5.0),  # views-to-3d: + per megatexel (any mesh_resolution)
         # turntable video: per frame × (video_size / 512)² — mesh ray casting on the trainer's CPU share; estimate
         "turntable": StageCost(fixed=0.5, per_unit=0.05),
@@ -158,11 +158,14 @@ GPU_SECONDS: dict[str, dict[str, StageCost]] = {
 """Expected GPU-seconds per stage and preset (see :class:`StageCost`); the source of each table is in its comment."""
 
 DEFAULT_SDS_STEPS: dict[str, int] = {"default": 600, "tiny": 200}
-"""SDS steps when ``num_3d_max_steps`` is omitted: ``PRESETS[name].nerf.training.max_steps`` (copied, since this
-module may not import the torch-backed presets; a test checks that they agree)."""
+"""SDS steps when ``num_3d_max_steps`` is omitted: ``PRESETS[name].nerf.training.max_steps`` (copied, not imported)."""
 
 DEFAULT_REFINE_STEPS: dict[str, int] = {"default": 200, "tiny": 70}
 """``fast+sds``'s SDS steps when ``num_3d_max_steps`` is omitted: ``PRESETS[name].fast.refine_steps`` (copied too)."""
+
+DEFAULT_RECONSTRUCT_STEPS: dict[str, int] = {"default": 800, "tiny": 400}
+"""``views-to-3d``'s steps when ``steps`` is omitted: ``PRESETS[name].reconstruction.max_steps`` (copied: this
+module may not import the torch-backed presets; a test checks that these three tables agree with them)."""
 
 SAFETY_MARGIN = 1.25
 """The estimate is the expected cost × this: most jobs settle below their reservation and get the rest back."""
@@ -177,8 +180,7 @@ _UNET_PASSES = {"text-to-image": 1.0, "pose": 1.5}
 
 
 def _image_gpu_seconds(kind: str, params: Any, table: dict[str, StageCost]) -> dict[str, float]:
-    """SDXL GPU-seconds of an image request: the ``text_to_image`` cost per step (at 1024²) × steps × pixels /
-    1024² × samples × UNet passes per step (regions: background + one per region)."""
+    """SDXL GPU-seconds: ``text_to_image`` per step (1024²) × steps × pixels / 1024² × samples × UNet passes."""
     if kind == "regions":
         steps, samples, passes = params.ddim_steps, 1, 1.0 + len(params.fg_prompt)
     elif kind == "pose":
@@ -191,8 +193,7 @@ def _image_gpu_seconds(kind: str, params: Any, table: dict[str, StageCost]) -> d
 
 
 def _fast_asset_gpu_seconds(params: Any, table: dict[str, StageCost]) -> dict[str, float]:
-    """``stable-fast-3d``: background removal, the feed-forward model, the export of its field (a
-    ``texture_resolution``² bake; + remeshing for ``remesh="triangle"``)."""
+    """``stable-fast-3d``: the feed-forward model and its field's export (a ``texture_resolution``² bake; + remesh)."""
     export = table["fast_mesh_export"].gpu_seconds(params.texture_resolution ** 2 / 1e6)
     if params.remesh == "triangle":
         export += table["remesh"].gpu_seconds()
@@ -246,7 +247,8 @@ def estimate_gpu_seconds(kind: str, params: Any, preset_name: str) -> dict[str, 
         return _fast_asset_gpu_seconds(params, table)
     megatexels = (params.texture_size ** 2) / 1e6 if getattr(params, "texture", True) else 0.0
     if kind == "views-to-3d":
-        return {"nerf_training": table["nerf_training"].gpu_seconds(params.steps),
+        steps = params.steps or DEFAULT_RECONSTRUCT_STEPS[preset_name]
+        return {"nerf_training": table["nerf_training"].gpu_seconds(steps),
                 "mesh_export": table["views_mesh_export"].gpu_seconds(megatexels)}
     if kind not in ("image-to-3d", "text-to-3d", "multiview"):
         raise ValueError(f"unknown generation kind {kind!r}")

@@ -60,7 +60,8 @@ class ReconstructParams(TextureParams):
     """User options of a ``views-to-3d`` job (a subset of :class:`lift3d.reconstruct.ReconstructOptions`; the seed
     is the job's ``params.seed``)."""
 
-    steps: int = Field(400, ge=1, le=20000, description="Photometric NeRF training steps.")
+    steps: int | None = Field(None, ge=1, le=20000, description="Photometric NeRF training steps; omitted: the "
+                              "preset's (800; tiny: 400).")
     mesh_resolution: int = Field(128, ge=32, le=512, description="Marching-cubes grid points per axis.")
 
 
