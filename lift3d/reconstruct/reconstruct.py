@@ -197,7 +197,9 @@ def _metadata(source: str, views: ViewDataset, trainer: ReconstructionTrainer, h
                       "source": "visual_hull" if frame.hull is not None else "cameras"},
         "training": {"steps": trainer.step, "final_loss": history[-1].loss if history else None,
                      "final_losses": history[-1].losses if history else {},
-                     "mean_samples_per_step": float(np.mean([h.n_samples for h in history])) if history else 0.0},
+                     "mean_samples_per_step": float(np.mean([h.n_samples for h in history])) if history else 0.0,
+                     # grid points of the hull emptied behind photo-inconsistent patches (nerf.photo_carve)
+                     "hull_carve": asdict(trainer.carve_report) if trainer.carve_report is not None else None},
         "mesh": {"vertices": int(len(mesh.vertices)), "faces": int(len(mesh.faces)),
                  "frame": "world frame of transforms.json, converted to glTF Y-up by (x, y, z) -> (x, z, -y)",
                  "isosurface_threshold": trainer.isosurface_threshold},
