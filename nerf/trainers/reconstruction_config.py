@@ -97,7 +97,8 @@ class ReconstructionConfig:
     pressure terms, meshed at its zero level (the isosurface threshold is then ignored). Off: issue 22's tables."""
     isosurface: IsosurfaceConfig = default(default_factory=lambda: IsosurfaceConfig(resolution=128, threshold=20.0))
     """Mesh extraction in the normalised frame (threshold in 1 / normalised units): 128³ matched 192³ within 0.03 %
-    Chamfer at a quarter of the cost; 15–20 suits organic meshes, boxes 40–50 (benchmarks/README.md)."""
+    Chamfer at a quarter of the cost. 20 for the current recipe's fields: 30–60 hollows the solid boxes (issue 22,
+    benchmarks/README.md)."""
     silhouette_thresholds: tuple[float, ...] = ()
     """Candidate isosurface thresholds (1 / normalised units); with masks, :meth:`ReconstructionTrainer.extract_mesh`
     uses the one whose mesh silhouettes best match them (:meth:`ReconstructionTrainer.silhouette_threshold`)."""
